@@ -36,7 +36,7 @@ import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, ContextManager
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 import torch
@@ -62,12 +62,12 @@ from saes.formats.base import sae_of
 from saes.interop import as_sae
 from saes.threads import torch_threads
 
+if TYPE_CHECKING:  # one definition of what `stop_signals` takes, shared with `train`
+    from training.run import StopSignals
+
 STATE_SUFFIX = ".state.safetensors"
 BUILDING_SUFFIX = ".building"  # the store while it is built (`building_path`)
 EventHook = Callable[[str, dict], None]
-# a context manager within which a stop signal is only noted; it yields a function that returns the
-# noted signal's number (None: none), as `training.run.StopSignals` (`saesteer.stopsignals.deferred` is one)
-StopSignals = Callable[[], ContextManager[Callable[[], "int | None"]]]
 
 
 @dataclass
@@ -212,8 +212,9 @@ def build_feature_store(
     of the model processed as the SAE wants (`features.checks`; the CLI names its flags).
     checked: what `features.checks.check_inputs` returned for this SAE and source under the same
     allow_model_mismatch: those checks are not made again, only those of a model they did not see.
-    stop_signals: the pass runs inside it; a stop signal noted there saves the pass state at the next
-    batch boundary before the build stops (the same build resumes from it).
+    stop_signals: as `train`'s (`training.run.StopSignals`; `saesteer.stopsignals.deferred` is one): the
+    pass runs inside it; a stop signal noted there saves the pass state at the next batch boundary
+    before the build stops (the same build resumes from it).
     The store records the model the activations came from (meta `model_identity`)."""
     t_start = time.perf_counter()
     cfg = cfg or BuildConfig()
@@ -356,7 +357,8 @@ def _run(store, path, sae, source, cfg, identity, model, tokenizer, progress, ev
                     break
             if stop_requested() is not None:  # saved between batches; the scope's exit then stops the build
                 bar.close()
-                save_state(spath, acc, identity, "pass", next_context)
+                if since:  # else this batch's checkpoint (or the state resumed from) holds it all
+                    save_state(spath, acc, identity, "pass", next_context)
         bar.close()
         if stop_requested() is not None:  # a scope that does not stop by itself
             raise KeyboardInterrupt(f"stopped by signal {stop_requested()}; the pass state is saved")

@@ -12,12 +12,11 @@ import sys
 
 import numpy as np
 import pytest
-import torch
 
 import features.windowtexts
 from features.tokentext import _with_text, token_texts
 from features.windowtexts import WindowTexts
-from helpers.feature_fixtures import single_thread
+from helpers.feature_fixtures import build_text_store, single_thread
 from helpers.real_models import build_family_tokenizer, corpus_documents
 
 one_thread = pytest.fixture(autouse=True, scope="module")(single_thread)
@@ -31,23 +30,8 @@ def texts():
 
 
 def _build(tmp_path, tok, texts):
-    import saes
-    from features import BuildConfig, TensorSource, build_feature_store
-
-    ids = tok("\n".join(texts), add_special_tokens=False)["input_ids"]
-    L = 32
-    C = len(ids) // (L - 1)
-    ctx_CL = torch.cat([torch.full((C, 1), tok.bos_token_id), torch.tensor(ids[: C * (L - 1)]).reshape(C, L - 1)], 1)
-    keep_CL = torch.ones(C, L, dtype=torch.bool)
-    keep_CL[:, 0] = False  # BOS: no row, but shown in the windows that reach it
-    g = torch.Generator().manual_seed(0)
-    acts_RD = torch.randn(int(keep_CL.sum()), 16, generator=g)
-    sae = saes.create_sae("topk", 16, 48, k=6, generator=g, metadata={"hook_name": "blocks.0.hook_resid_post"})
-    cfg = BuildConfig(top_k=6, n_quantile=8, n_negative=6, negative_pool=24, window_before=10, window_after=4,
-                      n_neighbours=3, write_block=8, checkpoint_rows=0)
     path = tmp_path / "store.db"
-    build_feature_store(path, sae, TensorSource(acts_RD, ctx_CL, keep_CL, bos_id=tok.bos_token_id, name="text"), cfg,
-                        tokenizer=tok, progress=False)
+    build_text_store(path, tok, texts)
     con = sqlite3.connect(path)
     try:
         return con.execute("SELECT token_ids, text, token_offsets FROM examples").fetchall()

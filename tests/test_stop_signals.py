@@ -274,16 +274,16 @@ def test_a_stopped_cache_keeps_only_whole_shards_and_the_same_command_finishes_i
 
 
 # ------------------------------------------------------------------------------------------ label
-def _stopped_while_the_judge_holds(argv: list[str], cache_file: Path, signum: int, hold_after: int, responder):
+def _stopped_while_the_judge_holds(argv: list[str], cache_file: Path, signum: int, hold_from: int, responder):
     """`saesteer ARGV --judge-base-url URL` against the loopback judge, sent `signum` once the judge
-    holds its requests (after `hold_after` answers), no answer is still being sent, and every answer
-    is in `cache_file`;
+    holds its requests (every one from the `hold_from`-th to arrive on: the run must send more), no
+    answer is still being sent, and every answer is in `cache_file`;
     then the same command again, in this process. (the stop line, the keys of the requests answered
     before the stop, the keys of the requests the re-run sent)."""
     from helpers.judge_server import JudgeServer
     from test_autointerp_store import cached_rows
 
-    with JudgeServer(responder, hold_after=hold_after) as srv:
+    with JudgeServer(responder, hold_from=hold_from) as srv:
         argv = [*argv, "--judge-base-url", srv.url]
         proc = subprocess.Popen([sys.executable, "-m", "saesteer", *argv], env=_env(), stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, text=True)
@@ -305,7 +305,7 @@ def _stopped_while_the_judge_holds(argv: list[str], cache_file: Path, signum: in
         line = _one_line_no_traceback(subprocess.CompletedProcess(argv, proc.returncode, stdout, stderr), signum)
         answered = {r.key for r in srv.snapshot() if r.completed}
         n_before = len(srv.snapshot())
-        assert len(answered) >= hold_after and cached_rows(cache_file) == len(answered)  # every answer kept
+        assert len(answered) == hold_from and cached_rows(cache_file) == len(answered)  # every answer kept
         saesteer(*argv).ok()
         asked_again = [r.key for r in srv.snapshot()[n_before:]]
     return line, answered, asked_again
@@ -536,6 +536,8 @@ def test_a_stopped_sweep_without_a_store_keeps_the_judge_answers_for_the_rerun(t
     argv = ["sweep", "--model", "toy", "--sae", str(toy_cache_and_sae / "sae"), "--latent", "3", "--concept", "the sea",
             "--strengths", "0,2,4", "--unit", "raw", "--samples", "3", "--max-new-tokens", "4", "--out", str(out), "--no-progress",
             "--judge-model", "fake-judge", "--judge-concurrency", "2"]
+    # its 6 judge requests: 5 answered, the 6th held. (Held after 5 *answers*, the 6th, sent while the
+    # 5th was still being answered, was answered too on a loaded machine: the run finished unstopped.)
     line, answered, asked_again = _stopped_while_the_judge_holds(argv, out / "judge-cache.sqlite", signal.SIGTERM, 5,
                                                                  lambda body: '{"rating": 2}')
     assert "the same command" in line, line

@@ -13,12 +13,11 @@ import sqlite3
 
 import numpy as np
 import pytest
-import torch
 
 import features.build
 from features.store.rows import ExampleRow
 from features.store.windows import ExampleBlock
-from helpers.feature_fixtures import single_thread
+from helpers.feature_fixtures import build_text_store, single_thread
 from helpers.real_models import build_family_tokenizer, corpus_documents
 
 one_thread = pytest.fixture(autouse=True, scope="module")(single_thread)
@@ -43,27 +42,7 @@ def eager_example_rows(f0, f1, res, source, tokenizer, before, W, window_texts) 
 
 
 DEAD = [9, 40]  # in the second and last write blocks
-L = 32  # the contexts' length
-
-
-def _build(path, tok, texts, dead=DEAD, n_negative=6):
-    import saes
-    from features import BuildConfig, TensorSource, build_feature_store
-
-    ids = tok("\n".join(texts), add_special_tokens=False)["input_ids"]
-    C = len(ids) // (L - 1)
-    ctx_CL = torch.cat([torch.full((C, 1), tok.bos_token_id), torch.tensor(ids[: C * (L - 1)]).reshape(C, L - 1)], 1)
-    keep_CL = torch.ones(C, L, dtype=torch.bool)
-    keep_CL[:, 0] = False  # BOS: no row, but shown in the windows that reach it
-    g = torch.Generator().manual_seed(0)
-    acts_RD = torch.randn(int(keep_CL.sum()), 16, generator=g)
-    sae = saes.create_sae("topk", 16, 48, k=6, generator=g, metadata={"hook_name": "blocks.0.hook_resid_post"})
-    with torch.no_grad():
-        sae.b_enc[dead] = -1e4  # never in the top k: latents without top or quantile examples
-    cfg = BuildConfig(top_k=6, n_quantile=8, n_negative=n_negative, negative_pool=24, window_before=10, window_after=4,
-                      n_neighbours=3, write_block=8, checkpoint_rows=0)
-    build_feature_store(path, sae, TensorSource(acts_RD, ctx_CL, keep_CL, bos_id=tok.bos_token_id, name="text"), cfg,
-                        tokenizer=tok if tok.with_text else None, progress=False)
+L = 32  # the contexts' length (build_text_store's)
 
 
 def _tables(path) -> dict[str, list]:
@@ -93,10 +72,9 @@ def tokenizer():
 def test_the_store_of_per_window_examples_is_the_eager_references_row_for_row(tmp_path, monkeypatch, tokenizer,
                                                                               with_text):
     tok, texts = tokenizer
-    tok.with_text = with_text
-    _build(tmp_path / "fast.db", tok, texts)
+    build_text_store(tmp_path / "fast.db", tok, texts, with_text=with_text, dead=DEAD)
     monkeypatch.setattr(features.build, "_example_rows", eager_example_rows)
-    _build(tmp_path / "eager.db", tok, texts)
+    build_text_store(tmp_path / "eager.db", tok, texts, with_text=with_text, dead=DEAD)
     fast, eager = _tables(tmp_path / "fast.db"), _tables(tmp_path / "eager.db")
     assert fast.keys() == eager.keys()
     for name in eager:
@@ -134,11 +112,10 @@ def test_a_block_of_latents_without_any_example_writes_as_the_reference(tmp_path
     """No negatives and a whole write block (latents 8-15) dead: a block with no example at all, and
     latents without rows beside latents with some."""
     tok, texts = tokenizer
-    tok.with_text = True
     dead = list(range(8, 16)) + [40]
-    _build(tmp_path / "fast.db", tok, texts, dead, n_negative=0)
+    build_text_store(tmp_path / "fast.db", tok, texts, dead=dead, n_negative=0)
     monkeypatch.setattr(features.build, "_example_rows", eager_example_rows)
-    _build(tmp_path / "eager.db", tok, texts, dead, n_negative=0)
+    build_text_store(tmp_path / "eager.db", tok, texts, dead=dead, n_negative=0)
     fast, eager = _tables(tmp_path / "fast.db"), _tables(tmp_path / "eager.db")
     assert fast == eager
     shown = {r[1] for r in eager["example_refs"]}

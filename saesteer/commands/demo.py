@@ -9,7 +9,8 @@ from saesteer.boundary import print_error
 NAME = "demo"
 ORDER = 10
 HELP = "the toy world end to end: cache, train a Matryoshka SAE, feature store, labels, steering, web app"
-ON_STOP = "the finished stages are kept (training: a checkpoint of the step it stopped at); run the same command to go on"
+ON_STOP = ("the finished stages are kept (training: a checkpoint of the step it stopped at; the feature store: its "
+           "pass so far); run the same command to go on")
 DESCRIPTION = """\
 Run every stage on the built-in toy world (a synthetic language with ground-truth concept tags and a
 tiny 4-layer model shipped with saesteer; no GPU, no internet):

@@ -86,15 +86,16 @@ def _train_info(m: dict) -> dict:
 def stage_features(cfg: DemoConfig, paths: DemoPaths, model, sae, sae_dir: Path, progress: bool, info: dict,
                     say) -> tuple[dict, int, dict]:
     from features import BuildConfig, CacheSource, FeatureStore, StoreMismatchError, build_feature_store
+    from saesteer import stopsignals
 
     source = CacheSource(paths.cache, hook=cfg.hook)
+    # as `features build`: a stop saves the pass state, which the rerun resumes from
+    build = dict(model=model, sae_path=str(sae_dir), progress=progress, stop_signals=stopsignals.deferred)
     try:
-        res = build_feature_store(paths.store, sae, source, BuildConfig(), model=model, sae_path=str(sae_dir),
-                                  progress=progress)
+        res = build_feature_store(paths.store, sae, source, BuildConfig(), **build)
     except StoreMismatchError:
         say(f"{paths.store} was built from another SAE or cache; rebuilding it (its labels go with it)")
-        res = build_feature_store(paths.store, sae, source, BuildConfig(), model=model, sae_path=str(sae_dir),
-                                  overwrite=True, progress=progress)
+        res = build_feature_store(paths.store, sae, source, BuildConfig(), overwrite=True, **build)
     if res.already_complete:
         info["status"] = "reused"
     with FeatureStore.open(paths.store, readonly=False) as store:

@@ -124,3 +124,27 @@ def version_2_store(src, dst, examples=None) -> None:
     db.execute("VACUUM")
     db.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # all of it in the file: a copy of the file is the store
     db.close()
+
+
+def build_text_store(path, tok, texts, *, with_text: bool = True, dead=(), n_negative: int = 6, L: int = 32) -> None:
+    """A feature store at `path` of a seeded 48-latent TopK SAE over `texts` tokenized by `tok` (a
+    real tokenizer: `helpers.real_models`), in contexts of `L` tokens that start with BOS (no row,
+    but shown in the windows that reach it), 8 latents a write block; with its example text and
+    offsets when `with_text`. The latents `dead` never fire (no top or quantile examples)."""
+    import saes
+    from features import BuildConfig, TensorSource, build_feature_store
+
+    ids = tok("\n".join(texts), add_special_tokens=False)["input_ids"]
+    C = len(ids) // (L - 1)
+    ctx_CL = torch.cat([torch.full((C, 1), tok.bos_token_id), torch.tensor(ids[: C * (L - 1)]).reshape(C, L - 1)], 1)
+    keep_CL = torch.ones(C, L, dtype=torch.bool)
+    keep_CL[:, 0] = False
+    g = torch.Generator().manual_seed(0)
+    acts_RD = torch.randn(int(keep_CL.sum()), 16, generator=g)
+    sae = saes.create_sae("topk", 16, 48, k=6, generator=g, metadata={"hook_name": "blocks.0.hook_resid_post"})
+    with torch.no_grad():
+        sae.b_enc[list(dead)] = -1e4  # never in the top k
+    cfg = BuildConfig(top_k=6, n_quantile=8, n_negative=n_negative, negative_pool=24, window_before=10, window_after=4,
+                      n_neighbours=3, write_block=8, checkpoint_rows=0)
+    build_feature_store(path, sae, TensorSource(acts_RD, ctx_CL, keep_CL, bos_id=tok.bos_token_id, name="text"), cfg,
+                        tokenizer=tok if with_text else None, progress=False)

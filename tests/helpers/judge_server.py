@@ -138,6 +138,7 @@ class JudgeServer:
         retry_after_ms: int | None = 20,
         model_check: str | None = None,
         hold_after: int | None = None,
+        hold_from: int | None = None,
         trickle_interval_s: float = 0.5,
         tokens_per_char: float | None = None,
         reply: Callable[[Exchange], tuple[int, dict[str, str], bytes] | None] | None = None,
@@ -158,6 +159,10 @@ class JudgeServer:
         self.retry_after_ms = retry_after_ms
         self.model_check = model_check
         self.hold_after = hold_after  # after this many completed answers, hold new requests (no answer)
+        # hold every request from the `hold_from`-th to arrive (0-based) on: the same requests held
+        # whatever the concurrency and the machine's load (with `hold_after`, requests in flight when
+        # the last answer counted is written are answered too: a run of few requests may then finish)
+        self.hold_from = hold_from
         self.trickle_interval_s = trickle_interval_s
         self.tokens_per_char = tokens_per_char
         self._released = threading.Event()
@@ -221,7 +226,7 @@ class JudgeServer:
 
     def release(self) -> None:
         """Let held requests go (they end without an answer) and stop holding new ones."""
-        self.hold_after = None
+        self.hold_after = self.hold_from = None
         self._released.set()
 
     def n_completed(self) -> int:
@@ -396,7 +401,8 @@ class _Handler(BaseHTTPRequestHandler):
         return True
 
     def _answer(self, srv: JudgeServer, rec: Record, body: dict) -> None:
-        if srv.hold_after is not None and srv.n_completed() >= srv.hold_after:
+        if (srv.hold_after is not None and srv.n_completed() >= srv.hold_after) or (
+                srv.hold_from is not None and rec.index >= srv.hold_from):
             rec.fault = "held"
             srv._released.wait(timeout=60)
             self.close_connection = True
