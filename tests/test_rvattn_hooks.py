@@ -2,7 +2,8 @@
 
 - The attention row (`layers.N.self_attn|attn|attention`) maps only the attention module itself: its
   projections, norms named after it (attn_norm, post_attention_layernorm), cross-attention, Falcon/Bloom's
-  self_attention (Bloom's adds the residual) and Qwen3.5's delta-net linear_attn get no hook.
+  self_attention (Bloom's adds the residual), BERT/RoBERTa's layer.N.attention (normed with the residual) and
+  Qwen3.5's delta-net linear_attn get no hook.
 - A vision or audio tower's layers (Gemma 3's vision_tower, Qwen2-VL's visual.blocks.N.attn) are not the language
   model's blocks: they got the language model's hook of the same index, and a sparsify SAE there loaded silently.
 - On architectures whose attention module is built otherwise (GPT-NeoX's and GPT-J's parallel blocks, Phi's,
@@ -33,6 +34,9 @@ pytestmark = [pytest.mark.usefixtures("one_thread", "offline_env")]
     ("transformer.h.1.self_attention", None),  # Falcon, Bloom (whose module adds the residual)
     ("layers.1.linear_attn", None), ("transformer.h.1.attn.attention", None),  # Qwen3.5 delta-net, GPT-Neo's inner
     ("layers.1.self_attn.rotary_emb", None), ("layers.1.attn", "blocks.1.hook_attn_out"),
+    # BERT/RoBERTa (RobertaForCausalLM too): the module's output is LayerNorm(attention + residual)
+    ("roberta.encoder.layer.1.attention", None), ("encoder.layer.1.attention", None),
+    ("gpt_neox.layers.1.attention", "blocks.1.hook_attn_out"),
     # vision and audio towers: their layer N is not the language model's block N
     ("vision_tower.vision_model.encoder.layers.1.self_attn", None), ("visual.blocks.1.attn", None),
     ("model.visual.blocks.1.mlp", None), ("vision_model.transformer.layers.1", None),

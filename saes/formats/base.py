@@ -130,8 +130,10 @@ _LAYER = r"(?:layers|h|blocks|layer)\.(\d+)"
 _MODULE_HOOKS = [
     (re.compile(rf"^(?:.+\.)?{_LAYER}$"), "blocks.{}.hook_resid_post"),  # a decoder layer's output
     (re.compile(rf"^(?:.+\.)?{_LAYER}\.mlp$"), "blocks.{}.hook_mlp_out"),
-    # Llama/Gemma/OLMo/Granite self_attn, GPT-2/GPT-J attn, GPT-NeoX attention: the first of the tuple it returns
-    (re.compile(rf"^(?:.+\.)?{_LAYER}\.(?:self_attn|attn|attention)$"), "blocks.{}.hook_attn_out"),
+    # Llama/Gemma/OLMo/Granite self_attn, GPT-2/GPT-J attn, GPT-NeoX attention: the first of the tuple it returns.
+    # Not BERT/RoBERTa's `encoder.layer.N.attention` (their ForCausalLM too): it adds the residual and norms the sum
+    (re.compile(rf"^(?:.+\.)?(?!layer\.\d+\.attention$){_LAYER}\.(?:self_attn|attn|attention)$"),
+     "blocks.{}.hook_attn_out"),
     (re.compile(r"^(?:.+\.)?(?:embed_tokens|wte|embed_in)$"), "hook_embed"),
 ]
 _MODULE_INPUT_HOOKS = [
