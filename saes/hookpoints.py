@@ -109,7 +109,9 @@ def check_hook(model: Any, name: str, who: str | None = None, *, per_token: bool
     hook = tl_hook_for_module(name)
     if hook:  # an HF module name (people type them instead of hook points): its output is a hook point
         hook = _module_output_hook_on(model, hook)
-        if hook in valid:
+        if hook in valid and name.startswith("blocks."):  # TransformerLens's own module name, not HF's
+            hint = f" {name} is a module, not a hook point: its output is {hook}."
+        elif hook in valid:
             hint = (f" Hook points are named as TransformerLens names them: the output of the HF module {name} "
                     f"is {hook}.")
     # TransformerBridge adds an input and an output hook to every submodule (attn.q.hook_in, ...):

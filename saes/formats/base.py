@@ -130,8 +130,10 @@ _LAYER = r"(?:layers|h|blocks|layer)\.(\d+)"
 _MODULE_HOOKS = [
     (re.compile(rf"^(?:.+\.)?{_LAYER}$"), "blocks.{}.hook_resid_post"),  # a decoder layer's output
     (re.compile(rf"^(?:.+\.)?{_LAYER}\.mlp$"), "blocks.{}.hook_mlp_out"),
-    # Llama/Gemma/OLMo/Granite self_attn, GPT-2/GPT-J attn, GPT-NeoX attention: the first of the tuple it returns
-    (re.compile(rf"^(?:.+\.)?{_LAYER}\.(?:self_attn|attn|attention)$"), "blocks.{}.hook_attn_out"),
+    # Llama/Gemma/OLMo/Granite self_attn, GPT-2/GPT-J attn, GPT-NeoX attention: the first of the tuple it returns.
+    # Not BERT/RoBERTa's `encoder.layer.N.attention` (their ForCausalLM too): it adds the residual and norms the sum
+    (re.compile(rf"^(?:.+\.)?(?!layer\.\d+\.attention$){_LAYER}\.(?:self_attn|attn|attention)$"),
+     "blocks.{}.hook_attn_out"),
     (re.compile(r"^(?:.+\.)?(?:embed_tokens|wte|embed_in)$"), "hook_embed"),
 ]
 _MODULE_INPUT_HOOKS = [
@@ -161,12 +163,19 @@ def snapshot_place(path: Path) -> tuple[str, str] | None:
     return None
 
 
+# a vision or audio tower's layers (Gemma 3's and Llava's vision_tower, Qwen2-VL's visual.blocks.N.attn, Mllama's
+# vision_model) are not the language model's blocks: no hook point of the language model holds what they output
+_OTHER_TOWER = re.compile(r"(?:^|\.)(?:vision|visual|audio|image)\w*\.")
+
+
 def tl_hook_for_module(module_path: str) -> str | None:
     """TransformerLens hook point that reads what an HF module outputs, e.g. 'layers.3' (a
     decoder layer, any HF architecture's list of layers) -> 'blocks.3.hook_resid_post',
     'h.5.mlp' -> 'blocks.5.hook_mlp_out', 'model.layers.2.self_attn' -> 'blocks.2.hook_attn_out' (an MLP's
     and attention's as TransformerLens names them: `module_output_hook` says which hook holds it on a given
-    model); None when there is no exact counterpart."""
+    model); None when there is no exact counterpart (a vision or audio tower's module among them)."""
+    if _OTHER_TOWER.search(module_path):
+        return None
     for pattern, template in _MODULE_HOOKS:
         m = pattern.match(module_path)
         if m:
@@ -178,6 +187,8 @@ def tl_hook_for_module_input(module_path: str) -> str | None:
     """TransformerLens hook point that reads what an HF module takes in: 'layers.3' ->
     'blocks.3.hook_resid_pre' (the residual stream before block 3), 'layers.3.mlp' ->
     'blocks.3.mlp.hook_in' (a TransformerBridge hook); None for any other module."""
+    if _OTHER_TOWER.search(module_path):
+        return None
     for pattern, template in _MODULE_INPUT_HOOKS:
         m = pattern.match(module_path)
         if m:
@@ -228,6 +239,19 @@ def module_output_hook_given(hook: str, block_aliases: dict[str, str] | None) ->
         return hook
     module_hook = _MODULE_OUTPUT_HOOK[m[2]]
     return hook if block_aliases.get(m[2]) == module_hook else f"blocks.{m[1]}.{module_hook}"
+
+
+def _normed_output_note(module_hook: str, given: str) -> str | None:
+    """Why `given` (`blocks.N.hook_attn_out` / `hook_mlp_out`) is not the SAE's hook where `module_output_hook`
+    derived the module's own output `blocks.N.attn.hook_out` / `mlp.hook_out` from the model's config (it does so
+    only where the block norms or scales it): a user may have passed `given` before saesteer derived a hook. None
+    for any other pair."""
+    m = _BLOCK_OUTPUT.match(given)
+    if not m or module_hook != f"blocks.{m[1]}.{_MODULE_OUTPUT_HOOK[m[2]]}":
+        return None
+    return (f"{module_hook} is right: the module's own output, which the SAE was trained on; this model norms or "
+            f"scales it before the residual add (as Gemma 2/3, OLMo 2, Granite do) and {given} is the normed or "
+            f"scaled one. Drop --hook")
 
 
 @functools.lru_cache(maxsize=64)
@@ -285,6 +309,7 @@ def record_model_and_hook(
     recorded_model: str | None,
     hook_basis: str | None = None,
     recorded_identity: ModelIdentity | None = None,
+    from_module_output: bool = False,
 ) -> None:
     """Put the hook point and model into `sae.cfg.metadata` (what every command reads) and the
     provenance. The file's own record wins; a `hook` that contradicts it is refused.
@@ -292,11 +317,14 @@ def record_model_and_hook(
     `hook_basis` says how `recorded_hook` was derived when the file names it in other terms
     (e.g. "sparsify hookpoint layers.3"). `recorded_identity` (`hf_model_identity` of the recorded
     name) becomes the provenance's `model_identity`, which every command checks the model against
-    as it checks our own SAEs' (`saes.identity.identity_of_sae`)."""
+    as it checks our own SAEs' (`saes.identity.identity_of_sae`). `from_module_output`: `recorded_hook` is what
+    `module_output_hook` made of an HF module's output (sparsify, dictionary_learning), so a refused `--hook`
+    of the block's normed output is told why."""
     if hook and recorded_hook and hook != recorded_hook:
         basis = f" ({hook_basis})" if hook_basis else ""
         raise SAEFormatError(f"{source} records hook point {recorded_hook}{basis}, but --hook says {hook}; "
-                             f"drop --hook or pick the SAE trained on {hook}")
+                             + (from_module_output and _normed_output_note(recorded_hook, hook)
+                                or f"drop --hook or pick the SAE trained on {hook}"))
     hook_name = recorded_hook or hook
     model_name = recorded_model or model
     md = sae.cfg.metadata

@@ -239,6 +239,7 @@ def load(
     record_model_and_hook(sae, prov, source=source, hook=hook, model=model, recorded_hook=derived,
                           recorded_model=trainer.get("lm_name"), recorded_identity=hf_model_identity(trainer.get("lm_name")),
                           hook_basis=(f"dictionary_learning submodule {submodule!r}, io={buffer.get('io', 'out')!r}"
-                                      if derived else None))
+                                      if derived else None),
+                          from_module_output=True)
     record_hf_tokenizer_bos(sae, prov, sae.cfg.metadata.get("model_name"))
     return LoadedSAE(sae, prov, str(weights_path if path.is_file() else folder), FORMAT)

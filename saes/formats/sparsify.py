@@ -156,7 +156,7 @@ def load(
     basis = f"{'the input of ' if transcoder else ''}sparsify hookpoint {hookpoint!r}"
     record_model_and_hook(sae, prov, source=source, hook=hook, model=model, recorded_hook=derived,
                           recorded_model=run_model, recorded_identity=hf_model_identity(run_model),
-                          hook_basis=basis if derived else None)
+                          hook_basis=basis if derived else None, from_module_output=not transcoder)
     if target is not None:
         sae.cfg.metadata["hook_name_out"] = module_output_hook(target, run_model, model)
     record_hf_tokenizer_bos(sae, prov, sae.cfg.metadata.get("model_name"))
