@@ -18,6 +18,7 @@ import pytest
 import torch
 
 from helpers import foreign_saes as fs
+from helpers.forwards import read_at_hook
 
 pytestmark = [pytest.mark.usefixtures("one_thread", "offline_env")]
 
@@ -71,17 +72,6 @@ def _hf_attention_output(model_dir, hookpoint: str, tokens: torch.Tensor) -> tor
     return got["x"]
 
 
-def _bridge_reads(model, hook: str, tokens: torch.Tensor) -> torch.Tensor:
-    got = {}
-
-    def keep(x, hook):  # noqa: ARG001 - TransformerLens passes the hook point
-        got["x"] = x.detach().clone()
-
-    with torch.no_grad():
-        model.run_with_hooks(tokens, fwd_hooks=[(hook, keep)])
-    return got["x"]
-
-
 @pytest.mark.parametrize("arch", list(CASES))
 def test_attention_saes_of_sparsify_and_dictionary_learning_read_the_module_s_own_output(models, arch, tmp_path):
     from transformers import AutoTokenizer
@@ -103,9 +93,9 @@ def test_attention_saes_of_sparsify_and_dictionary_learning_read_the_module_s_ow
     for folder in (sparsify, dl):
         hook = resolve_sae(folder).sae.cfg.metadata["hook_name"]
         assert hook == want, folder
-        torch.testing.assert_close(_bridge_reads(bridge, hook, tokens), theirs, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(read_at_hook(bridge, hook, tokens), theirs, rtol=1e-4, atol=1e-5)
     if want == MODULE_OUT:  # hook_attn_out is another tensor there: the test can tell the two apart
-        assert not torch.allclose(_bridge_reads(bridge, ATTN_OUT, tokens), theirs, rtol=1e-3, atol=1e-3)
+        assert not torch.allclose(read_at_hook(bridge, ATTN_OUT, tokens), theirs, rtol=1e-3, atol=1e-3)
 
 
 def test_a_hook_attn_out_given_to_gemma_2_s_attention_sae_is_refused_naming_both(models, tmp_path):

@@ -19,8 +19,9 @@ import pytest
 import torch
 
 from helpers import foreign_saes as fs
+from helpers.forwards import read_at_hook
 from helpers.real_cli import saesteer
-from test_attnmap_hooks import TEXT, _bridge_reads, _hf_attention_output, models  # noqa: F401 - models: the fixture
+from test_attnmap_hooks import TEXT, _hf_attention_output, models  # noqa: F401 - models: the fixture
 
 pytestmark = [pytest.mark.usefixtures("one_thread", "offline_env")]
 
@@ -110,7 +111,7 @@ def test_sparsify_s_attention_sae_reads_what_its_forward_hook_read_on_other_bloc
     folder = fs.write_sparsify(tmp_path / "run" / hookpoint, state, cfg, run_config={"model": str(model_dir)})
     hook = resolve_sae(folder).sae.cfg.metadata["hook_name"]
     assert hook.startswith(f"blocks.{hookpoint.split('.')[1]}.")
-    torch.testing.assert_close(_bridge_reads(bridge, hook, tokens), _hf_attention_output(model_dir, hookpoint, tokens),
+    torch.testing.assert_close(read_at_hook(bridge, hook, tokens), _hf_attention_output(model_dir, hookpoint, tokens),
                                rtol=1e-4, atol=1e-5)
 
 

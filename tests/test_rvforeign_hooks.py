@@ -23,6 +23,7 @@ import pytest
 import torch
 
 from helpers import foreign_saes as fs
+from helpers.forwards import read_at_hook
 
 pytestmark = [pytest.mark.usefixtures("one_thread", "offline_env")]
 
@@ -57,17 +58,6 @@ def _sparsify_mlp_sae(folder, model: str):
     return fs.write_sparsify(folder / "layers.1.mlp", state, cfg, run_config={"model": model})
 
 
-def _bridge_reads(model, hook: str, tokens: torch.Tensor) -> torch.Tensor:
-    got = {}
-
-    def keep(x, hook):  # noqa: ARG001 - TransformerLens passes the hook point
-        got["x"] = x.detach().clone()
-
-    with torch.no_grad():
-        model.run_with_hooks(tokens, fwd_hooks=[(hook, keep)])
-    return got["x"]
-
-
 def test_a_sparsify_sae_of_granite_s_mlp_reads_the_module_s_output_not_the_scaled_one(granite, tok, tmp_path):
     """sparsify's forward hook on `layers.1.mlp` reads the HF module's output; the hook the SAE is given reads
     that on the Bridge (Granite's hook_mlp_out is it times residual_multiplier)."""
@@ -86,8 +76,8 @@ def test_a_sparsify_sae_of_granite_s_mlp_reads_the_module_s_output_not_the_scale
         hf(tokens)
     handle.remove()
     bridge = load_model(str(granite), device="cpu")
-    torch.testing.assert_close(_bridge_reads(bridge, hook, tokens), got["x"], rtol=1e-4, atol=1e-5)
-    scaled = _bridge_reads(bridge, MLP_OUT, tokens)  # what it was read at
+    torch.testing.assert_close(read_at_hook(bridge, hook, tokens), got["x"], rtol=1e-4, atol=1e-5)
+    scaled = read_at_hook(bridge, MLP_OUT, tokens)  # what it was read at
     torch.testing.assert_close(scaled, got["x"] * 0.25, rtol=1e-4, atol=1e-5)
 
     # what a user typing the HF module's name is told on this model

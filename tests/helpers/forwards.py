@@ -1,4 +1,4 @@
-"""Counting a model's forward passes (tests of work not done twice)."""
+"""Forward passes in tests: counting them (work not done twice), reading what a hook holds."""
 
 from __future__ import annotations
 
@@ -15,3 +15,17 @@ def count_forwards(monkeypatch, model) -> list[tuple[int, ...]]:
 
     monkeypatch.setattr(type(model), "forward", counting_forward)
     return calls
+
+
+def read_at_hook(model, hook: str, tokens):
+    """What TransformerLens hook `hook` of `model` holds on `tokens` (a detached copy)."""
+    import torch
+
+    got = {}
+
+    def keep(x, hook):  # noqa: ARG001 - TransformerLens passes the hook point
+        got["x"] = x.detach().clone()
+
+    with torch.no_grad():
+        model.run_with_hooks(tokens, fwd_hooks=[(hook, keep)])
+    return got["x"]
