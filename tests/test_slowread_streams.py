@@ -51,18 +51,31 @@ def _stalled_stream(srv, body: dict) -> socket.socket:
     return s
 
 
+def _small_send_buffer_protocol():
+    """`saesteer serve`'s protocol with a 16 KiB send buffer on each connection: the machine's TCP
+    autotuning (up to 4 MiB or more) would otherwise decide how much output a stalled stream takes."""
+    from saesteer.web.listen import guarded_http_protocol
+
+    class SmallSendBuffer(guarded_http_protocol()):
+        def connection_made(self, transport) -> None:
+            transport.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 16384)
+            super().connection_made(transport)
+
+    return SmallSendBuffer
+
+
 def test_a_stream_whose_client_stops_reading_is_cancelled_and_frees_its_rows(long_store):
     from saesteer.api.config import BatchConfig
     from saesteer.web import Limits
 
     limits = Limits(max_new_tokens=1000, max_choices=8)
     srv, app = serve_entries([make_entry(long_store, "tiny", limits=limits)], limits=limits,
-                             batch=BatchConfig(stream_stall_s=0.5))
+                             batch=BatchConfig(stream_stall_s=0.5), uvicorn_kw={"http": _small_send_buffer_protocol()})
     sched = app.state.openai.schedulers[0]
     try:
         eos = app.state.openai.models["tiny"].stop_ids(False)
-        # 8 choices x 1000 tokens with 20 alternatives each: ~10 MB of chunks, well past what the
-        # connection's buffers hold (~3 MB on loopback); end-of-text banned so no choice ends early
+        # 8 choices x 1000 tokens with 20 alternatives each: ~10 MB of chunks, far past what the
+        # connection's buffers hold (~100 KiB here); end-of-text banned so no choice ends early
         s = _stalled_stream(srv, {"model": "tiny", "prompt": "the sailor sang of the sea", "max_tokens": 1000,
                                   "n": 8, "temperature": 1.0, "seed": 1, "stream": True, "logprobs": 20,
                                   "logit_bias": {str(i): -100 for i in eos}})
