@@ -4,7 +4,8 @@ Errors use OpenAI's shape (`{"error": {"message", "type", "param", "code"}}`) so
 the message: 400 for a request this server cannot do (the message says why and how to fix it),
 404 for an unknown model, 503 with Retry-After when too many requests are in (the `openai`
 client retries those by itself), 500 when generation fails. A client that goes away (a closed
-stream, or a non-streamed request it stopped waiting for) has its generation cancelled.
+stream, or a non-streamed request it stopped waiting for) has its generation cancelled, and so
+has a stream whose client stops reading while it keeps the connection open (`_stream`).
 """
 
 from __future__ import annotations
@@ -126,7 +127,8 @@ async def _generate(request: Request, cls, prepare):
     out = Assembler(prep, served.model.tokenizer)
     ignored = ignored_template_kwargs_header(prep.ignored_template_kwargs)  # none: no header
     if prep.stream:
-        return StreamingResponse(_stream(served.scheduler, job, out), media_type="text/event-stream",
+        stall_s = request.app.state.openai.config.stream_stall_s
+        return StreamingResponse(_stream(served.scheduler, job, out, stall_s), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no", **ignored})
     # a client that goes away (its timeout, Ctrl-C) stops its generation: nobody would read it. One
     # task beside this one waits for that and ends the reading; the events are read here.
@@ -152,23 +154,54 @@ async def _client_gone(request: Request) -> None:
         pass
 
 
-async def _stream(scheduler, job, out: Assembler):
+async def _stream(scheduler, job, out: Assembler, stall_s: float):
+    """The stream's SSE chunks. A client that stops reading but keeps the connection open would keep
+    its rows in the batch, generating for nobody, until max_tokens: once a chunk has waited `stall_s`
+    for the client to take it (the connection's buffers are full), the generation is cancelled and its
+    rows leave the batch; a client that reads on later gets the text so far, then an error event."""
+    loop = asyncio.get_running_loop()
+    stalled = False
+
+    def on_stall() -> None:
+        nonlocal stalled
+        stalled = True
+        scheduler.cancel(job)  # frees its rows now, while the client's read is still pending
+        log.warning("a stream's client read nothing for %g s: its generation is cancelled", stall_s)
+
     done = False
+    chunks = _chunks(job, out)
     try:
-        for chunk in out.first_chunks():
-            yield sse(chunk)
-        async for ev in job:
-            chunk = out.add(ev)
-            if out.error is not None:
-                yield sse(openai_error_json(500, out.error))  # the stream has said 200 already: the error in its body
+        async for chunk in chunks:
+            timer = loop.call_later(stall_s, on_stall)
+            try:
+                yield chunk  # returns once the server has handed the chunk on to the connection
+            finally:
+                timer.cancel()
+            if stalled:
+                yield sse(openai_error_json(
+                    500, f"the stream was cancelled: its client read nothing for {stall_s:g} s (the server frees a "
+                         "stalled stream's batch row for other requests); read a stream as it arrives"))
+                yield SSE_DONE
                 break
-            if chunk is not None:
-                yield sse(chunk)
-        else:
-            if out.prep.include_usage:
-                yield sse(out.usage_chunk())
-        yield SSE_DONE
         done = True
     finally:
+        await chunks.aclose()
         if not done:  # the client went away (or the stream broke): stop generating for it
             scheduler.cancel(job)
+
+
+async def _chunks(job, out: Assembler):
+    """The SSE chunks of `job`'s events, ending with [DONE] (an error event before it on a failure)."""
+    for chunk in out.first_chunks():
+        yield sse(chunk)
+    async for ev in job:
+        chunk = out.add(ev)
+        if out.error is not None:
+            yield sse(openai_error_json(500, out.error))  # the stream has said 200 already: the error in its body
+            break
+        if chunk is not None:
+            yield sse(chunk)
+    else:
+        if out.prep.include_usage:
+            yield sse(out.usage_chunk())
+    yield SSE_DONE

@@ -11,8 +11,9 @@ started (the app's startup done, connections accepted), so a line printed there 
 client reads it. `run_server` blocks until the server is stopped (Ctrl-C, SIGTERM, SIGHUP): it
 stops taking connections, lets the requests in flight finish, and the CLI then exits with 128 +
 the signal's number (`saesteer.stopsignals`). A connection whose request headers have not all
-arrived `HEADER_TIMEOUT_S` after it opened (or after its last answer) is closed
-(`guarded_http_protocol`).
+arrived `HEADER_TIMEOUT_S` after it opened (or after its last answer) is closed, and so is one that
+goes on sending more than `DISCARD_AFTER_ANSWER_BYTES` of a body already answered (a 413 sent
+before the body was read) (`guarded_http_protocol`).
 """
 
 from __future__ import annotations
@@ -24,24 +25,47 @@ import socket
 import threading
 from typing import Any, Callable
 
-__all__ = ["listening_socket", "run_server", "guarded_http_protocol", "HEADER_TIMEOUT_S"]
+__all__ = ["listening_socket", "run_server", "guarded_http_protocol", "HEADER_TIMEOUT_S", "DISCARD_AFTER_ANSWER_BYTES"]
 
 BACKLOG = 2048  # uvicorn's default
 HEADER_TIMEOUT_S = 30.0  # a request's headers take milliseconds; an idle connection waits this long at most
+# how much of a request body the server reads and discards after answering it (a 413 sent from the
+# Content-Length, before the body came): past this, the connection is closed
+DISCARD_AFTER_ANSWER_BYTES = 8 << 20
 
 
-def guarded_http_protocol(timeout_s: float | None = None):
+def guarded_http_protocol(timeout_s: float | None = None, discard_bytes: int | None = None):
     """uvicorn's HTTP protocol class, closing a connection whose next request's headers have not all
     arrived within `timeout_s` (default HEADER_TIMEOUT_S) of the connection opening or of its last
     answer. uvicorn waits for them forever, so a client opening connections and sending nothing, or
     its headers a byte now and then (slowloris), held a socket each until the server ran out of them.
-    A request whose headers came is never cut, however long it runs."""
+    A request whose headers came is never cut, however long it runs.
+
+    A body the app answered before reading it (the guard's 413 for a Content-Length over the limit)
+    still arrives: uvicorn reads it on and discards it, so that the client, which sends its whole body
+    before it reads the answer, finishes sending and reads the 413 (a close under a client still sending
+    resets the connection, which may lose the answer: RFC 9112 9.6 asks servers to linger). That
+    reading was unbounded: a client could send gigabytes after its 413. Past `discard_bytes` (default
+    DISCARD_AFTER_ANSWER_BYTES) discarded, the connection is closed."""
     from uvicorn.protocols.http.auto import AutoHTTPProtocol
 
     limit = HEADER_TIMEOUT_S if timeout_s is None else float(timeout_s)
+    discard_limit = DISCARD_AFTER_ANSWER_BYTES if discard_bytes is None else int(discard_bytes)
 
     class GuardedHTTPProtocol(AutoHTTPProtocol):  # type: ignore[misc, valid-type]
         _headers_timer: asyncio.TimerHandle | None = None
+        _after_answer = 0  # bytes received since the last answer, while no next request has begun
+
+        def data_received(self, data: bytes) -> None:
+            answered = self.cycle if self.cycle is not None and self.cycle.response_complete else None
+            super().data_received(data)
+            if answered is None or self.cycle is not answered:
+                self._after_answer = 0  # a new request has begun (its own body is the app's to bound)
+                return
+            # the answered request's body (or the next request's headers, a few KiB at most)
+            self._after_answer += len(data)
+            if self._after_answer > discard_limit and not self.transport.is_closing():
+                self.transport.close()
 
         def connection_made(self, transport) -> None:
             super().connection_made(transport)
@@ -49,6 +73,7 @@ def guarded_http_protocol(timeout_s: float | None = None):
 
         def on_response_complete(self) -> None:
             super().on_response_complete()
+            self._after_answer = 0
             self._headers_due()
 
         def connection_lost(self, exc) -> None:
