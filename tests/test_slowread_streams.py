@@ -84,6 +84,7 @@ def test_a_stream_whose_client_stops_reading_is_cancelled_and_frees_its_rows(lon
             # (the client never closes its connection: only the stall can cancel it)
             assert sched.cancelled_count == 1, "a stream nobody read ran to max_tokens in the batch"
             _wait_until(lambda: sched.engine.n_running == 0, "its rows leaving the batch")
+            assert sched.completed == 0, "a cancelled job counted as completed in the server's status"
             # the client reads on: the text so far, then the error event and [DONE] (no silent truncation)
             data = b""
             while not data.endswith(b"0\r\n\r\n"):  # the chunked body's end

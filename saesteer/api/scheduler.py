@@ -205,7 +205,8 @@ class Scheduler:
                 if job.unfinished <= 0:
                     with self._cond:
                         self._jobs.discard(job)
-                        self.completed += 1
+                        if not job.cancelled:  # a cancelled job is counted in `cancelled_count`, not here
+                            self.completed += 1
             by_loop.setdefault(job.loop, []).append(ev)
         for loop, evs in by_loop.items():
             try:
