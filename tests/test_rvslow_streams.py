@@ -112,3 +112,46 @@ def test_a_client_gone_in_a_send_leaves_no_stall_timer_behind():
 
     sched, job = asyncio.run(main())
     assert sched.cancelled == [job], "the stall timer of a closed stream ran"
+
+
+def test_the_openai_client_reading_a_stalled_stream_on_raises_the_error(tmp_path):
+    """Through the server and the real `openai` client (its connection's receive buffer small): it takes
+    the first chunk, stops reading until the stall has cancelled the generation, then reads on and gets
+    an `openai.APIError` naming the stall, rather than a cut reply passed off as complete or a hang."""
+    import socket
+    import time
+
+    import httpx
+    import openai
+    import pytest
+
+    from helpers.api_server import openai_client, serve_entries, small_send_buffer_protocol
+    from helpers.web_app import make_entry
+    from helpers.web_store import build_web_store
+    from saesteer.api.config import BatchConfig
+    from saesteer.web import Limits
+
+    store = build_web_store(tmp_path, n_ctx=1024, n_contexts=16)  # few contexts: only its model is used
+    limits = Limits(max_new_tokens=1000, max_choices=8)
+    srv, app = serve_entries([make_entry(store, "tiny", limits=limits)], limits=limits,
+                             batch=BatchConfig(stream_stall_s=0.5), uvicorn_kw={"http": small_send_buffer_protocol()})
+    sched = app.state.openai.schedulers[0]
+    small_rcvbuf = httpx.HTTPTransport(socket_options=[(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)])
+    try:
+        eos = app.state.openai.models["tiny"].stop_ids(False)
+        with httpx.Client(transport=small_rcvbuf, timeout=120) as http:
+            stream = openai_client(srv, http_client=http).completions.create(
+                model="tiny", prompt="Le marin chantait la mer, 海の歌: def sing(x): return x", max_tokens=1000,
+                n=8, temperature=1.0, seed=1, stream=True, logprobs=20, logit_bias={str(i): -100 for i in eos})
+            chunks = iter(stream)
+            next(chunks)
+            deadline = time.monotonic() + 120  # a hang guard only
+            while sched.cancelled_count + sched.completed == 0:
+                assert time.monotonic() < deadline, "hang guard: the stream never ended"
+                time.sleep(0.02)
+            assert sched.cancelled_count == 1 and sched.completed == 0
+            with pytest.raises(openai.APIError, match="its client read nothing for 0.5 s"):
+                for _ in chunks:
+                    pass
+    finally:
+        srv.stop()
