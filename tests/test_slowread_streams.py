@@ -17,7 +17,7 @@ import time
 
 import pytest
 
-from helpers.api_server import serve_entries
+from helpers.api_server import serve_entries, small_send_buffer_protocol
 from helpers.web_app import make_entry
 from helpers.web_store import build_web_store
 
@@ -51,26 +51,13 @@ def _stalled_stream(srv, body: dict) -> socket.socket:
     return s
 
 
-def _small_send_buffer_protocol():
-    """`saesteer serve`'s protocol with a 16 KiB send buffer on each connection: the machine's TCP
-    autotuning (up to 4 MiB or more) would otherwise decide how much output a stalled stream takes."""
-    from saesteer.web.listen import guarded_http_protocol
-
-    class SmallSendBuffer(guarded_http_protocol()):
-        def connection_made(self, transport) -> None:
-            transport.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 16384)
-            super().connection_made(transport)
-
-    return SmallSendBuffer
-
-
 def test_a_stream_whose_client_stops_reading_is_cancelled_and_frees_its_rows(long_store):
     from saesteer.api.config import BatchConfig
     from saesteer.web import Limits
 
     limits = Limits(max_new_tokens=1000, max_choices=8)
     srv, app = serve_entries([make_entry(long_store, "tiny", limits=limits)], limits=limits,
-                             batch=BatchConfig(stream_stall_s=0.5), uvicorn_kw={"http": _small_send_buffer_protocol()})
+                             batch=BatchConfig(stream_stall_s=0.5), uvicorn_kw={"http": small_send_buffer_protocol()})
     sched = app.state.openai.schedulers[0]
     try:
         eos = app.state.openai.models["tiny"].stop_ids(False)

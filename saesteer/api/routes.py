@@ -158,12 +158,15 @@ async def _stream(scheduler, job, out: Assembler, stall_s: float):
     """The stream's SSE chunks. A client that stops reading but keeps the connection open would keep
     its rows in the batch, generating for nobody, until max_tokens: once a chunk has waited `stall_s`
     for the client to take it (the connection's buffers are full), the generation is cancelled and its
-    rows leave the batch; a client that reads on later gets the text so far, then an error event."""
+    rows leave the batch; a client that reads on later gets the text so far, then an error event. Once
+    the generation has ended (its rows out of the batch) the client may take as long as it likes."""
     loop = asyncio.get_running_loop()
     stalled = False
 
     def on_stall() -> None:
         nonlocal stalled
+        if job.unfinished <= 0:  # generated to the end: no rows to free, so a slow reader gets it all
+            return
         stalled = True
         scheduler.cancel(job)  # frees its rows now, while the client's read is still pending
         log.warning("a stream's client read nothing for %g s: its generation is cancelled", stall_s)

@@ -39,6 +39,24 @@ def serve_entries(entries: Sequence[Any], *, limits=None, config_kw: dict | None
     return ServerThread(app, port, **(uvicorn_kw or {})).start(), app
 
 
+def small_send_buffer_protocol():
+    """`saesteer serve`'s protocol with a 16 KiB send buffer on each connection and 8 KiB of output
+    buffered before a send waits: the machine's TCP autotuning (up to 4 MiB or more) would otherwise
+    decide how much output a stalled stream takes, and a client with a small receive window (as the
+    stall tests' are) reads the rest slowly, a window per TCP persist timer."""
+    import socket
+
+    from saesteer.web.listen import guarded_http_protocol
+
+    class SmallSendBuffer(guarded_http_protocol()):
+        def connection_made(self, transport) -> None:
+            transport.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 16384)
+            transport.set_write_buffer_limits(high=8192)
+            super().connection_made(transport)
+
+    return SmallSendBuffer
+
+
 def _client_kw(srv, api_key: str, kw: dict) -> dict:
     url = srv if isinstance(srv, str) else srv.url
     return {"base_url": f"{url}/v1", "api_key": api_key, "max_retries": 0, "timeout": 120, **kw}
