@@ -66,3 +66,18 @@ def test_a_reader_closing_keeps_the_files_a_writer_still_uses(store_path):
     assert side_files(store_path) == []
     with FeatureStore.open(store_path) as reader:
         assert reader.feature(3).label.text == "café 見出し, written while a reader browses"
+
+
+@pytest.mark.slow
+def test_saesteer_demo_leaves_no_side_files(tmp_path):
+    """The whole demo in its own process (`saesteer demo --no-serve`): its work folder holds no `-wal`
+    or `-shm` file once it has exited (it used to leave an empty pair beside features.db)."""
+    from helpers.demo_small import small_flags
+
+    out = tmp_path / "demo"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    subprocess.run([sys.executable, "-m", "saesteer", "demo", "--no-serve", "--no-progress", "--out", str(out),
+                    *small_flags()], check=True, env=env, timeout=600, capture_output=True)
+    stores = list(out.rglob("*.db"))
+    assert stores, sorted(p.name for p in out.rglob("*"))
+    assert [p for p in out.rglob("*") if p.name.endswith(("-wal", "-shm"))] == []
