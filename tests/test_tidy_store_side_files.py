@@ -81,3 +81,33 @@ def test_saesteer_demo_leaves_no_side_files(tmp_path):
     stores = list(out.rglob("*.db"))
     assert stores, sorted(p.name for p in out.rglob("*"))
     assert [p for p in out.rglob("*") if p.name.endswith(("-wal", "-shm"))] == []
+
+
+def test_a_reader_closing_beside_a_writer_of_another_process_leaves_its_files(store_path):
+    """A `label` writing in another process: a reader's close must not take the WAL the writer holds."""
+    code = ("import sys; from features import FeatureStore, LabelProvenance; "
+            "s = FeatureStore.open(sys.argv[1], readonly=False); "
+            "s.write_label(5, 'Größe 大小, another process', provenance=LabelProvenance(judge_model='m', "
+            "judge_kind='openai', prompt_version='v1', examples_used=[1], params={})); "
+            "print('ready', flush=True); sys.stdin.readline(); s.write_label(6, 'after the reader', "
+            "provenance=LabelProvenance(judge_model='m', judge_kind='openai', prompt_version='v1', examples_used=[1], "
+            "params={})); s.close()")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    writer = subprocess.Popen([sys.executable, "-c", code, str(store_path)], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True, env=env)
+    try:
+        assert writer.stdout.readline().strip() == "ready"
+        with FeatureStore.open(store_path) as reader:
+            assert reader.feature(5).label.text == "Größe 大小, another process"
+        assert (store_path.parent / (store_path.name + "-wal")).exists()
+        writer.stdin.write("go\n")
+        writer.stdin.flush()
+        assert writer.wait(timeout=120) == 0
+    finally:
+        if writer.poll() is None:
+            writer.kill()
+    assert side_files(store_path) == []
+    with FeatureStore.open(store_path) as reader:
+        assert reader.feature(5).label.text == "Größe 大小, another process"
+        assert reader.feature(6).label.text == "after the reader"
+    assert side_files(store_path) == []
