@@ -81,9 +81,12 @@ def check_cache_file(path: str | os.PathLike) -> None:
     except sqlite3.DatabaseError as e:
         raise ValueError(f"{path}: cannot open the judge response cache ({e}); "
                          "delete it or choose another --judge-cache-path") from None
-    if tables and "responses" not in tables:
+    # every cache saesteer writes has both (`_SCHEMA`); another tool's file may have a `responses` table too
+    lacks = [name for name in ("responses", "meta") if name not in tables]
+    if tables and lacks:
         raise ValueError(f"{path} is not a saesteer judge cache (its tables: {', '.join(sorted(tables)[:4])}"
-                         f"{', ...' if len(tables) > 4 else ''}); point --judge-cache-path at another file")
+                         f"{', ...' if len(tables) > 4 else ''}; it has no {' and no '.join(lacks)} table); "
+                         "point --judge-cache-path at another file")
     if fmt is not None and fmt[0] != _FORMAT:
         raise ValueError(f"{path}: not a saesteer judge cache (format {fmt[0]!r}); point --judge-cache-path at another file")
 

@@ -4,4 +4,4 @@ It imports the domain packages (saes, training, features, autointerp, steering, 
 they never import it.
 """
 
-from saes.version import __version__  # written there, once (pyproject reads it there too)
+from saes.version import __version__  # noqa: F401 (re-exported; written there, once: pyproject reads it there too)

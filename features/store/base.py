@@ -8,6 +8,7 @@ import json
 import os
 import sqlite3
 import threading
+import weakref
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator, Mapping, TypeVar
@@ -20,7 +21,7 @@ from features.store.errors import (
     StoreReadOnlyError,
 )
 from features.store.schema import (ADDED_TABLES, FEATURE_COLUMNS, READABLE_VERSIONS, RENAMED_COLUMNS, SCHEMA,
-                                   SCHEMA_VERSION, connect)
+                                   SCHEMA_VERSION, connect, remove_side_files)
 from features.tokentext import LABEL_RULE, label_from_rule_1
 from saes.errors import note
 from saes.fileio import FileLock
@@ -68,11 +69,20 @@ def _rename_columns(conn: sqlite3.Connection) -> None:
         raise
 
 
+def _close_connection(conn: sqlite3.Connection, path: Path, readonly: bool) -> None:
+    conn.close()
+    if readonly:
+        remove_side_files(path)
+
+
 class StoreBase:
     """A feature store file's connection and identity. Use `FeatureStore.open(...)`."""
 
     def __init__(self, conn: sqlite3.Connection, path: Path, readonly: bool) -> None:
         self._conn = conn
+        # closes the connection on `close()`, or when the store is collected or the process exits unclosed
+        # (`serve` keeps its stores open to the end), so that no `-wal`/`-shm` file is left beside the store
+        self._finalizer = weakref.finalize(self, _close_connection, conn, Path(path), readonly)
         self.path = Path(path)
         self.readonly = readonly
         self.schema_from = SCHEMA_VERSION  # the schema version the file had when opened (1: upgraded by this open)
@@ -165,7 +175,7 @@ class StoreBase:
     def close(self) -> None:
         with self._lock:
             if self._conn is not None:
-                self._conn.close()
+                self._finalizer()
                 self._conn = None  # type: ignore[assignment]
 
     def __enter__(self: _Store) -> _Store:

@@ -255,3 +255,25 @@ def _connect_readonly(path: Path) -> sqlite3.Connection:
                          "it; open it once where its folder is writable (e.g. `saesteer features list` by its owner), "
                          "or copy the store and that file into a writable folder")
     return sqlite3.connect(uri + "?immutable=1", uri=True, isolation_level=None, check_same_thread=False)
+
+
+def remove_side_files(path: Path) -> None:
+    """Let SQLite remove `<store>-wal` and `<store>-shm` once a read-only connection to a WAL store has
+    closed. SQLite deletes them when the last connection closes, but only if that connection may
+    write: a read-only one (every browse: `serve`, `features show`) leaves them beside the store. So a
+    read-write connection is opened, reads, and closes; it removes them only when no other connection
+    (a `label` writing, another reader) has the store open, else leaves them to the last one. Nothing
+    is done where the store or its folder cannot be written (it was read `immutable`: no side files)."""
+    path = Path(path)
+    if not (os.access(path, os.W_OK) and os.access(path.parent, os.W_OK)):
+        return
+    try:
+        conn = sqlite3.connect(path.resolve().as_uri() + "?mode=rw", uri=True, timeout=1.0, isolation_level=None)
+    except sqlite3.Error:
+        return
+    try:
+        conn.execute("SELECT 1 FROM sqlite_master LIMIT 1")  # opens the WAL, so that closing it cleans up
+    except sqlite3.Error:
+        pass
+    finally:
+        conn.close()
