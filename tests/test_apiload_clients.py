@@ -178,12 +178,28 @@ def test_an_async_client_that_closes_its_stream_frees_the_slot_while_the_model_i
     srv, app = serve_chat(ws, batch=BatchConfig(max_queued=1, max_batch_rows=4))
     sched = app.state.openai.schedulers[0]
     model_lock = app.state.web.queues[0].lock
+    # The pause must come before the row's next step, not merely after the client read a chunk: on a
+    # busy machine the worker ran all 48 steps before the client took the lock, and the request ended
+    # 'length' instead of being cancelled. So the worker's step after the first token waits until the
+    # test holds the model's lock, then waits on that lock as it would behind a web-app job.
+    real_step, first_token_out, lock_held = sched.engine.step, threading.Event(), threading.Event()
+
+    def step_after_the_first_token_waits_for_the_lock():
+        if first_token_out.is_set():
+            assert lock_held.wait(60), "the test never took the model's lock"
+        events = real_step()
+        if any(ev.text for ev in events):  # a chunk the client will read
+            first_token_out.set()
+        return events
+
+    sched.engine.step = step_after_the_first_token_waits_for_the_lock
 
     async def read_one_then_close():
         async with async_openai_client(srv) as client:
             stream = await client.completions.create(stream=True, **dict(BODY, extra_body={"ignore_eos": True}))
             await stream.__anext__()
             model_lock.acquire()  # the model pauses mid-generation
+            lock_held.set()
             await stream.close()
 
     try:
@@ -288,11 +304,24 @@ def _closed_by_server(sock: socket.socket) -> bool:
         return True
 
 
+def _read_response(f) -> tuple[int, bytes]:
+    """(status, body) of the next HTTP/1.1 response on `f` (a socket's buffered reader; a
+    Content-Length body, as the API answers)."""
+    status = int(f.readline().split()[1])
+    length = 0
+    while (line := f.readline()) not in (b"\r\n", b""):
+        name, _, value = line.partition(b":")
+        length = int(value) if name.strip().lower() == b"content-length" else length
+    return status, f.read(length)
+
+
 def test_connections_whose_headers_never_come_are_closed_but_a_long_request_is_not(ws):
     """uvicorn waits forever for a request's headers: a client that opens connections and sends
     nothing, or its headers a byte now and then (slowloris), held a socket each. `saesteer serve`'s
     protocol (listen.guarded_http_protocol) closes them once the headers are overdue; a request whose
-    headers came runs as long as it needs (here: held past that time by the paused model)."""
+    headers came runs as long as it needs (here: held past that time by the paused model), and its
+    connection serves the next request (sent pipelined, so that no client's speed decides whether it
+    came in time), then is closed once idle past the deadline again."""
     from saesteer.web.listen import guarded_http_protocol
 
     srv, app = serve_chat(ws, uvicorn_kw={"http": guarded_http_protocol(0.5)})
@@ -302,16 +331,19 @@ def test_connections_whose_headers_never_come_are_closed_but_a_long_request_is_n
                 socket.create_connection(("127.0.0.1", srv.port)) as trickle:
             trickle.sendall(b"GET /v1/models HTTP/1.1\r\nHost: 127.0.0.1:%d\r\n" % srv.port)  # never finished
             assert _closed_by_server(idle) and _closed_by_server(trickle)
-        with httpx.Client(base_url=srv.url, timeout=60) as h:
-            answered: list = []
+        body = json.dumps(dict(BODY, max_tokens=2)).encode()
+        host = b"Host: 127.0.0.1:%d\r\n" % srv.port
+        with socket.create_connection(("127.0.0.1", srv.port), timeout=60) as kept, kept.makefile("rb") as f:
             with model_lock:
-                t = threading.Thread(target=lambda: answered.append(h.post("/v1/completions", json=dict(BODY, max_tokens=2))))
-                t.start()
+                kept.sendall(b"POST /v1/completions HTTP/1.1\r\n" + host + b"Content-Type: application/json\r\n"
+                             b"Content-Length: %d\r\n\r\n" % len(body) + body + b"GET /v1/models HTTP/1.1\r\n" + host + b"\r\n")
                 _until(lambda: app.state.openai.schedulers[0].in_flight == 1, "the request is in")
                 with socket.create_connection(("127.0.0.1", srv.port)) as probe:  # the deadline has passed once this closes
                     assert _closed_by_server(probe)
-            t.join(60)
-            assert answered[0].status_code == 200 and answered[0].json()["usage"]["completion_tokens"] == 2
-            assert h.get("/v1/models").status_code == 200  # the same kept-alive connection, answered again
+            status, answer = _read_response(f)
+            assert status == 200 and json.loads(answer)["usage"]["completion_tokens"] == 2
+            status, answer = _read_response(f)  # the same connection, answered again
+            assert status == 200 and json.loads(answer)["data"][0]["id"] == "chat"
+            assert _closed_by_server(kept)  # idle again: its next request's headers are due in turn
     finally:
         srv.stop()
