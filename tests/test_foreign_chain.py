@@ -73,16 +73,12 @@ def gemma3(real_corpus, tmp_path_factory):
     """A tiny Gemma 3 checkpoint with a Gemma-style tokenizer, a text folder of the user's kind, and a
     cache of the MLP's input and output at block 1 (what Gemma Scope 2 transcoders read, what a sparsify SAE on
     `layers.1.mlp` reads)."""
-    from helpers.real_models import build_family_tokenizer, save_arch_model
+    from helpers.real_models import build_family_tokenizer, save_arch_model, write_jsonl_splits
 
     work = tmp_path_factory.mktemp("gemma-3")
     tok = build_family_tokenizer("gemma", real_corpus.train_docs)
     model_dir = save_arch_model(work / "gemma-3", "gemma3", tok)
-    data = work / "text"
-    data.mkdir()
-    docs = list(USER_TEXT) + list(real_corpus.train_docs[:8])
-    for split, part in (("train", docs), ("validation", docs[::-1])):
-        (data / f"{split}.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in part), encoding="utf-8")
+    data = write_jsonl_splits(work / "text", list(USER_TEXT) + list(real_corpus.train_docs[:8]))
     saesteer("cache", "--model", model_dir, "--dataset", data, "--context-length", 48, "--max-tokens", 1024,
              "--hooks", f"{MLP_IN},{MLP_OUT}", "--out", work / "cache", "--no-progress").ok()
     return SimpleNamespace(work=work, model_dir=model_dir, cache=work / "cache")
@@ -258,8 +254,7 @@ def test_a_gemma_scope_2_transcoder_through_label_serve_api_steer_and_eval(gemma
 # ---------------------------------------------------------------------------------------------
 # SAELens folders trained with normalize_activations="expected_average_only_in" whose factor only the registry has
 
-JB_REPO, JB_FOLDER = "jbloom/Gemma-2b-Residual-Stream-SAEs", "gemma_2b_blocks.12.hook_resid_post_16384"
-JB_ID = ("gemma-2b-res-jb", "blocks.12.hook_resid_post")  # the release's one id with a norm_scaling_factor
+JB_REPO, JB_FOLDER, JB_ID = fs.JB_REPO, fs.JB_FOLDER, fs.JB_ID
 
 
 def test_a_registry_folder_read_by_path_folds_the_registry_s_scaling_factor(tmp_path, monkeypatch):
@@ -271,17 +266,11 @@ def test_a_registry_folder_read_by_path_folds_the_registry_s_scaling_factor(tmp_
 
     from huggingface_hub import constants
     from sae_lens.loading.pretrained_saes_directory import get_norm_scaling_factor
-    from sae_lens.saes.standard_sae import StandardSAE, StandardSAEConfig
 
     from saes.formats import resolve_sae
     from saes.io import SAEFormatError
 
-    sl = StandardSAE(StandardSAEConfig(d_in=16, d_sae=48, normalize_activations="expected_average_only_in"))
-    with torch.no_grad():
-        for p in sl.parameters():
-            p.copy_(torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel())) * 0.3)
-    sl.cfg.metadata.hook_name, sl.cfg.metadata.model_name = JB_ID[1], "gemma-2b"
-    sl.save_model(tmp_path / "made")
+    fs.save_unfolded_saelens_sae(tmp_path / "made")
     unscaled = "gemma_2b_blocks.0.hook_resid_post_16384_anthropic"  # blocks.0.hook_resid_post: no registry factor
     snap = fs.write_hf_snapshot(tmp_path / "hub", JB_REPO, {
         f"{folder}/{f}": tmp_path / "made" / f for folder in (JB_FOLDER, unscaled)

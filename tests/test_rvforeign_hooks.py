@@ -158,8 +158,7 @@ def test_delphi_s_mlp_module_is_the_module_s_output_on_the_store_s_model(gemma2)
     assert _pick_module(["layers.1.mlp"], None, MLP_OUT, llama_like) == ("layers.1.mlp", None)
 
 
-JB_REPO, JB_FOLDER = "jbloom/Gemma-2b-Residual-Stream-SAEs", "gemma_2b_blocks.12.hook_resid_post_16384"
-JB_ID = ("gemma-2b-res-jb", "blocks.12.hook_resid_post")  # the release's one id with a norm_scaling_factor
+JB_REPO, JB_FOLDER, JB_ID = fs.JB_REPO, fs.JB_FOLDER, fs.JB_ID
 
 
 def test_load_sae_of_a_registry_folder_folds_the_registry_s_factor_as_resolve_sae_does(tmp_path, monkeypatch):
@@ -170,18 +169,12 @@ def test_load_sae_of_a_registry_folder_folds_the_registry_s_factor_as_resolve_sa
 
     from huggingface_hub import constants
     from sae_lens import SAE as SaeLensSAE
-    from sae_lens.saes.standard_sae import StandardSAE, StandardSAEConfig
 
     from saes import load_sae
     from saes.formats import resolve_sae
     from saes.io import SAEFormatError
 
-    sl = StandardSAE(StandardSAEConfig(d_in=16, d_sae=48, normalize_activations="expected_average_only_in"))
-    with torch.no_grad():
-        for p in sl.parameters():
-            p.copy_(torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel())) * 0.3)
-    sl.cfg.metadata.hook_name, sl.cfg.metadata.model_name = JB_ID[1], "gemma-2b"
-    sl.save_model(tmp_path / "made")
+    fs.save_unfolded_saelens_sae(tmp_path / "made")
     snap = fs.write_hf_snapshot(tmp_path / "hub", JB_REPO, {
         f"{JB_FOLDER}/{f}": tmp_path / "made" / f for f in ("cfg.json", "sae_weights.safetensors")})
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))

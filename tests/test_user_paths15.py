@@ -59,7 +59,7 @@ USER_TEXT = [
 
 @pytest.fixture(scope="module")
 def gemma(real_corpus, tmp_path_factory):
-    from helpers.real_models import GEMMA2_CHAT_TEMPLATE, build_family_tokenizer, save_arch_model
+    from helpers.real_models import GEMMA2_CHAT_TEMPLATE, build_family_tokenizer, save_arch_model, write_jsonl_splits
 
     work = tmp_path_factory.mktemp("gemma-scope")
     tok = build_family_tokenizer("gemma", real_corpus.train_docs)
@@ -70,11 +70,7 @@ def gemma(real_corpus, tmp_path_factory):
     snap = write_hf_snapshot(work / "hub", REPO, {
         f"{LAYER0}/params.npz": write_gemma_scope(work / "src" / "l0.npz", params["l0"]),
         f"{EMBED}/params.npz": write_gemma_scope(work / "src" / "embed.npz", params["embed"])})
-    data = work / "text"
-    data.mkdir()
-    docs = list(USER_TEXT) + list(real_corpus.train_docs[:12])
-    for split, part in (("train", docs), ("validation", docs[::-1])):
-        (data / f"{split}.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in part), encoding="utf-8")
+    data = write_jsonl_splits(work / "text", list(USER_TEXT) + list(real_corpus.train_docs[:12]))
     saesteer("cache", "--model", model_dir, "--dataset", data, "--context-length", 48, "--max-tokens", 2048,
              "--hooks", f"{HOOK},hook_embed", "--out", work / "cache", "--no-progress").ok()
     return SimpleNamespace(work=work, tok=tok, model_dir=model_dir, data=data, hub=work / "hub", params=params,

@@ -412,3 +412,21 @@ def write_gemma_scope_2(hub: Path, repo_id: str, folder: str, params: dict[str, 
     (src / "config.json").write_text(json.dumps(cfg))
     return write_hf_snapshot(hub, repo_id, {f"{folder}/{n}": src / n for n in ("params.safetensors", "config.json")})
 
+
+# gemma-2b-res-jb's one SAE with a registry norm_scaling_factor, as its HF repo and folder name it
+JB_REPO, JB_FOLDER = "jbloom/Gemma-2b-Residual-Stream-SAEs", "gemma_2b_blocks.12.hook_resid_post_16384"
+JB_ID = ("gemma-2b-res-jb", "blocks.12.hook_resid_post")
+
+
+def save_unfolded_saelens_sae(folder: Path) -> Path:
+    """A SAELens StandardSAE saved by SAELens itself with `expected_average_only_in` still set (its factor
+    not folded: it lives in the registry only), hooked and named as gemma-2b-res-jb's SAE."""
+    from sae_lens.saes.standard_sae import StandardSAE, StandardSAEConfig
+
+    sl = StandardSAE(StandardSAEConfig(d_in=16, d_sae=48, normalize_activations="expected_average_only_in"))
+    with torch.no_grad():
+        for p in sl.parameters():
+            p.copy_(torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel())) * 0.3)
+    sl.cfg.metadata.hook_name, sl.cfg.metadata.model_name = JB_ID[1], "gemma-2b"
+    sl.save_model(folder)
+    return folder

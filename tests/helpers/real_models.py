@@ -99,6 +99,15 @@ def write_corpus(directory) -> Corpus:
     return Corpus(root, jsonl_dir, txt_dir, tuple(train), tuple(validation), tuple(test))
 
 
+def write_jsonl_splits(directory, docs) -> Path:
+    """A local dataset a user points --dataset at: train.jsonl of `docs` and validation.jsonl of them reversed."""
+    root = Path(directory)
+    root.mkdir(parents=True, exist_ok=True)
+    for split, part in (("train", docs), ("validation", docs[::-1])):
+        (root / f"{split}.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in part), encoding="utf-8")
+    return root
+
+
 # ----------------------------------------------------------------------------------------------
 # tokenizers: byte-level BPE in each family's style
 
