@@ -194,7 +194,7 @@ def test_a_gemma_scope_2_transcoder_through_label_serve_api_steer_and_eval(gemma
     """The chain after `features build` on the registry id: the judge labels a latent by its index, the web
     page and the API's edit name that index, `steer` and the API change the text, `eval` reads the MLP's input."""
     from helpers.judge_server import JudgeServer, fake_llm_answer
-    from helpers.api_server import api_served
+    from helpers.api_server import api_served, assert_steering_changes_the_completion
     from helpers.web_app import record_server
 
     pytest.importorskip("openai")
@@ -239,12 +239,7 @@ def test_a_gemma_scope_2_transcoder_through_label_serve_api_steer_and_eval(gemma
         assert feature["top_examples"][0]["activation"] == pytest.approx(summary["max_act"], rel=1e-3, abs=1e-3)
         page = get(f"/s/{store['id']}/f/{latent}")
         assert html.escape(label) in page and f"#{latent}" in page
-        served, = [m.id for m in client.models.list().data]
-        out = client.completions.create(model=served, prompt=prompt, max_tokens=6, temperature=0,
-                                        extra_body={"steering": {"edits": [f"{latent}:add=8x"]}})
-        plain = client.completions.create(model=served, prompt=prompt, max_tokens=6, temperature=0)
-        edit, = out.model_extra["steering"]["edits"]
-        assert edit.startswith(f"{latent}:add=") and out.choices[0].text != plain.choices[0].text
+        assert_steering_changes_the_completion(client, prompt, latent)
     saesteer("eval", "--sae", gs2_hub, "--model", gemma3.model_dir, "--dataset", gemma3.work / "text",
              "--contexts", 4, "--context-length", 32, "--out", tmp_path / "eval").ok()
     (name, ev), = json.loads((tmp_path / "eval" / "eval.json").read_text())["saes"].items()

@@ -207,7 +207,7 @@ def test_an_embedding_sae_copied_out_of_its_repo_is_refused_at_hook_embed(gemma,
 
 def test_build_show_label_steer_serve_and_eval_a_gemma_scope_sae(gemma, monkeypatch):
     from helpers.judge_server import JudgeServer, fake_llm_answer
-    from helpers.api_server import api_served
+    from helpers.api_server import api_served, assert_steering_changes_the_completion
     from helpers.web_app import record_server
 
     pytest.importorskip("openai")
@@ -248,12 +248,7 @@ def test_build_show_label_steer_serve_and_eval_a_gemma_scope_sae(gemma, monkeypa
     saesteer("api", "--store", db, "--port", 0).ok()
     (app, kw), = calls
     with api_served(app, kw["port"]) as (_, client):
-        served, = [m.id for m in client.models.list().data]
-        out = client.completions.create(model=served, prompt=prompt, max_tokens=6, temperature=0,
-                                        extra_body={"steering": {"edits": [f"{latent}:add=8x"]}})
-        plain = client.completions.create(model=served, prompt=prompt, max_tokens=6, temperature=0)
-        edit, = out.model_extra["steering"]["edits"]
-        assert edit.startswith(f"{latent}:add=") and out.choices[0].text != plain.choices[0].text
+        assert_steering_changes_the_completion(client, prompt, latent)
     r = saesteer("eval", "--sae", gemma.layer0, "--model", gemma.model_dir, "--dataset", gemma.data, "--contexts", 4,
                  "--context-length", 48, "--out", work / "eval").ok()
     doc = json.loads((work / "eval" / "eval.json").read_text())

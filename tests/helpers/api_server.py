@@ -108,3 +108,14 @@ def serve_chat(ws, *, limits=None, **kw) -> tuple[ServerThread, Any]:
 
     limits = limits or Limits(max_new_tokens=48)
     return serve_entries([make_entry(ws, "chat", limits=limits)], limits=limits, **kw)
+
+
+def assert_steering_changes_the_completion(client, prompt: str, latent: int) -> None:
+    """Through the served model (the only one): `latent:add=8x` is applied, named back, and changes the
+    greedy completion of `prompt`."""
+    served, = [m.id for m in client.models.list().data]
+    out = client.completions.create(model=served, prompt=prompt, max_tokens=6, temperature=0,
+                                    extra_body={"steering": {"edits": [f"{latent}:add=8x"]}})
+    plain = client.completions.create(model=served, prompt=prompt, max_tokens=6, temperature=0)
+    edit, = out.model_extra["steering"]["edits"]
+    assert edit.startswith(f"{latent}:add=") and out.choices[0].text != plain.choices[0].text
