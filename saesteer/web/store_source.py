@@ -139,9 +139,8 @@ class StoreCatalog:
             d_sae=int(self.store.d_sae),
             n_features=n_written,
             levels=list(range(len(widths))) if len(widths) > 1 else [],
-            has_labels=self.store.has_labels(),
             tokens_seen=meta.get("n_rows"),
-            score_method=self.score_method,
+            **self.live_info(),
         )
 
     # -- lists ----------------------------------------------------------------------------------
@@ -166,11 +165,11 @@ class StoreCatalog:
             f["min_score"] = q.min_score
         return f
 
-    def _scores(self, latents: Sequence[int], score_method: str | None = None) -> dict[int, float]:
+    def _scores(self, latents: Sequence[int], score_method: str) -> dict[int, float]:
         """The main score of the current label of each given feature (those that have one)."""
         if not latents:
             return {}
-        return self.store.current_scores(latents, score_method or self.score_method)  # one query, not a whole record per row
+        return self.store.current_scores(latents, score_method)  # one query, not a whole record per row
 
     def _summary(self, s, score: float | None = None) -> FeatureSummary:
         return FeatureSummary(
@@ -206,7 +205,7 @@ class StoreCatalog:
         if not ids:
             return {}
         rows = self.store.list_features(filter={"latents": ids}, limit=len(ids))
-        scores = self._scores([r.latent for r in rows]) if with_scores else {}
+        scores = self._scores([r.latent for r in rows], self.score_method) if with_scores else {}
         return {r.latent: self._summary(r, scores.get(r.latent)) for r in rows}
 
     # -- search by meaning ----------------------------------------------------------------------
@@ -271,12 +270,14 @@ class StoreCatalog:
 
     def map_points(self, layout: str) -> MapData | None:
         """Every laid-out latent with what the map colours by; None for an unknown layout."""
-        if layout not in self.map_layouts():
+        layouts = self.map_layouts()
+        if layout not in layouts:
             return None
         pts = self.store.feature_map(layout)
         ids = [i for i, _, _ in pts]
         rows = {r.latent: r for r in self.store.list_features(filter={"latents": ids}, limit=max(1, len(ids)))} if ids else {}
-        main = self._scores(ids)
+        method = self.score_method  # read once for the map, as for a page of the list
+        main = self._scores(ids, method)
         from autointerp.semantic import output_scores
 
         outs = output_scores(self.store, ids)
@@ -288,8 +289,8 @@ class StoreCatalog:
                                    score=finite(main.get(i)), output_score=finite(outs.get(i)),
                                    frequency=finite(r.freq) if r else None))
         info = self.store.meta.get(f"feature_map:{layout}") or {}
-        return MapData(layout=layout, layouts=self.map_layouts(), source=str(info.get("source", "")),
-                       method=str(info.get("method", "")), score_method=self.score_method, points=points)
+        return MapData(layout=layout, layouts=layouts, source=str(info.get("source", "")),
+                       method=str(info.get("method", "")), score_method=method, points=points)
 
     # -- one feature ----------------------------------------------------------------------------
     def feature(self, latent: int) -> FeatureDetail | None:
