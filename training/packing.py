@@ -300,8 +300,9 @@ def estimate_stream_tokens(cfg: TextConfig, tokenizer, source: DocumentSource, s
                            eos_next_bos: bool | None = None) -> int | None:
     """Rough number of stream tokens in the whole dataset from `sample`, its first documents (from
     `sample_documents`), packed as the build packs them (`eos_next_bos`: as `open_packer`'s). None
-    when it cannot be guessed (e.g. a streamed hub dataset). Scales by the document count
-    (non-streaming) or by file bytes (local files)."""
+    when it cannot be guessed (e.g. a streamed hub dataset). Scales by the text's bytes where they are
+    known (non-streaming: Arrow's offsets; parquet: the column's bytes in the footers), else by the
+    document count (non-streaming, parquet) or by file bytes (local JSON and text files)."""
     texts = sample.texts
     if not texts:
         return 0
