@@ -369,9 +369,9 @@ def _parquet_column_bytes(files, column: str) -> tuple[int, bool] | None:
         for p in files:
             meta = pq.ParquetFile(p).metadata
             paths = [meta.schema.column(i).path for i in range(meta.num_columns)]
-            if column not in paths or meta.schema.column(paths.index(column)).physical_type != "BYTE_ARRAY":
+            i = paths.index(column) if column in paths else None
+            if i is None or meta.schema.column(i).physical_type != "BYTE_ARRAY":
                 return None
-            i = paths.index(column)
             for g in range(meta.num_row_groups):
                 chunk = meta.row_group(g).column(i)
                 total += chunk.total_uncompressed_size
