@@ -579,7 +579,7 @@ def _example_rows(f0, f1, res: PassResult, source, tokenizer, before, W, window_
     kinds = ("top", "quantile", "negative")
     return ExampleBlock(windows, (
         f_E.tolist(), [kinds[k] for k in kind_E.tolist()], rank_E.tolist(), val_E.tolist(),
-        [None if q != q else q for q in q_E.tolist()], seq_E.tolist(), pos_E.tolist(), (before - lo_E).tolist(),
+        [_nan(q) for q in q_E.tolist()], seq_E.tolist(), pos_E.tolist(), (before - lo_E).tolist(),
         w_E.tolist(), acts))
 
 

@@ -300,8 +300,9 @@ def estimate_stream_tokens(cfg: TextConfig, tokenizer, source: DocumentSource, s
                            eos_next_bos: bool | None = None) -> int | None:
     """Rough number of stream tokens in the whole dataset from `sample`, its first documents (from
     `sample_documents`), packed as the build packs them (`eos_next_bos`: as `open_packer`'s). None
-    when it cannot be guessed (e.g. a streamed hub dataset). Scales by the document count
-    (non-streaming) or by file bytes (local files)."""
+    when it cannot be guessed (e.g. a streamed hub dataset). Scales by the text's bytes where they are
+    known (non-streaming: Arrow's offsets; parquet: the column's bytes in the footers), else by the
+    document count (non-streaming, parquet) or by file bytes (local JSON and text files)."""
     texts = sample.texts
     if not texts:
         return 0
@@ -368,9 +369,9 @@ def _parquet_column_bytes(files, column: str) -> tuple[int, bool] | None:
         for p in files:
             meta = pq.ParquetFile(p).metadata
             paths = [meta.schema.column(i).path for i in range(meta.num_columns)]
-            if column not in paths or meta.schema.column(paths.index(column)).physical_type != "BYTE_ARRAY":
+            i = paths.index(column) if column in paths else None
+            if i is None or meta.schema.column(i).physical_type != "BYTE_ARRAY":
                 return None
-            i = paths.index(column)
             for g in range(meta.num_row_groups):
                 chunk = meta.row_group(g).column(i)
                 total += chunk.total_uncompressed_size

@@ -10,7 +10,6 @@ from typing import Any
 from features.store.base import StoreBase
 from features.store.rows import (
     CorrelationRow,
-    ExampleRow,
     FeatureRow,
     HistogramRow,
     LogitRow,
@@ -68,11 +67,11 @@ class StoreBuildWrites(StoreBase):
         self._vocab = None
 
     def write_feature_block(self, block: int, first_latent: int, end_latent: int, features: list[FeatureRow],
-                            histograms: list[HistogramRow], examples: ExampleBlock | list[ExampleRow], logits: list[LogitRow],
+                            histograms: list[HistogramRow], examples: ExampleBlock, logits: list[LogitRow],
                             neighbours: list[NeighbourRow], fts: list[SearchTextRow],
                             correlations: list[CorrelationRow]) -> None:
         """One build transaction: latents [first_latent, end_latent) with everything that belongs to them
-        (the examples as the build makes them, an `ExampleBlock`, or one `ExampleRow` each)."""
+        (the examples as an `ExampleBlock`: `ExampleBlock.of_rows` makes one of `ExampleRow`s)."""
         try:
             self._write_block(block, first_latent, end_latent, features, histograms, examples, logits, neighbours,
                               fts, correlations)

@@ -66,12 +66,11 @@ class WindowIds:
             (t, x, o): i for i, t, x, o in conn.execute("SELECT id, token_ids, text, token_offsets FROM windows")}
         self._next = max(self._ids.values(), default=0) + 1
 
-    def refs(self, examples: ExampleBlock | Iterable[ExampleRow]) -> tuple[list[tuple], Iterable[tuple]]:
-        """(new window rows, example_refs rows) for `examples`; the new windows are remembered as
+    def refs(self, block: ExampleBlock) -> tuple[list[tuple], Iterable[tuple]]:
+        """(new window rows, example_refs rows) for `block`'s examples; the new windows are remembered as
         written, so call it inside the transaction that inserts both, and read the ids again (a new
         `WindowIds`) after a rollback. Windows new to the store get ids in the order the block first
         names them (the order the examples name them)."""
-        block = examples if isinstance(examples, ExampleBlock) else ExampleBlock.of_rows(examples)
         ids, new, stored = self._ids, [], []
         for key in block.windows:
             w = ids.get(key)
