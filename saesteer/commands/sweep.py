@@ -96,12 +96,14 @@ def _judge_cache_path(args):
     again: beside --store, else beside --out (sweep: in that folder); None: --out not given either."""
     from pathlib import Path
 
+    from autointerp.cache import cache_beside
+
     if args.store:
-        return Path(args.store).with_name(Path(args.store).name + ".judge-cache.sqlite")
+        return cache_beside(args.store)
     if not getattr(args, "out", None):
         return None
     out = Path(args.out)
-    return out / "judge-cache.sqlite" if args.command == "sweep" else out.with_name(out.name + ".judge-cache.sqlite")
+    return out / "judge-cache.sqlite" if args.command == "sweep" else cache_beside(out)
 
 
 def _judge_config(args):
