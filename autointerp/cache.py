@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["ResponseCache", "CachedResponse", "check_cache_file", "request_key"]
+__all__ = ["ResponseCache", "CachedResponse", "cache_beside", "check_cache_file", "request_key"]
 
 
 def request_key(request: dict[str, Any]) -> str:
@@ -60,6 +60,12 @@ CREATE TABLE IF NOT EXISTS settings_sent (key TEXT PRIMARY KEY, settings TEXT NO
 CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v TEXT NOT NULL);
 """
 _FORMAT = "saesteer-judge-cache-1"
+
+
+def cache_beside(path: str | os.PathLike) -> Path:
+    """The judge cache a command keeps beside a file it works on (the store): `<path>.judge-cache.sqlite`."""
+    path = Path(path)
+    return path.with_name(path.name + ".judge-cache.sqlite")
 
 
 def check_cache_file(path: str | os.PathLike) -> None:

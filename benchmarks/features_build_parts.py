@@ -2,7 +2,8 @@
 
     python benchmarks/features_build_parts.py build --sae SAE --cache CACHE [--model M] --out X.db --overwrite --no-progress
         the CLI command; prints RESULT {json}: process CPU seconds of the whole command, of the store
-        write (features.build._write: relations, then blocks), of the blocks' rows (_block_rows, example
+        write (features.build._write: relations, then blocks), of each relation (decoder and co-activation
+        neighbours, activation correlations, logit effects), of the blocks' rows (_block_rows, example
         texts included), of the example texts and of the SQLite block writes; wall seconds of the
         command, of the store write and of the relations' logit effects; peak RSS
     python benchmarks/features_build_parts.py pass SAE CACHE HOOK

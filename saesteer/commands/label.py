@@ -123,6 +123,7 @@ def _label_run(args, store_path, label_cfg, judge_cfg, embed_cfg, budget) -> int
     its model; the judge's cache file is made)."""
     import sys
 
+    from autointerp.cache import cache_beside
     from autointerp.config import make_judge
     from autointerp.featurestore import FeatureStoreLabels
     from autointerp.runner import select_latents
@@ -137,7 +138,7 @@ def _label_run(args, store_path, label_cfg, judge_cfg, embed_cfg, budget) -> int
     with FeatureStoreLabels.open(store_path) as store:
         try:
             select_latents(store, label_cfg)
-            judge = make_judge(judge_cfg, cache_path=store_path.with_name(store_path.name + ".judge-cache.sqlite"),
+            judge = make_judge(judge_cfg, cache_path=cache_beside(store_path),
                                budget=budget)
         except ValueError as e:
             print_error(e)

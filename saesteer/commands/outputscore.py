@@ -45,6 +45,7 @@ def run(args) -> int:
     import sys
     from pathlib import Path
 
+    from autointerp.cache import cache_beside
     from autointerp.config import JudgeConfig, make_judge, parse_latents
     from features import FeatureStore
     from features.store import StoreError
@@ -75,7 +76,7 @@ def run(args) -> int:
             model = load_recorded_model(store.recorded_model(), args.model, recorded_in=str(store_path),
                                         device=args.device, allow_mismatch=args.allow_model_mismatch)
             sae = sae.to(model_device(model))
-            judge = make_judge(judge_cfg, cache_path=store_path.with_name(store_path.name + ".judge-cache.sqlite"))
+            judge = make_judge(judge_cfg, cache_path=cache_beside(store_path))
             res = score_outputs(model, sae, store, ids, cfg, judge=judge, progress=not args.no_progress)
     except (StoreError, FileNotFoundError, ValueError) as e:
         print_error(e)

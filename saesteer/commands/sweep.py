@@ -91,17 +91,19 @@ def run(args) -> int:
         return print_error(e, args)
 
 
-def _judge_cache_path(args, store_path):
+def _judge_cache_path(args):
     """Where the judge's answers are kept, so that a re-run (after a stop, a crash) asks none of them
     again: beside --store, else beside --out (sweep: in that folder); None: --out not given either."""
     from pathlib import Path
 
-    if store_path:
-        return Path(store_path).with_name(Path(store_path).name + ".judge-cache.sqlite")
+    from autointerp.cache import cache_beside
+
+    if args.store:
+        return cache_beside(args.store)
     if not getattr(args, "out", None):
         return None
     out = Path(args.out)
-    return out / "judge-cache.sqlite" if args.command == "sweep" else out.with_name(out.name + ".judge-cache.sqlite")
+    return out / "judge-cache.sqlite" if args.command == "sweep" else cache_beside(out)
 
 
 def _judge_config(args):
@@ -143,7 +145,7 @@ def _check_scoring(args) -> None:
     if judge_cfg is None:
         return
     try:
-        cache_path = judge_cfg.cache_path or _judge_cache_path(args, args.store)
+        cache_path = judge_cfg.cache_path or _judge_cache_path(args)
         if judge_cfg.use_cache and cache_path is not None:
             check_cache_file(cache_path)  # a file of another kind given as the cache (e.g. the store)
         if resolve_backend(judge_cfg)[0] != "transformers":  # (a transformers judge's check is loading its model)
@@ -152,7 +154,7 @@ def _check_scoring(args) -> None:
         raise CLIError(str(e)) from None
 
 
-def _scorer(args, store_path):
+def _scorer(args):
     """(the scorer, its judge or None), made once the model has loaded (after `_check_scoring`): a
     transformers judge loads its own model, and the judge's cache file is made here."""
     from autointerp.config import make_judge
@@ -164,7 +166,7 @@ def _scorer(args, store_path):
     if judge_cfg is None:
         return toy_scorer(args.topic, args.toy_grammar), None
     try:
-        judge = make_judge(judge_cfg, cache_path=_judge_cache_path(args, store_path))
+        judge = make_judge(judge_cfg, cache_path=_judge_cache_path(args))
     except ValueError as e:
         raise CLIError(str(e)) from None
     return JudgeScorer(judge, args.concept), judge
@@ -195,7 +197,7 @@ def _run(args, model=None) -> int:
             model = load_model(args, loaded, store)
         gen_cfg = with_sae_bos(gen_cfg, {name: loaded[name]})  # the SAE's BOS (saes.bos), unless --prepend-bos
         check_prompts_fit(model, prompts, gen_cfg)  # each prompt once, before --samples repeats it
-        scorer, judge = _scorer(args, args.store)
+        scorer, judge = _scorer(args)
         sae = saes[name].to(model_device(model))
         unsteered: dict = {}  # the same prompts and settings for every latent: the unsteered text is made once
         provenance = measurement_provenance(model, sae, args.store)

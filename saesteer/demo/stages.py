@@ -139,6 +139,7 @@ def _concept_matches(store, sae, source, say) -> dict:
 
 
 def stage_label(cfg: DemoConfig, paths: DemoPaths, judge_cfg, progress: bool, info: dict, say) -> tuple[str, int]:
+    from autointerp.cache import cache_beside
     from autointerp.config import JudgeConfig, LabelConfig, make_judge, resolve_backend
     from autointerp.featurestore import FeatureStoreLabels
     from autointerp.runner import label_latents
@@ -148,7 +149,7 @@ def stage_label(cfg: DemoConfig, paths: DemoPaths, judge_cfg, progress: bool, in
     with writer_lock(paths.store):  # as `saesteer label` takes it: one of the two is refused, naming the other
         judge_cfg = judge_cfg or JudgeConfig()
         backend, model_name = resolve_backend(judge_cfg)
-        judge = make_judge(judge_cfg, cache_path=paths.store.with_name(paths.store.name + ".judge-cache.sqlite"))
+        judge = make_judge(judge_cfg, cache_path=cache_beside(paths.store))
         limit = cfg.label_limit if cfg.label_limit is not None else (None if judge is None else 100)
         say(f"judge: {backend}" + (f" ({model_name})" if model_name else " (concept phrases from the contexts, logit effects and neighbours; no LLM)")
             + ("" if limit is None else f"; the {limit} most frequent latents"))
