@@ -28,21 +28,16 @@ pytestmark = [pytest.mark.usefixtures("one_thread")]
 
 HOOKS = ("blocks.1.hook_resid_post", "blocks.0.hook_mlp_out", "blocks.1.attn.hook_z")
 ARCHS = ("topk", "batchtopk", "matryoshka_batchtopk", "jumprelu")
-TEXTS = ["def mean(xs):\n    return sum(xs) / len(xs)  # average",
-         "The café's crème brûlée was naïve; 東京で会いましょう。 See you at 9 p.m."]
 D_SAE = 192
 
 
 @pytest.fixture(scope="module")
 def real_acts(real_models):
-    """The tiny GPT-2's folder and its activations at HOOKS (and the MLP's input) on TEXTS, hook-shaped."""
-    from saesteer.models import load_model
+    """The tiny GPT-2's folder and its activations at HOOKS (and the MLP's input), hook-shaped."""
+    from helpers.publish_acts import hook_activations
 
     path = real_models.path("gpt2")
-    model = load_model(str(path), device="cpu")
-    with torch.no_grad():
-        _, cache = model.run_with_cache(model.to_tokens(TEXTS), names_filter=[*HOOKS, "blocks.0.ln2.hook_normalized"])
-    return path, {h: cache[h].flatten(0, 1).clone() for h in cache}  # [tokens, *hook dims]
+    return path, hook_activations(path, [*HOOKS, "blocks.0.ln2.hook_normalized"])
 
 
 def our_sae(arch: str, hook: str, d_in: int, model_name: str, x_ND: torch.Tensor, **kw) -> saes.SAE:
