@@ -54,3 +54,25 @@ def test_a_page_cut_off_by_a_full_disk_is_removed_and_named(tmp_path):
         resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
         signal.signal(signal.SIGXFSZ, before)
     assert caught.value.filename == str(page) and not page.exists()
+
+
+def test_a_store_that_cannot_be_opened_on_a_full_disk_is_not_called_no_store(tmp_path):
+    """SQLite writes `<store>-shm` (32 KiB) to read a WAL store: on a full disk opening fails with "disk
+    I/O error", which was reported as "<store> is not a saesteer feature store"."""
+    from helpers.real_cli import saesteer
+    from helpers.web_app import shared_store
+
+    store = tmp_path / "tiny.db"
+    shutil.copy(shared_store().path, store)
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    before = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (2048, hard))
+    try:
+        r = saesteer("features", "export", store, tmp_path / "out", "--format", "neuronpedia", "--no-progress")
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+        signal.signal(signal.SIGXFSZ, before)
+    assert r.rc != 0
+    r.no_traceback()
+    assert f"could not open {store}" in r.text and "free some disk space" in r.text, r.text[-1000:]
+    assert "is not a saesteer feature store" not in r.text
