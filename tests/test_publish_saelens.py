@@ -138,3 +138,21 @@ def test_an_uploaded_folder_loads_with_from_pretrained_and_as_the_same_sae_in_ou
     assert sae_fingerprint(loaded.sae) == sae_fingerprint(sae)  # a store built on the local folder takes it
     record = json.loads((folder / "saesteer.json").read_text())
     assert record["files"]["sae_weights.safetensors"]["sha256"]  # the checksum travels with the upload
+
+
+@pytest.mark.parametrize("arch", ["topk", "matryoshka_batchtopk"])
+def test_a_bfloat16_sae_loads_in_saelens_as_bfloat16_with_our_outputs(real_acts, tmp_path, arch):
+    model_dir, acts = real_acts
+    hook = "blocks.1.hook_resid_post"
+    sae = our_sae(arch, hook, 64, str(model_dir), acts[hook]).to(torch.bfloat16)
+    saes.save_sae(sae, tmp_path / "bf16")
+    assert json.loads((tmp_path / "bf16" / "cfg.json").read_text())["dtype"] == "bfloat16"
+    sl = SaeLensSAE.load_from_disk(str(tmp_path / "bf16"))
+    assert sl.W_enc.dtype == torch.bfloat16 and sl.cfg.dtype == "bfloat16"
+    x = acts[hook].to(torch.bfloat16)
+    latents = sae.encode(x)
+    assert (latents > 0).any(-1).float().mean() > 0.25
+    torch.testing.assert_close(sl.encode(x), latents, rtol=0, atol=0)  # the same bf16 products and selection
+    recon = sae(x).recon.float()  # decoding sums in another order: bf16 rounding apart
+    torch.testing.assert_close(sl(x).float(), recon, rtol=2e-2, atol=2e-2 * recon.abs().max().item())
+    assert sae_fingerprint(saes.load_sae(tmp_path / "bf16")) == sae_fingerprint(sae)
