@@ -81,6 +81,7 @@ def test_a_second_model_in_one_run_folder_is_refused(tmp_path):
     assert set(SparseCoder.load_many(tmp_path / "run", local=True)) == {"h.1", "h.0.mlp"}
     with pytest.raises(SAEFormatError, match="a run on model 'gpt2', but this SAE's model is 'EleutherAI/pythia-70m'"):
         sparsify.save(topk("blocks.1.hook_resid_post", "EleutherAI/pythia-70m"), tmp_path / "run", "layers.1")
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["config.json", "h.0.mlp", "h.1"]  # nothing written
 
 
 def test_a_full_disk_while_sharing_is_an_os_error_naming_the_file(tmp_path):

@@ -189,6 +189,14 @@ def save(sae: Any, run_dir: str | Path, hookpoint: str) -> Path:
                              f"reads {hook or 'no recorded hook'}; give the HF module whose output is that hook "
                              f"(e.g. 'h.N' or 'layers.N' for blocks.N.hook_resid_post, 'h.N.mlp' for "
                              f"blocks.N.hook_mlp_out)")
+    run_cfg = Path(run_dir) / RUN_CONFIG
+    hookpoints = [hookpoint]
+    if run_cfg.is_file():  # another hookpoint of the same run: kept, the model must be the same
+        earlier = read_json(run_cfg, "sparsify run config")
+        if isinstance(earlier, dict) and earlier.get("model") not in (None, meta.get("model_name")):
+            raise SAEFormatError(f"{run_cfg} is a run on model {earlier.get('model')!r}, but this SAE's model is "
+                                 f"{meta.get('model_name')!r}; save it into another folder")
+        hookpoints = sorted({*(earlier.get("hookpoints") or []), hookpoint}) if isinstance(earlier, dict) else hookpoints
     state = sae_state_dict(sae)
     folder = Path(run_dir) / hookpoint
     folder.mkdir(parents=True, exist_ok=True)
@@ -198,13 +206,5 @@ def save(sae: Any, run_dir: str | Path, hookpoint: str) -> Path:
     atomic_write_json(folder / CFG, {"activation": "topk", "expansion_factor": 32, "normalize_decoder": True,
                                      "num_latents": sae.d_sae, "k": int(cfg["k"]), "multi_topk": False,
                                      "skip_connection": False, "transcode": False, "d_in": sae.d_in})
-    run_cfg = Path(run_dir) / RUN_CONFIG
-    hookpoints = [hookpoint]
-    if run_cfg.is_file():  # another hookpoint of the same run: kept, the model must be the same
-        earlier = read_json(run_cfg, "sparsify run config")
-        if isinstance(earlier, dict) and earlier.get("model") not in (None, meta.get("model_name")):
-            raise SAEFormatError(f"{run_cfg} is a run on model {earlier.get('model')!r}, but this SAE's model is "
-                                 f"{meta.get('model_name')!r}; save it into another folder")
-        hookpoints = sorted({*(earlier.get("hookpoints") or []), hookpoint}) if isinstance(earlier, dict) else hookpoints
     atomic_write_json(run_cfg, {"model": meta.get("model_name"), "hookpoints": hookpoints})
     return folder
