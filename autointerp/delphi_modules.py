@@ -95,4 +95,6 @@ def module_for_hook(hook: str, model: str | None) -> str | None:
         return None
     n = int(m[1])
     candidates = [f"layers.{n}", f"layers.{n}.mlp"] + ([f"layers.{n - 1}"] if n > 0 else [])
-    return next(iter(fitting_modules(candidates, hook, model)), None)
+    # the first that fits, trying no further: asking about an MLP's output reads the model's config, and where
+    # it is not at hand says so in a note about hook_mlp_out, which a residual-stream SAE's export never reads
+    return next((m for m in candidates if _fit(m, hook, model) in ("output", "mlp input")), None)

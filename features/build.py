@@ -32,7 +32,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,8 +39,7 @@ from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 import torch
-from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
+from safetensors import safe_open
 
 from features.accumulate import FeatureAccumulator
 from features.analysis import (CoactSample, activation_correlations, coact_neighbours, decoder_neighbours,
@@ -57,7 +55,7 @@ from features.store.rows import CorrelationRow, FeatureRow, HistogramRow, LogitR
 from features.store.windows import ExampleBlock
 from features.tokentext import LABEL_RULE, token_labels
 from features.windowtexts import WindowTexts
-from saes.fileio import atomic_path, fsync_dir
+from saes.fileio import atomic_save_safetensors, fsync_dir
 from saes.formats.base import sae_of
 from saes.interop import as_sae
 from saes.threads import torch_threads
@@ -138,30 +136,9 @@ def _remove_store(path: Path) -> None:
 
 
 def save_state(path: Path, acc: FeatureAccumulator, identity: dict, phase: str, next_context: int) -> None:
-    """Write the pass state atomically (`saes.fileio.atomic_path`)."""
+    """Write the pass state atomically (`saes.fileio.atomic_save_safetensors`: a full disk an OSError naming it)."""
     meta = {"identity": json.dumps(identity, sort_keys=True), "phase": phase, "next_context": str(next_context)}
-    try:
-        with atomic_path(path) as tmp:
-            save_file({k: v.contiguous() for k, v in acc.state_dict().items()}, str(tmp), metadata=meta)
-    except SafetensorError as e:  # its Rust writer reports a failed write (a full disk) so, not as an OSError
-        error = _as_os_error(e, path)
-        if error is None:
-            raise
-        raise error from e
-
-
-def _as_os_error(e: SafetensorError, path: Path) -> OSError | None:
-    """The OSError of a failed safetensors write to `path`: its errno from the message ("... (os error
-    28)" as safetensors 0.8 words it, "IoError(Os { code: 28, ...})" as older ones did), else the
-    message itself; None when it is no I/O error (a bug)."""
-    text = str(e)
-    code = re.search(r"\(os error (\d+)\)|\bOs \{ code: (\d+)", text)
-    if code is not None:
-        errno_ = int(code.group(1) or code.group(2))
-        return OSError(errno_, os.strerror(errno_), str(path))
-    if "I/O error" in text or "IoError" in text:
-        return OSError(None, f"could not write it ({text})", str(path))
-    return None
+    atomic_save_safetensors(path, {k: v.contiguous() for k, v in acc.state_dict().items()}, metadata=meta)
 
 
 def load_state(path: Path, acc: FeatureAccumulator, identity: dict) -> tuple[str, int] | None:

@@ -25,6 +25,7 @@ from features.records import Example, FeatureRecord, without_start_bos
 from features.store import FeatureStore
 from features.drawing import readable
 from features.tokentext import visible
+from saes.fileio import atomic_open
 
 _CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,sans-serif;margin:1.5rem;color:#222;max-width:1200px}
@@ -251,7 +252,10 @@ def export_html(
     if not js.is_file():
         raise FileNotFoundError(f"plotly.min.js not found in the plotly package ({js}); reinstall plotly")
     if not (out / "plotly.min.js").is_file() or (out / "plotly.min.js").stat().st_size != js.stat().st_size:
-        shutil.copyfile(js, out / "plotly.min.js")
+        # atomically: a full disk leaves no half script (every page would load it) and names the file
+        # written, not the package's (shutil.copyfile's error leads with its source)
+        with open(js, "rb") as src, atomic_open(out / "plotly.min.js") as dst:
+            shutil.copyfileobj(src, dst)
     folder.wrote(out / "plotly.min.js")
     if latents is None:
         summaries = store.list_features(sort="freq" if limit else "latent", limit=limit or store.d_sae)
@@ -263,7 +267,7 @@ def export_html(
         summaries = [found[i] for i in ids if i in found]
     for s in tqdm(summaries, desc="exporting", disable=not progress):
         page = feature_page(store, store.feature(s.latent)).encode("utf-8")
-        (out / "f" / f"{s.latent:05d}.html").write_bytes(page)
+        _write_page(out / "f" / f"{s.latent:05d}.html", page)
         folder.wrote(out / "f" / f"{s.latent:05d}.html", page)
     meta = store.meta
     sae = meta.get("sae") or {}
@@ -286,6 +290,19 @@ def export_html(
     )
     index = out / "index.html"
     page = _page(head, body, None).encode("utf-8")
-    index.write_bytes(page)
+    _write_page(index, page)
     folder.wrote(index, page)
     return HtmlExport(index, len(summaries), folder.finish())
+
+
+def _write_page(path: Path, data: bytes) -> None:
+    """Write one page (not fsynced: thousands of pages, and the export is re-run after a crash). A failed
+    write (a full disk) removes the partial page, which a browser would show cut off, and names it: a
+    write error names no file."""
+    try:
+        path.write_bytes(data)
+    except OSError as e:
+        path.unlink(missing_ok=True)
+        if e.filename is None:
+            e.filename = str(path)
+        raise

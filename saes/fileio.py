@@ -8,6 +8,7 @@ either the old file or the new one, never half of one; an error removes the temp
     atomic_write_bytes(path, data)          atomic_write_json(path, obj)
     with atomic_open(path) as f: f.write(...)            # streamed (e.g. a large shard)
     with atomic_path(path) as tmp: save_file(t, tmp)     # another library writes the file by name
+    atomic_save_safetensors(path, tensors)  # the same for safetensors' save_file: a full disk an OSError
 
 Modes: `tempfile` makes private files (0600) and folders (0700); what we write is for the user to
 share (caches, SAE folders, stores), so a new file gets the mode an ordinary `open` would give it
@@ -15,7 +16,7 @@ share (caches, SAE folders, stores), so a new file gets the mode an ordinary `op
 the umask.
 
 This module imports only the standard library (the floor: `saes` imports no other package of
-ours, and every package above it imports this).
+ours, and every package above it imports this); `atomic_save_safetensors` imports safetensors when called.
 """
 
 from __future__ import annotations
@@ -189,6 +190,39 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         yield Path(tmp)
         with open(tmp, "rb") as f:  # the writer's own file object is closed: fsync what it wrote
             os.fsync(f.fileno())
+
+
+def atomic_save_safetensors(path: str | os.PathLike, tensors: dict[str, Any],
+                            metadata: dict[str, str] | None = None) -> None:
+    """Write `tensors` to `path` with safetensors' `save_file` (the file written by name, no copy of the
+    bytes in memory), atomically. Every safetensors file we write goes through here: safetensors' Rust
+    writer reports a failed write (a full disk, a file size limit) as a `SafetensorError`, which is
+    turned into the OSError naming `path` that every other failed write gives."""
+    from safetensors import SafetensorError
+    from safetensors.torch import save_file
+
+    try:
+        with atomic_path(path) as tmp:
+            save_file(tensors, str(tmp), metadata=metadata)
+    except SafetensorError as e:
+        error = safetensors_os_error(e, path)
+        if error is None:
+            raise
+        raise error from e
+
+
+def safetensors_os_error(e: Exception, path: str | os.PathLike) -> OSError | None:
+    """The OSError of a failed safetensors write to `path`: its errno from the message ("... (os error
+    28)" as safetensors 0.8 words it, "IoError(Os { code: 28, ...})" as older ones did), else the
+    message itself; None when it is no I/O error (a bug)."""
+    text = str(e)
+    code = re.search(r"\(os error (\d+)\)|\bOs \{ code: (\d+)", text)
+    if code is not None:
+        errno_ = int(code.group(1) or code.group(2))
+        return OSError(errno_, os.strerror(errno_), str(path))
+    if "I/O error" in text or "IoError" in text:
+        return OSError(None, f"could not write it ({text})", str(path))
+    return None
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:

@@ -13,6 +13,7 @@ from typing import Any
 import torch
 
 from saes.base import SAE
+from saes.fileio import atomic_save_safetensors, atomic_write_json
 from saes.io import sae_from_sae_lens_dict, sae_lens_config, sae_state_dict
 
 
@@ -66,13 +67,9 @@ def as_loaded_sae(obj: Any) -> Any:
 
 def to_sae_lens(sae: SAE, device: str = "cpu") -> Any:
     """The same SAE as a `sae_lens.SAE` (e.g. for HookedSAETransformer)."""
-    from safetensors.torch import save_file
     from sae_lens import SAE as SaeLensSAE
 
-    with tempfile.TemporaryDirectory() as tmp:
-        import json
-
-        with open(os.path.join(tmp, "cfg.json"), "w", encoding="utf-8") as f:
-            json.dump(sae_lens_config(sae), f)
-        save_file(sae_state_dict(sae), os.path.join(tmp, "sae_weights.safetensors"))
+    with tempfile.TemporaryDirectory() as tmp:  # a full disk: an OSError naming the file (atomic_save_safetensors)
+        atomic_write_json(os.path.join(tmp, "cfg.json"), sae_lens_config(sae))
+        atomic_save_safetensors(os.path.join(tmp, "sae_weights.safetensors"), sae_state_dict(sae))
         return SaeLensSAE.load_from_disk(tmp, device=device)

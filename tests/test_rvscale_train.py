@@ -99,7 +99,7 @@ def test_a_failed_write_of_the_pass_state_is_a_disk_message_naming_it(tmp_path, 
     def full_disk(tensors, filename, metadata=None):
         raise SafetensorError(message)
 
-    monkeypatch.setattr(build, "save_file", full_disk)
+    monkeypatch.setattr("safetensors.torch.save_file", full_disk)  # what saes.fileio.atomic_save_safetensors calls
     path = tmp_path / "s.db.building.state.safetensors"
     with pytest.raises(Exception) as caught:
         build.save_state(path, FeatureAccumulator(16, BuildConfig(), 8), {"sae": "x"}, "pass", 0)

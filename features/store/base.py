@@ -124,6 +124,10 @@ class StoreBase:
             conn = connect(path, readonly)
             version = conn.execute("SELECT version FROM schema_version").fetchone()
         except sqlite3.DatabaseError as e:
+            if "disk I/O error" in str(e) or "disk is full" in str(e):  # not the store's fault: it is not read
+                raise StoreError(f"could not open {path} ({e}): SQLite writes its index {path.name}-shm beside it "
+                                 "to read it; free some disk space (or raise the file size limit, `ulimit -f`), "
+                                 "then re-run") from None
             raise StoreError(f"{path} is not a saesteer feature store ({e})") from None
         if version is None:
             conn.close()

@@ -36,7 +36,7 @@ from typing import Any
 
 import torch
 
-from saes.fileio import read_json
+from saes.fileio import atomic_open, atomic_write_json, read_json
 from saes.formats.base import (
     TRANSCODER_HINT,
     LoadedSAE,
@@ -50,7 +50,7 @@ from saes.formats.base import (
     tl_hook_for_module,
     tl_hook_for_module_input,
 )
-from saes.io import SAEFormatError, sae_from_sae_lens_dict
+from saes.io import SAEFormatError, sae_from_sae_lens_dict, sae_lens_config, sae_state_dict
 
 FORMAT = "dictionary_learning"
 WEIGHTS = "ae.pt"
@@ -243,3 +243,56 @@ def load(
                           from_module_output=True)
     record_hf_tokenizer_bos(sae, prov, sae.cfg.metadata.get("model_name"))
     return LoadedSAE(sae, prov, str(weights_path if path.is_file() else folder), FORMAT)
+
+
+# ---------------------------------------------------------------------------------- saving
+_SITES = {"hook_resid_post": "resid_post_layer_{}", "hook_mlp_out": "mlp_out_layer_{}",
+          "hook_attn_out": "attn_out_layer_{}"}  # _SUBMODULE_HOOKS read backwards
+
+
+def save(sae: Any, folder: str | Path) -> Path:
+    """Write an SAE as dictionary_learning's `trainSAE` writes one: `folder/ae.pt` (a plain {name: tensor}
+    state dict) + `config.json` (`trainer`: dict_class, sizes, k, lm_name, layer, submodule_name as its
+    demo names the site; `buffer`: io "out"), which `dictionary_learning.utils.load_dictionary` loads.
+    TopK is its `AutoEncoderTopK`; a threshold SAE (BatchTopK and Matryoshka in their inference form,
+    JumpReLU) its `JumpReluAutoEncoder`, which never subtracts b_dec from the input: the centring is
+    folded into the encoder bias (b_enc - b_dec W_enc; equal up to float rounding, so it reads back as
+    a JumpReLU SAE with another fingerprint). The hook must be a block's resid_post / mlp_out /
+    attn_out (what its buffer reads); transcoders and decoder-norm-rescaled TopK are refused."""
+    cfg = sae_lens_config(sae)
+    meta = cfg["metadata"]
+    arch = meta.get("training_architecture") or cfg["architecture"]
+    hook = str(meta.get("hook_name") or "")
+    site = re.match(r"^blocks\.(\d+)\.(hook_resid_post|hook_mlp_out|hook_attn_out)$", hook)
+    if sae.is_transcoder or not site:
+        what = "a transcoder" if sae.is_transcoder else f"an SAE at {hook or 'no recorded hook'}"
+        raise SAEFormatError(f"{what} "
+                             f"cannot be saved for dictionary_learning: its buffer reads one module's output, which "
+                             f"saesteer names for blocks.N.hook_resid_post, hook_mlp_out and hook_attn_out; share "
+                             f"its SAE folder (SAELens's layout, `saes.save_sae`) instead")
+    state = sae_state_dict(sae)
+    trainer: dict[str, Any] = {"activation_dim": sae.d_in, "dict_size": sae.d_sae, "lm_name": meta.get("model_name"),
+                               "layer": int(site.group(1)), "submodule_name": _SITES[site.group(2)].format(site.group(1))}
+    if cfg["architecture"] == "topk" and sae.cfg.apply_b_dec_to_input and not cfg.get("rescale_acts_by_decoder_norm"):
+        trainer.update(dict_class="AutoEncoderTopK", trainer_class="TopKTrainer", k=int(cfg["k"]))
+        ae = {"encoder.weight": state["W_enc"].T.contiguous(), "encoder.bias": state["b_enc"],
+              "decoder.weight": state["W_dec"].T.contiguous(), "b_dec": state["b_dec"],
+              "k": torch.tensor(int(cfg["k"]), dtype=torch.int), "threshold": torch.tensor(-1.0)}
+    elif cfg["architecture"] == "jumprelu":
+        trainer.update(dict_class="JumpReluAutoEncoder", trainer_class="JumpReluTrainer")
+        b_enc = state["b_enc"]
+        if sae.cfg.apply_b_dec_to_input:  # its encode has no centring: fold it into the bias
+            b_enc = (b_enc.double() - state["b_dec"].double() @ state["W_enc"].double()).to(b_enc.dtype)
+        ae = {"W_enc": state["W_enc"], "b_enc": b_enc, "W_dec": state["W_dec"], "b_dec": state["b_dec"],
+              "threshold": state["threshold"].clamp_min(0)}  # ours fires above max(threshold, 0), as relu(...) does
+    else:
+        raise SAEFormatError(f"a {arch} SAE cannot be saved for dictionary_learning: it has no class computing it "
+                             f"(saesteer writes TopK as AutoEncoderTopK and threshold SAEs as JumpReluAutoEncoder); "
+                             f"share its SAE folder (SAELens's layout, `saes.save_sae`) instead")
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    with atomic_open(folder / WEIGHTS) as f:
+        torch.save({k: v.contiguous() for k, v in ae.items()}, f)
+    buffer = {"io": "out", **({"ctx_len": meta["context_size"]} if meta.get("context_size") else {})}
+    atomic_write_json(folder / CONFIG, {"trainer": trainer, "buffer": buffer}, indent=4)
+    return folder

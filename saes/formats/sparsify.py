@@ -37,7 +37,7 @@ from typing import Any
 
 import torch
 
-from saes.fileio import read_json
+from saes.fileio import atomic_save_safetensors, atomic_write_json, read_json
 from saes.formats.base import (
     TRANSCODER_HINT,
     LoadedSAE,
@@ -51,7 +51,7 @@ from saes.formats.base import (
     tl_hook_for_module,
     tl_hook_for_module_input,
 )
-from saes.io import SAEFormatError, sae_from_sae_lens_dict
+from saes.io import SAEFormatError, sae_from_sae_lens_dict, sae_lens_config, sae_state_dict
 
 FORMAT = "sparsify"
 CFG = "cfg.json"
@@ -164,3 +164,47 @@ def load(
         prov["source"]["note"] = (f"hookpoint {hookpoint!r} has no exact TransformerLens counterpart for the "
                                   f"{'input' if transcoder else 'output'} read; hook from --hook")
     return LoadedSAE(sae, prov, str(folder), FORMAT)
+
+
+# ---------------------------------------------------------------------------------- saving
+def save(sae: Any, run_dir: str | Path, hookpoint: str) -> Path:
+    """Write a TopK SAE as sparsify writes one: `run_dir/hookpoint/` with `cfg.json` + `sae.safetensors`
+    (what `SparseCoder.load_from_disk` and `SparseCoder.load_many(run_dir)` read) and the run's
+    `config.json` naming the model and the hookpoints. `hookpoint` is the HF module whose output the SAE
+    reads (`h.1` / `layers.1` for blocks.1.hook_resid_post, `h.1.mlp` for blocks.1.hook_mlp_out): it must
+    be the SAE's recorded hook, as sparsify and our reader derive it, so the SAE comes back at its hook.
+    Refused: what sparsify's top-k encoder cannot compute (threshold SAEs: BatchTopK and Matryoshka in
+    their inference form, JumpReLU; transcoders; a decoder-norm-rescaled TopK). Returns the hookpoint folder."""
+    cfg = sae_lens_config(sae)
+    meta = cfg["metadata"]
+    arch = meta.get("training_architecture") or cfg["architecture"]
+    if cfg["architecture"] != "topk" or cfg.get("rescale_acts_by_decoder_norm") or not sae.cfg.apply_b_dec_to_input:
+        raise SAEFormatError(f"a {arch} SAE cannot be saved for sparsify: its SparseCoder encodes with a per-token "
+                             f"top-k of relu((x - b_dec) W + b), which only a TopK SAE computes; share its SAE folder "
+                             f"(SAELens's layout, `saes.save_sae`) instead")
+    hook = meta.get("hook_name")
+    derived = module_output_hook(tl_hook_for_module(hookpoint), meta.get("model_name"))
+    if not hook or derived != hook:
+        raise SAEFormatError(f"hookpoint {hookpoint!r} is read as {derived or 'no TransformerLens hook'}, but the SAE "
+                             f"reads {hook or 'no recorded hook'}; give the HF module whose output is that hook "
+                             f"(e.g. 'h.N' or 'layers.N' for blocks.N.hook_resid_post, 'h.N.mlp' for "
+                             f"blocks.N.hook_mlp_out)")
+    run_cfg = Path(run_dir) / RUN_CONFIG
+    hookpoints = [hookpoint]
+    if run_cfg.is_file():  # another hookpoint of the same run: kept, the model must be the same
+        earlier = read_json(run_cfg, "sparsify run config")
+        if isinstance(earlier, dict) and earlier.get("model") not in (None, meta.get("model_name")):
+            raise SAEFormatError(f"{run_cfg} is a run on model {earlier.get('model')!r}, but this SAE's model is "
+                                 f"{meta.get('model_name')!r}; save it into another folder")
+        hookpoints = sorted({*(earlier.get("hookpoints") or []), hookpoint}) if isinstance(earlier, dict) else hookpoints
+    state = sae_state_dict(sae)
+    folder = Path(run_dir) / hookpoint
+    folder.mkdir(parents=True, exist_ok=True)
+    atomic_save_safetensors(folder / WEIGHTS, {"encoder.weight": state["W_enc"].T.contiguous(),
+                                               "encoder.bias": state["b_enc"], "W_dec": state["W_dec"],
+                                               "b_dec": state["b_dec"]})
+    atomic_write_json(folder / CFG, {"activation": "topk", "expansion_factor": 32, "normalize_decoder": True,
+                                     "num_latents": sae.d_sae, "k": int(cfg["k"]), "multi_topk": False,
+                                     "skip_connection": False, "transcode": False, "d_in": sae.d_in})
+    atomic_write_json(run_cfg, {"model": meta.get("model_name"), "hookpoints": hookpoints})
+    return folder
