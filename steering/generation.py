@@ -13,6 +13,7 @@ the session); this module does not import the session: it asks of it only what
 from __future__ import annotations
 
 import dataclasses
+import inspect
 from collections.abc import Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
@@ -195,9 +196,9 @@ def generate(
     prompts = _as_prompts(prompts)
     tokens_BP = check_prompts_fit(model, prompts, config)
     P = int(tokens_BP.shape[1])
+    lengths = prompt_lengths(model, prompts, config.prepend_bos) if (session is not None or len(prompts) > 1) else [P]
     if session is not None:
-        check_positions_reachable(session.edits, prompt_lengths(model, prompts, config.prepend_bos),
-                                  config.max_new_tokens)
+        check_positions_reachable(session.edits, lengths, config.max_new_tokens)
     kwargs: dict[str, Any] = dict(
         max_new_tokens=config.max_new_tokens,
         stop_at_eos=config.stop_at_eos,
@@ -207,9 +208,9 @@ def generate(
         temperature=config.temperature,
         freq_penalty=config.freq_penalty,
         use_past_kv_cache=config.use_past_kv_cache,
-        padding_side="left",
         return_type="tokens",
         verbose=False,
+        **_padding(model, tokens_BP, lengths),
     )
     stops = stop_token_ids(model) if config.stop_at_eos else ()
     if stops:
@@ -229,6 +230,25 @@ def generate(
             out_BT = model.generate(tokens_BP, **kwargs)
     texts = [continuation_text(model.tokenizer, row[:P].tolist(), row[P:].tolist(), stops) for row in out_BT]
     return Generation(prompts, texts, out_BT, P)
+
+
+def _padding(model: Model, tokens_BP: Tensor, lengths: Sequence[int]) -> dict[str, Any]:
+    """How `model.generate` learns which of the left-padded `tokens_BP` are pads. A TransformerBridge
+    is told by a mask built from each prompt's own length: read off the tokens (`padding_side`), a
+    prompt's real leading tokens that share the pad's id (GPT-2's and Llama-3's end-of-text, their
+    pad, at the start of a prompt that has no other BOS, or a second one after it) were taken for
+    pads and hidden, so `saesteer steer` continued another text than the API's engine, which knows
+    each row's length. A HookedTransformer's `generate` takes no mask: it reads the pads off the
+    tokens."""
+    if "attention_mask" not in inspect.signature(model.generate).parameters:
+        return {"padding_side": "left"}
+    B, P = tokens_BP.shape
+    if all(n == P for n in lengths):
+        return {}  # nothing padded: every token attended, as the model reads a prompt alone
+    mask_BP = torch.zeros(B, P, dtype=torch.long, device=tokens_BP.device)
+    for b, n in enumerate(lengths):
+        mask_BP[b, P - n:] = 1
+    return {"attention_mask": mask_BP}
 
 
 def continuation_text(tokenizer: Any, prompt_ids: Sequence[int], new_ids: Sequence[int],
