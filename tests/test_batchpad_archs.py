@@ -254,3 +254,115 @@ def _hf_greedy(hf, ids: list[int]) -> list[int]:
         for _ in range(N_NEW):
             x = torch.cat([x, hf(x).logits[:, -1].argmax(-1, keepdim=True)], dim=1)
     return x[0, len(ids):].tolist()
+
+
+# -- saesteer api through the openai client ------------------------------------------------------------
+
+API_NEW = 8
+
+
+@pytest.fixture(scope="module")
+def mixtral_api(tmp_path_factory, load):
+    """`saesteer api` serving Mixtral (a mixture of experts: every token, pads included, is routed),
+    its SAE's store built on it; (openai client, app, model)."""
+    pytest.importorskip("openai")
+    from helpers.api_server import openai_client, serve_entries
+    from helpers.web_app import make_entry
+    from helpers.web_store import build_web_store
+    from saesteer.web import Limits
+
+    model = load("mixtral")
+    limits = Limits(max_new_tokens=32)
+    entry = make_entry(build_web_store(tmp_path_factory.mktemp("batchpad-api") / "moe", model=model, name="moe"),
+                       "moe", limits=limits)
+    srv, app = serve_entries([entry], limits=limits)
+    try:
+        yield openai_client(srv), app, model
+    finally:
+        srv.stop()
+
+
+def _choices(client, body: dict) -> list[tuple]:
+    """(token ids, log-probabilities, text, finish reason, seed) of each choice, by index; a streamed
+    request's pieces joined."""
+    if body.get("stream"):
+        parts: dict[int, list] = {}
+        for chunk in client.completions.create(**body):
+            for c in chunk.choices:
+                got = parts.setdefault(c.index, [[], "", None, None])
+                got[1] += c.text
+                got[2] = c.finish_reason or got[2]
+                st = (c.model_extra or {}).get("steering")
+                if st:
+                    got[0], got[3] = st.get("token_ids", got[0]), st.get("seed", got[3])
+        return [(tuple(g[0]), None, g[1], g[2], g[3]) for _, g in sorted(parts.items())]
+    r = client.completions.create(**body)
+    return [(tuple(c.model_extra["steering"]["token_ids"]), tuple(c.logprobs.token_logprobs) if c.logprobs else None,
+             c.text, c.finish_reason, c.model_extra["steering"]["seed"]) for c in sorted(r.choices, key=lambda c: c.index)]
+
+
+def test_concurrent_api_requests_with_n_stop_and_prompt_lists_give_what_each_gives_alone(mixtral_api, real_corpus):
+    """Requests sent together to `saesteer api` (held until all are in, so they share one
+    left-padded prefill): a list of two prompts of 2 and 40 tokens with n=2, seed 7, sampled and
+    steered; greedy ones with a stop string that ends them early, with max_tokens 2, and streamed;
+    each prompt from 1 token to the context's end. Each choice equals the same prompt sent alone
+    with n=1 and the seed it reported (7 and 8: choice i samples with seed + i), tokens, text and
+    finish reason equal, log-probabilities within 1e-4."""
+    import threading
+
+    client, app, model = mixtral_api
+    full = model.tokenizer(real_corpus.test_docs[2])["input_ids"]
+    short, mid, longest = full[:2], full[:40], full[:model.cfg.n_ctx - API_NEW]
+    steer_prompt = {"edits": ["5:add=15x@prompt", "7:add=-15x@generated"]}
+    base = dict(model="moe", max_tokens=API_NEW, logprobs=2, extra_body={"ignore_eos": True})
+    free = _choices(client, dict(base, prompt=mid, temperature=0))[0]
+    piece = model.tokenizer.decode(list(free[0][3:5]))
+    jobs = [
+        dict(base, prompt=[short, mid], n=2, seed=7, temperature=1.0, extra_body={"ignore_eos": True, "steering": steer_prompt}),
+        dict(base, prompt=mid, temperature=0, stop=[piece]),
+        dict(base, prompt=longest, temperature=0, extra_body={"ignore_eos": True, "steering": {"edits": ["9:clamp=15x@last"]}}),
+        dict(base, prompt=full[:1], temperature=0, max_tokens=2),
+        dict(model="moe", prompt=full[:17], max_tokens=API_NEW, temperature=0, stream=True,
+             extra_body={"ignore_eos": True, "steering": {"edits": ["3:add=15x@0,2,-1"]}}),
+    ]
+    alone = []
+    for job in jobs:
+        if isinstance(job["prompt"][0], list):  # each prompt of the list, each choice: n=1 with its seed
+            alone.append([_choices(client, dict(job, prompt=p, n=1, seed=job["seed"] + i))[0]
+                          for p in job["prompt"] for i in range(job["n"])])
+        else:
+            alone.append(_choices(client, job))
+    assert alone[1][0][3] == "stop" and len(alone[1][0][0]) < API_NEW  # the stop string ended it early
+    assert [c[4] for c in alone[0]] == [7, 8, 7, 8] and len({c[0] for c in alone[0]}) == 4
+
+    sched = next(s for s in app.state.openai.schedulers if s.name == "moe")
+    sched.engine.max_rows_seen = 0
+    together: list = [None] * len(jobs)
+
+    def run(i):
+        together[i] = _choices(client, jobs[i])
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(jobs))]
+    with sched.engine.lock:  # every request gets in before the first prefill
+        for t in threads:
+            t.start()
+        _wait(lambda: sched.in_flight == len(jobs))
+    for t in threads:
+        t.join(120)
+    assert sched.engine.max_rows_seen >= 6  # they did share forward passes
+    for job, a, b in zip(jobs, alone, together):
+        assert len(a) == len(b), job
+        for ca, cb in zip(a, b):
+            assert (ca[0], ca[2], ca[3]) == (cb[0], cb[2], cb[3]), job  # tokens, text, finish reason
+            assert "seed" not in job or ca[4] == cb[4], job  # (unseeded: a fresh seed each, greedy anyway)
+            if ca[1] is not None:
+                assert max(abs(x - y) for x, y in zip(ca[1], cb[1])) < LP_TOL, job
+
+
+def _wait(cond, timeout: float = 60.0) -> None:
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline, "the requests never all came in"
+        time.sleep(0.01)
