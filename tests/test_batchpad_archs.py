@@ -118,10 +118,10 @@ def _run(model, sae, rows, stagger: int = 0, max_rows: int = 64) -> dict:
 def _same(got: dict, alone: dict, what) -> None:
     assert got["ids"] == alone["ids"], what
     assert (got["finish"], got["text"]) == (alone["finish"], alone["text"]), what
-    assert max(abs(a - b) for a, b in zip(got["lps"], alone["lps"])) < LP_TOL, what
+    assert max((abs(a - b) for a, b in zip(got["lps"], alone["lps"])), default=0.0) < LP_TOL, what
     for t_got, t_alone in zip(got["top"], alone["top"]):  # the alternatives: the same tokens, near log-probs
         assert [i for i, _ in t_got] == [i for i, _ in t_alone], what
-        assert max(abs(a - b) for (_, a), (_, b) in zip(t_got, t_alone)) < LP_TOL, what
+        assert max((abs(a - b) for (_, a), (_, b) in zip(t_got, t_alone)), default=0.0) < LP_TOL, what
 
 
 @pytest.mark.parametrize("arch", _arch_params())
@@ -366,3 +366,38 @@ def _wait(cond, timeout: float = 60.0) -> None:
     while not cond():
         assert time.monotonic() < deadline, "the requests never all came in"
         time.sleep(0.01)
+
+
+def test_hooked_transformer_prompts_whose_start_it_reads_as_padding_are_warned_about(eos_pad_models, real_corpus):
+    """SAELens's HookedSAETransformer (GPT-2, BOS = EOS = pad): TransformerLens's `generate` takes no
+    mask and reads the pads off the tokens, keeping one leading BOS. A prompt starting with two
+    end-of-text tokens, or with one and no BOS prepended, continues another text than transformers
+    does from the same tokens: `generate` warns naming the prompt and how many tokens go unread;
+    a prompt it reads whole (one BOS) gets no warning and transformers' continuation."""
+    import warnings
+
+    from helpers.real_models import hooked_sae_transformer
+    from transformers import AutoModelForCausalLM
+
+    from steering import GenerationConfig, generate
+    from steering.spec import SteeringWarning
+
+    path, _ = eos_pad_models["gpt2"]
+    model = hooked_sae_transformer(path)
+    hf = AutoModelForCausalLM.from_pretrained(str(path)).eval()
+    eos = model.tokenizer.eos_token
+    code = real_corpus.test_docs[0][:40]
+    for text, prepend_bos, unread in ((eos + eos + code, None, 1), (eos + code, False, 1), (eos + code, None, 0)):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            g = generate(model, [text, "x"], GenerationConfig(max_new_tokens=N_NEW, do_sample=False, stop_at_eos=False,
+                                                              prepend_bos=prepend_bos))
+        said = [str(w.message) for w in caught if issubclass(w.category, SteeringWarning)]
+        own = g.tokens[0].tolist()[:g.prompt_len]
+        read_whole = g.new_tokens[0].tolist() == _hf_greedy(hf, own)
+        assert read_whole == (unread == 0), (text[:20], prepend_bos)  # the warning's premise, on this model
+        if unread:
+            assert len(said) == 1 and said[0].startswith("prompt 1 of 2 starts with") and \
+                f"reads {unread} of them as padding" in said[0] and "load_model" in said[0], said
+        else:
+            assert not said, said

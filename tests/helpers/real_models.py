@@ -477,7 +477,7 @@ def save_arch_model(directory: Path, arch: str, tok, *, trained_norms: bool = Fa
             num_local_experts=4, num_experts_per_tok=2, embedding_multiplier=4.0, residual_multiplier=0.5,
             attention_multiplier=0.25, logits_scaling=2.0)),
         # GPT-2: learned absolute positions; its tokenizer's BOS, EOS and pad are one token (<|endoftext|>)
-        "gpt2": ("GPT2Config", "GPT2LMHeadModel", dict(n_embd=64, n_layer=2, n_head=4, n_inner=128, n_positions=128)),
+        "gpt2": ("GPT2Config", "GPT2LMHeadModel", dict(n_embd=64, n_layer=2, n_head=4, n_positions=128, n_ctx=128)),
         # GPT-J: parallel attention and MLP off one LayerNorm, rotary on part of each head (its own names)
         "gptj": ("GPTJConfig", "GPTJForCausalLM", dict(n_embd=64, n_layer=2, n_head=4, rotary_dim=8, n_inner=128,
                                                         n_positions=128)),
