@@ -34,6 +34,9 @@ N_NEW = 10
 LP_TOL = 1e-4  # see the module docstring
 EDITS = [None, ["3:add=20@0,2,-1"], ["5:add=30@prompt", "7:add=-20@generated"], ["9:clamp=25@last"],
          ["11:add=15@1", "6:add=10@all?3>-1"]]  # the last: a conditional edit, where latent 3 fires
+# each sampled row's own settings (the batch's rows are chosen from together: steering.sampling.choose)
+SAMPLING = [dict(top_k=5), dict(top_p=0.8), dict(frequency_penalty=1.5, presence_penalty=0.5),
+            dict(logit_bias=((7, 5.0), (9, -100.0))), dict(top_k=50, top_p=0.95, frequency_penalty=-0.5)]
 FAST_ARCHS = ("phi", "mixtral")  # partial rotary; a mixture of experts
 SLOW_ARCHS = ("llama3_1", "phi3", "gemma3", "gemma4", "gpt_oss", "qwen3", "qwen3_moe", "qwen2_moe", "olmoe",
               "granitemoe", "smollm3", "starcoder2", "stablelm", "gptj", "olmo2")
@@ -127,7 +130,7 @@ def _same(got: dict, alone: dict, what) -> None:
 @pytest.mark.parametrize("arch", _arch_params())
 def test_engine_rows_of_every_length_equal_each_row_alone(load, real_corpus, arch):
     """Five rows of 1 token to the context's end, each its own edits (or none), greedy and seeded
-    sampled with 3 top alternatives; one row ends early at a stop string, another at a token taken
+    sampled (each row its own top-k / top-p / penalties / logit bias) with 3 top alternatives; one row ends early at a stop string, another at a token taken
     for end-of-text, while the rest go on; prefilled together, or joining a running batch three
     at a time in reverse order: each row's tokens, text, finish reason and log-probabilities are
     those it gets alone."""
@@ -142,7 +145,7 @@ def test_engine_rows_of_every_length_equal_each_row_alone(load, real_corpus, arc
     def rows(temperature, stops=None):
         stops = stops or {}
         return [Row(p, SamplingParams(max_new_tokens=N_NEW - i, temperature=temperature, seed=40 + i, logprobs=3,
-                                      **stops.get(i, {})),
+                                      **stops.get(i, {}), **(SAMPLING[i] if temperature else {})),
                     _row_steering(model, sae, e), tag=i) for i, (p, e) in enumerate(zip(ids, EDITS))]
 
     for temperature in (0.0, 1.0):
