@@ -32,8 +32,8 @@ pytestmark = [pytest.mark.usefixtures("one_thread")]
 HOOK = "blocks.0.hook_resid_post"
 N_NEW = 10
 LP_TOL = 1e-4  # see the module docstring
-EDITS = [None, ["3:add=20@0,2,-1"], ["5:add=30@prompt", "7:add=-20@generated"], ["9:clamp=25@last"],
-         ["11:add=15@1", "6:add=10@all?3>-1"]]  # the last: a conditional edit, where latent 3 fires
+EDITS = [None, ["3:add=20@0,2,-1"], ["5:add=30@prompt", "7:add=-20@generated", "6:add=10@all?3>-1"],
+         ["9:clamp=25@last"], ["11:add=15@1"]]  # 6:...?3>-1: a conditional edit, where latent 3 fires
 # each sampled row's own settings (the batch's rows are chosen from together: steering.sampling.choose)
 SAMPLING = [dict(top_k=5), dict(top_p=0.8), dict(frequency_penalty=1.5, presence_penalty=0.5),
             dict(logit_bias=((7, 5.0), (9, -100.0))), dict(top_k=50, top_p=0.95, frequency_penalty=-0.5)]
@@ -100,13 +100,13 @@ def _run(model, sae, rows, stagger: int = 0, max_rows: int = 64) -> dict:
 
     def take(events):
         for ev in events:
-            got = out.setdefault(ev.tag, dict(ids=[], lps=[], top=[], finish=None, text=""))
+            got = out.setdefault(ev.tag, dict(ids=[], lps=[], top=[], finish=None, text="", fired=None))
             if ev.token is not None and not (ev.finish_reason == "stop" and ev.token in rows_by_tag[ev.tag].params.stop_token_ids):
                 got["ids"].append(ev.token)
                 got["lps"].append(ev.logprob)
                 got["top"].append(ev.top)
             if ev.finish_reason:
-                got["finish"], got["text"] = ev.finish_reason, ev.detail["text"]
+                got["finish"], got["text"], got["fired"] = ev.finish_reason, ev.detail["text"], ev.detail.get("fired")
 
     rows_by_tag = {r.tag: r for r in rows}
     for r in rows:
@@ -121,6 +121,7 @@ def _run(model, sae, rows, stagger: int = 0, max_rows: int = 64) -> dict:
 def _same(got: dict, alone: dict, what) -> None:
     assert got["ids"] == alone["ids"], what
     assert (got["finish"], got["text"]) == (alone["finish"], alone["text"]), what
+    assert got["fired"] == alone["fired"], what  # the token indices where conditional edits fired
     assert max((abs(a - b) for a, b in zip(got["lps"], alone["lps"])), default=0.0) < LP_TOL, what
     for t_got, t_alone in zip(got["top"], alone["top"]):  # the alternatives: the same tokens, near log-probs
         assert [i for i, _ in t_got] == [i for i, _ in t_alone], what
@@ -160,6 +161,7 @@ def test_engine_rows_of_every_length_equal_each_row_alone(load, real_corpus, arc
             alone.update(_run(model, sae, [r]))
         assert alone[3]["finish"] == "stop" and len(alone[3]["ids"]) <= 2  # it did end early
         assert len({tuple(a["ids"]) for a in alone.values()}) == len(alone)  # the rows do differ
+        assert any(alone[2]["fired"].values())  # the conditional edit fired somewhere (prompt of 17 tokens)
         for how, got in (("together", _run(model, sae, rows(temperature, stops))),
                          ("joining", _run(model, sae, rows(temperature, stops)[::-1], stagger=3, max_rows=3))):
             for i in alone:
