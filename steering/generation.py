@@ -13,6 +13,7 @@ the session); this module does not import the session: it asks of it only what
 from __future__ import annotations
 
 import dataclasses
+import inspect
 from collections.abc import Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
@@ -195,9 +196,9 @@ def generate(
     prompts = _as_prompts(prompts)
     tokens_BP = check_prompts_fit(model, prompts, config)
     P = int(tokens_BP.shape[1])
+    lengths = prompt_lengths(model, prompts, config.prepend_bos) if (session is not None or len(prompts) > 1) else [P]
     if session is not None:
-        check_positions_reachable(session.edits, prompt_lengths(model, prompts, config.prepend_bos),
-                                  config.max_new_tokens)
+        check_positions_reachable(session.edits, lengths, config.max_new_tokens)
     kwargs: dict[str, Any] = dict(
         max_new_tokens=config.max_new_tokens,
         stop_at_eos=config.stop_at_eos,
@@ -207,9 +208,9 @@ def generate(
         temperature=config.temperature,
         freq_penalty=config.freq_penalty,
         use_past_kv_cache=config.use_past_kv_cache,
-        padding_side="left",
         return_type="tokens",
         verbose=False,
+        **_padding(model, prompts, tokens_BP, lengths, config.prepend_bos),
     )
     stops = stop_token_ids(model) if config.stop_at_eos else ()
     if stops:
@@ -229,6 +230,52 @@ def generate(
             out_BT = model.generate(tokens_BP, **kwargs)
     texts = [continuation_text(model.tokenizer, row[:P].tolist(), row[P:].tolist(), stops) for row in out_BT]
     return Generation(prompts, texts, out_BT, P)
+
+
+def _padding(model: Model, prompts: list[str], tokens_BP: Tensor, lengths: Sequence[int],
+             prepend_bos: bool | None) -> dict[str, Any]:
+    """How `model.generate` learns which of the left-padded `tokens_BP` are pads. A TransformerBridge
+    is told by a mask built from each prompt's own length: read off the tokens (`padding_side`), a
+    prompt's real leading tokens that share the pad's id (GPT-2's and Llama-3's end-of-text, their
+    pad, at the start of a prompt that has no other BOS, or a second one after it) were taken for
+    pads and hidden, so `saesteer steer` continued another text than the API's engine, which knows
+    each row's length. A HookedTransformer's `generate` takes no mask and reads the pads off the
+    tokens: such a prompt is warned about (`_warn_leading_pads`)."""
+    if "attention_mask" not in inspect.signature(model.generate).parameters:
+        _warn_leading_pads(model, prompts, tokens_BP, lengths, prepend_bos)
+        return {"padding_side": "left"}
+    B, P = tokens_BP.shape
+    if all(n == P for n in lengths):
+        return {}  # nothing padded: every token attended, as the model reads a prompt alone
+    mask_BP = torch.zeros(B, P, dtype=torch.long, device=tokens_BP.device)
+    for b, n in enumerate(lengths):
+        mask_BP[b, P - n:] = 1
+    return {"attention_mask": mask_BP}
+
+
+def _warn_leading_pads(model: Model, prompts: list[str], tokens_BP: Tensor, lengths: Sequence[int],
+                       prepend_bos: bool | None) -> None:
+    """Warn (SteeringWarning) about prompts whose leading tokens a HookedTransformer's `generate` will
+    hide as padding: the run of tokens with the pad's id at a prompt's start, less the one BOS it
+    keeps where BOS is the pad and is prepended (TransformerLens's `get_attention_mask`)."""
+    import warnings
+
+    tok = model.tokenizer
+    pad = getattr(tok, "pad_token_id", None)
+    if pad is None:
+        return
+    prepend = bool(getattr(model.cfg, "default_prepend_bos", True)) if prepend_bos is None else prepend_bos
+    kept = 1 if prepend and tok.bos_token_id == pad else 0
+    P = int(tokens_BP.shape[1])
+    for i, n in enumerate(lengths):
+        row = tokens_BP[i, P - n:].tolist()
+        lead = next((k for k, t in enumerate(row) if t != pad), len(row))
+        if lead > kept:
+            warnings.warn(SteeringWarning(
+                f"prompt {i + 1} of {len(prompts)} starts with {lead} {tok.convert_ids_to_tokens(pad)!r} token(s), the "
+                f"pad token's id: this model's generate (TransformerLens) reads {lead - kept} of them as padding and "
+                f"does not attend to them; load the model with saesteer.models.load_model (a TransformerBridge), or "
+                f"start the prompt otherwise"), stacklevel=4)
 
 
 def continuation_text(tokenizer: Any, prompt_ids: Sequence[int], new_ids: Sequence[int],

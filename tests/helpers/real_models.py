@@ -476,6 +476,8 @@ def save_arch_model(directory: Path, arch: str, tok, *, trained_norms: bool = Fa
         "granitemoe": ("GraniteMoeConfig", "GraniteMoeForCausalLM", dict(
             num_local_experts=4, num_experts_per_tok=2, embedding_multiplier=4.0, residual_multiplier=0.5,
             attention_multiplier=0.25, logits_scaling=2.0)),
+        # GPT-2: learned absolute positions; its tokenizer's BOS, EOS and pad are one token (<|endoftext|>)
+        "gpt2": ("GPT2Config", "GPT2LMHeadModel", dict(n_embd=64, n_layer=2, n_head=4, n_positions=128, n_ctx=128)),
         # GPT-J: parallel attention and MLP off one LayerNorm, rotary on part of each head (its own names)
         "gptj": ("GPTJConfig", "GPTJForCausalLM", dict(n_embd=64, n_layer=2, n_head=4, rotary_dim=8, n_inner=128,
                                                         n_positions=128)),
@@ -494,7 +496,7 @@ def save_arch_model(directory: Path, arch: str, tok, *, trained_norms: bool = Fa
             layer_types=["sliding_attention", "full_attention"])),
     }
     cfg_name, model_name, extra = configs[arch]
-    if arch == "gptj":  # GPT-J's config names its widths itself
+    if arch in ("gptj", "gpt2"):  # their configs name their widths themselves
         common = {k: v for k, v in common.items() if k in ("vocab_size", "bos_token_id", "eos_token_id",
                                                             "pad_token_id", "initializer_range")}
     torch.manual_seed(0)
