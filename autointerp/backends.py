@@ -18,7 +18,18 @@ from .openai_replies import chat_response, error_message, html_title, looks_like
 from .sdk_attempt import ClientPerLoop, attempt, status_failure
 from .wire import RETRYABLE_STATUS, ChatRequest, ChatResponse, PermanentError, TransientError, thinking_opened
 
-__all__ = ["OpenAIBackend", "TransformersBackend", "RETRYABLE_STATUS"]
+__all__ = ["OpenAIBackend", "TransformersBackend", "RETRYABLE_STATUS", "openai_api_key"]
+
+
+def openai_api_key(key: str | None, base_url: str | None) -> str:
+    """The key an OpenAI-protocol request sends: `key`, else a placeholder for a server of one's own
+    (a base URL given: local servers check none); OpenAI's own API without one is refused."""
+    if key:
+        return key
+    if base_url is None:
+        raise ValueError("no API key: set OPENAI_API_KEY (or give --judge-api-key; --judge-base-url for a local server "
+                         "that needs none)")
+    return "not-needed"
 
 
 class OpenAIBackend:
@@ -62,15 +73,7 @@ class OpenAIBackend:
         self.model = model
         self._base = parse_base_url(base_url or os.environ.get("OPENAI_BASE_URL") or None)
         self.base_url = self._base.url
-        key = api_key or os.environ.get("OPENAI_API_KEY")
-        if not key:
-            if self.base_url is None:
-                raise ValueError(
-                    "no API key: set OPENAI_API_KEY (or give --judge-api-key; --judge-base-url for a local server "
-                    "that needs none)"
-                )
-            key = "not-needed"
-        self._api_key = key
+        self._api_key = openai_api_key(api_key or os.environ.get("OPENAI_API_KEY"), self.base_url)
         self.timeout_s = float(timeout_s)
         self.max_tokens_param = max_tokens_param
         self.send_temperature = True  # False once the model refused any but its default temperature
@@ -167,7 +170,12 @@ class OpenAIBackend:
                     f"the server answered with an HTML page ({html_title(text)}), not a chat completion: is "
                     f"{self.base_url} the API's base URL (OpenAI-compatible servers serve it under /v1)?") from None
             raise TransientError(f"unreadable response body ({type(e).__name__})") from None
-        return chat_response(data)
+        try:
+            return chat_response(data)
+        except PermanentError as e:
+            if e.status != 404:
+                raise
+            raise PermanentError(e.reason + not_found_hint(self._base), status=404) from None
 
     async def aclose(self) -> None:
         await self._client.aclose()

@@ -76,6 +76,8 @@ def _body_error(err: Any) -> Exception:
     except (TypeError, ValueError):
         status = None
     reason = f"the server answered 200 with an error: {msg}" + (f" (code {status})" if status else "")
+    if msg.startswith("Unexpected endpoint or method"):  # LM Studio's answer to a route it lacks, sent as a 200
+        return PermanentError(reason, status=404)
     if status is not None and 400 <= status < 500 and not is_retryable(status):
         return PermanentError(reason, status=status)
     return TransientError(reason, status=status)

@@ -7,8 +7,9 @@ as a whole, and an HTTP error status as the judge's failure.
 - `attempt`: `timeout_s` is the deadline of the attempt in all (connect, send, wait, read): httpx's
   timeouts are per read, so a server sending a byte now and then would hold a request forever
   under them alone. A timeout or a connection error is worth retrying.
-- `status_failure`: 401 refuses the credentials (the run stops), 408, 429 and 5xx are retried
-  (honouring retry-after), other statuses are not.
+- `status_failure`: 401 refuses the credentials and 402 / 429 `insufficient_quota` an account
+  without credit (the run stops), 408, 429 and 5xx are retried (honouring retry-after, else on a 429
+  OpenAI's `x-ratelimit-reset-*`), other statuses are not.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import asyncio
 from typing import Any, Awaitable, Callable, TypeVar
 
 from .judge import CredentialsRejected
-from .wire import PermanentError, TransientError, is_retryable, parse_retry_after
+from .wire import PermanentError, TransientError, is_retryable, parse_rate_limit_reset, parse_retry_after
 
 __all__ = ["ClientPerLoop", "attempt", "status_failure"]
 
@@ -64,10 +65,30 @@ async def attempt(call: Awaitable[T], *, timeout_s: float, sdk: Any) -> T:
 
 def status_failure(e: Any, said: str, *, credentials: str) -> Exception:
     """The judge's failure for an SDK's `APIStatusError` `e`, described by `said` ("HTTP 429: ...");
-    `credentials` says what to set when the server refused the key."""
+    `credentials` says what to set when the server refused the key. An account with no credit left
+    (OpenAI's 429 `insufficient_quota`, a 402 from OpenRouter, DeepSeek or Anthropic, Anthropic's 400
+    "Your credit balance is too low") refuses every
+    request alike, however long one waits: the run stops there too, never retried as a rate limit."""
     status = e.status_code
     if status == 401:  # every request of the run would be refused alike: it stops, saying what to set
         return CredentialsRejected(f"{said}: {credentials}")
+    if status == 402 or _error_code(e) == "insufficient_quota" or "credit balance is too low" in said:
+        return CredentialsRejected(f"{said}: the account behind the key has no credit left; add credit (or raise its "
+                                   "spending limit) with the provider, or use another key (--judge-api-key)")
     if is_retryable(status):
-        return TransientError(said, status=status, retry_after=parse_retry_after(e.response.headers))
+        headers = e.response.headers
+        wait = parse_retry_after(headers)
+        if wait is None and status == 429:
+            wait = parse_rate_limit_reset(headers)
+        return TransientError(said, status=status, retry_after=wait)
     return PermanentError(said, status=status)
+
+
+def _error_code(e: Any) -> str | None:
+    """The `code` (else `type`) of an OpenAI-shaped error body (the SDK hands over its `error` object)."""
+    body = getattr(e, "body", None)
+    err = body.get("error", body) if isinstance(body, dict) else None
+    if not isinstance(err, dict):
+        return None
+    code = err.get("code") or err.get("type")
+    return code if isinstance(code, str) else None

@@ -157,3 +157,37 @@ def parse_retry_after(headers: Any) -> float | None:
     if when is None:
         return None
     return max(0.0, when.timestamp() - time.time())
+
+
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
+
+
+def _duration_s(text: str) -> float | None:
+    """Seconds in a Go-style duration as OpenAI's rate-limit headers write them ("20ms", "1.5s",
+    "6m0s", "1m30s", "2h3m4s"); None when it is not one."""
+    text = text.strip()
+    parts = _DURATION_PART.findall(text)
+    if not parts or "".join(n + u for n, u in parts) != text:
+        return None
+    unit = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+    return sum(float(n) * unit[u] for n, u in parts)
+
+
+def parse_rate_limit_reset(headers: Any) -> float | None:
+    """Seconds until the exhausted rate limit resets, from OpenAI's `x-ratelimit-reset-requests` /
+    `-tokens` (sent with a 429 that has no Retry-After): the limit whose `x-ratelimit-remaining-*` is 0,
+    the later one if both are; when neither says 0, the sooner reset."""
+    if headers is None:
+        return None
+    resets, exhausted = [], []
+    for kind in ("requests", "tokens"):
+        raw = headers.get(f"x-ratelimit-reset-{kind}")
+        wait = _duration_s(raw) if raw else None
+        if wait is None:
+            continue
+        resets.append(wait)
+        if str(headers.get(f"x-ratelimit-remaining-{kind}", "")).strip() == "0":
+            exhausted.append(wait)
+    if exhausted:
+        return max(exhausted)
+    return min(resets) if resets else None

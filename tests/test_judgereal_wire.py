@@ -1,0 +1,161 @@
+"""The judge against what real providers send when things go wrong, as users meet it (`saesteer label`,
+`make_judge(JudgeConfig(...))`), each reply built as the provider writes it (tests/helpers/judge_server.py):
+
+- OpenAI's 429 `insufficient_quota` (an account with no credit) and a 402 (OpenRouter, DeepSeek,
+  Anthropic's `billing_error`): no wait helps, so they are never retried as rate limits: the run stops
+  at once, in one line saying what to change;
+- OpenAI's rate-limit 429 carries no Retry-After, only `x-ratelimit-reset-requests: 1m30s`: the retry
+  waits that long (for every request of the judge), not a second of backoff that meets the same 429;
+- LM Studio answers a route it lacks (a base URL without /v1) with a 200 holding
+  `{"error": "Unexpected endpoint or method..."}`: not retried, and the error gives the URL with /v1.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from autointerp.config import JudgeConfig, make_judge
+from autointerp.judge import CredentialsRejected, RequestFailed
+from autointerp.wire import parse_rate_limit_reset
+from helpers.judge_server import (OPENAI_NO_QUOTA, OPENAI_RATE_LIMIT_HEADERS, JudgeServer, chat_completion,
+                                  fake_llm_answer, lmstudio_wrong_route, openai_error)
+from helpers.real_cli import flags_named, known_flags, saesteer
+
+LABEL = {"type": "object", "required": ["label"], "properties": {"label": {"type": "string"}}}
+ASK = [{"role": "system", "content": "Label the latent."}, {"role": "user", "content": "<examples>sea</examples>"}]
+USAGE = {"prompt_tokens": 20, "completion_tokens": 10, "total_tokens": 30}
+
+
+@pytest.fixture(scope="module")
+def server():
+    with JudgeServer(fake_llm_answer) as srv:
+        yield srv
+
+
+@pytest.fixture
+def srv(server):
+    server.reply = None
+    server.exchanges.clear()
+    yield server
+    server.reply = None
+
+
+def judge(srv, *, base_url=None, sleep=None, **cfg):
+    kw = dict(model="judge-model", base_url=base_url or srv.url, api_key="k", max_retries=2, backoff_base_s=0.001,
+              backoff_max_s=0.002, use_cache=False, timeout_s=10.0)
+    kw.update(cfg)
+    return make_judge(JudgeConfig(**kw), cache_path=None, sleep=sleep)
+
+
+def chats(srv):
+    return [e for e in srv.exchanges if e.path.split("?")[0].endswith("/chat/completions")]
+
+
+# ---------------------------------------------------------------------------------------------
+# an account with no credit
+
+
+@pytest.mark.parametrize("reply", [
+    openai_error(429, OPENAI_NO_QUOTA, "insufficient_quota", "insufficient_quota"),
+    # OpenRouter's and DeepSeek's words for the same thing, with 402
+    openai_error(402, "Insufficient credits. Add more using https://openrouter.ai/settings/credits", "payment_required"),
+    openai_error(402, "Insufficient Balance", "unknown_error", "invalid_request_error"),
+], ids=["openai-429-insufficient_quota", "openrouter-402", "deepseek-402"])
+def test_an_account_without_credit_stops_at_its_first_request_never_retried(srv, reply):
+    srv.reply = lambda ex: reply
+    with pytest.raises(CredentialsRejected, match="no credit left") as e:
+        judge(srv, max_retries=4).complete_sync(ASK, schema=LABEL)
+    assert len(chats(srv)) == 1  # one request: no backoff, no retry
+    assert "--judge-api-key" in e.value.reason
+
+
+def test_claude_with_a_credit_balance_too_low_stops_at_its_first_request(srv):
+    """Anthropic says it with a 400 invalid_request_error (a 402 billing_error where billing fails)."""
+    low = (400, {}, json.dumps({"type": "error", "error": {"type": "invalid_request_error", "message": (
+        "Your credit balance is too low to access the Anthropic API. Please go to Plans & Billing to upgrade or "
+        "purchase credits.")}, "request_id": "req_1"}).encode())
+    srv.reply = lambda ex: low
+    j = make_judge(JudgeConfig(backend="anthropic", model="claude-haiku-4-5", base_url=srv.root, api_key="k",
+                               max_retries=3, use_cache=False), cache_path=None)
+    with pytest.raises(CredentialsRejected, match="credit balance is too low.*no credit left"):
+        j.complete_sync(ASK, schema=LABEL)
+    with pytest.raises(CredentialsRejected):  # and nothing more is sent
+        j.complete_sync(ASK, schema=LABEL)
+    assert len(srv.exchanges) == 1
+
+
+def test_saesteer_label_stops_at_an_exhausted_quota_in_one_line(srv, tmp_path, monkeypatch):
+    from helpers.label_store import build_trigger_store
+
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    path, _ = build_trigger_store(tmp_path / "toy.db", n_latents=6)
+    srv.reply = lambda ex: openai_error(429, OPENAI_NO_QUOTA, "insufficient_quota", "insufficient_quota")
+    r = saesteer("label", "--store", path, "--judge-model", "gpt-4o-mini", "--judge-base-url", srv.url,
+                 "--judge-api-key", "sk-test", "--judge-concurrency", 1, "--judge-backoff-base-s", 0.001,
+                 "--judge-backoff-max-s", 0.002, "--no-progress").no_traceback()
+    assert r.rc == 2, r.text
+    err = r.err.strip()
+    assert len(err.splitlines()) <= 2 and "You exceeded your current quota" in err and "no credit left" in err, err
+    assert flags_named(err) <= known_flags("label")
+    assert len(chats(srv)) == 1  # the first request said it for every latent
+
+
+# ---------------------------------------------------------------------------------------------
+# OpenAI's rate limit: when it resets is only in x-ratelimit-reset-*
+
+
+def test_a_rate_limit_429_without_retry_after_waits_for_the_reset_openai_names(srv):
+    replies = iter([openai_error(429, "Rate limit reached for gpt-4o-mini on requests per min (RPM): Limit 500, "
+                                 "Used 500, Requested 1.", "requests", "rate_limit_exceeded", OPENAI_RATE_LIMIT_HEADERS)])
+    srv.reply = lambda ex: next(replies, None) or chat_completion('{"label": "sea"}', usage=USAGE)
+    waited = []
+
+    async def sleep(s):
+        waited.append(s)
+
+    j = judge(srv, sleep=sleep)
+    assert j.complete_sync(ASK, schema=LABEL).value == {"label": "sea"}
+    (_, delay), = j.retry_log
+    assert 90.0 <= delay <= 99.0  # 1m30s, plus at most 10% jitter; not a backoff of milliseconds
+    assert waited and 89.0 <= max(waited) <= 99.0  # the shared pause was slept through
+
+
+@pytest.mark.parametrize("headers, wait", [
+    (OPENAI_RATE_LIMIT_HEADERS, 90.0),  # the requests limit is the one spent
+    ({**OPENAI_RATE_LIMIT_HEADERS, "x-ratelimit-remaining-requests": "3", "x-ratelimit-remaining-tokens": "0",
+      "x-ratelimit-reset-tokens": "6m0s"}, 360.0),
+    ({"x-ratelimit-reset-requests": "20ms", "x-ratelimit-reset-tokens": "1.5s"}, 0.02),  # neither says 0: the sooner
+    ({"x-ratelimit-reset-requests": "2h3m4s"}, 7384.0),
+    ({"x-ratelimit-reset-requests": "soon"}, None),
+    ({}, None),
+])
+def test_openais_reset_durations_are_read(headers, wait):
+    got = parse_rate_limit_reset(headers)
+    assert got == pytest.approx(wait) if wait is not None else got is None
+
+
+def test_a_server_error_is_not_paused_by_rate_limit_headers_that_come_with_every_reply(srv):
+    replies = iter([openai_error(500, "The server had an error processing your request.", "server_error", None,
+                                 OPENAI_RATE_LIMIT_HEADERS)])
+    srv.reply = lambda ex: next(replies, None) or chat_completion('{"label": "sea"}', usage=USAGE)
+    j = judge(srv)
+    assert j.complete_sync(ASK, schema=LABEL).value == {"label": "sea"}
+    (_, delay), = j.retry_log
+    assert delay <= 0.002  # the backoff, not the rate limit's reset
+
+
+# ---------------------------------------------------------------------------------------------
+# LM Studio without /v1
+
+
+def test_lm_studio_without_v1_is_said_at_once_with_the_url_to_use(srv):
+    srv.reply = lambda ex: (chat_completion('{"label": "sea"}', usage=USAGE) if ex.path.startswith("/v1/")
+                            else lmstudio_wrong_route(ex.path))
+    with pytest.raises(RequestFailed) as e:
+        judge(srv, base_url=srv.root).complete_sync(ASK, schema=LABEL)
+    assert "Unexpected endpoint or method. (POST /chat/completions)" in e.value.reason
+    assert f"{srv.root}/v1" in e.value.reason
+    assert len(chats(srv)) == 1  # not retried
+    assert judge(srv, base_url=srv.url).complete_sync(ASK, schema=LABEL).value == {"label": "sea"}
