@@ -240,4 +240,5 @@ def message_response(msg: Any) -> ChatResponse:
         text if blocks else None, prompt, count(usage, "output_tokens"), refusal, _FINISH.get(stop, "stop"),
         reasoning_tokens=count(getattr(usage, "output_tokens_details", None), "thinking_tokens"),
         reasoned=thought,
+        cached_prompt_tokens=count(usage, "cache_read_input_tokens"),
     )

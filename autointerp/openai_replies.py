@@ -109,11 +109,24 @@ def chat_response(data: Any) -> ChatResponse:
 
     details = usage.get("completion_tokens_details")
     reasoning = msg.get("reasoning_content") or msg.get("reasoning")  # vLLM, llama.cpp, LM Studio / Ollama, OpenRouter
+    reported = "prompt_tokens" in usage or "completion_tokens" in usage
+    completion = _int(usage.get("completion_tokens")) if reported else sum(
+        len(t.encode("utf-8")) for t in (text, reasoning, refusal) if isinstance(t, str))
     return ChatResponse(
         text if isinstance(text, str) else None,
-        _int(usage.get("prompt_tokens")), _int(usage.get("completion_tokens")),
+        _int(usage.get("prompt_tokens")), completion,
         refusal if isinstance(refusal, str) and refusal else None,
         ch.get("finish_reason"),
         reasoning_tokens=_int(details.get("reasoning_tokens")) if isinstance(details, dict) else 0,
         reasoned=bool(reasoning),
+        usage_reported=reported,
+        cached_prompt_tokens=_cached_prompt_tokens(usage, _int),
     )
+
+
+def _cached_prompt_tokens(usage: dict, as_int) -> int:
+    """Prompt tokens the provider's prompt cache served: OpenAI's (vLLM's, OpenRouter's)
+    `prompt_tokens_details.cached_tokens`, DeepSeek's `prompt_cache_hit_tokens`."""
+    details = usage.get("prompt_tokens_details")
+    cached = as_int(details.get("cached_tokens")) if isinstance(details, dict) else 0
+    return cached or as_int(usage.get("prompt_cache_hit_tokens"))

@@ -43,6 +43,10 @@ class ChatResponse:
     reasoning_tokens: int = 0  # of completion_tokens, spent thinking (when the server says)
     reasoned: bool = False  # the server sent reasoning beside the answer (reasoning_content / reasoning)
     settings_sent: dict[str, Any] | None = None  # what the request went with (`Judge.settings_for`; None: unknown)
+    # False: the server sent no token counts (some llama.cpp builds, proxies); completion_tokens is then
+    # the answer's (and sent reasoning's) UTF-8 bytes, a bound, and the judge bounds the prompt alike
+    usage_reported: bool = True
+    cached_prompt_tokens: int = 0  # of prompt_tokens, served by the provider's prompt cache (billed less)
 
 
 _THINK_OPEN = re.compile(r"<(think|thinking)>", re.IGNORECASE)
