@@ -145,7 +145,7 @@ def _run(args, model=None) -> int:
                         range(args.samples)], positive=positive, negative=negative, cue=cue)
         stats = getattr(scorer, "stats", None)
         if stats is not None:
-            _check_judgements("steer-eval", stats.calls, stats.failed)
+            _check_judgements("steer-eval", stats.calls, stats.failed, stats.last_problem)
         record = _scorecard_record(card, args, model, sae)
         if args.out:
             _write_scorecard(args.out, record)

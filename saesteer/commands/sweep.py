@@ -284,11 +284,13 @@ def _sweep_feature(args, latent, model, sae, name, prompts, scorer, sweep_cfg, *
     out = Path(args.out)
     stats = getattr(scorer, "stats", None)  # a JudgeScorer counts the judge's unusable answers
     before = (stats.calls, stats.failed) if stats is not None else (0, 0)
+    if stats is not None:
+        stats.last_problem = ""  # this latent's, not an earlier one's
     res = sweep(model, sae, latent, prompts, scorer, sweep_cfg, gen_config=gen_config, typical_max=typical_max,
                 sae_name=name, limits=limits, progress=not args.no_progress,
                 allow_model_mismatch=args.allow_model_mismatch, unsteered_memo=unsteered)
     if stats is not None:
-        _check_judgements(f"latent {latent}", stats.calls - before[0], stats.failed - before[1])
+        _check_judgements(f"latent {latent}", stats.calls - before[0], stats.failed - before[1], stats.last_problem)
     html = write_sweep_html(res, out / f"sweep_{name}_{latent}.html")
     js = write_sweep_json(res, out / f"sweep_{name}_{latent}.json", provenance)
     _print_result(res, html, js)
@@ -301,17 +303,19 @@ def _sweep_feature(args, latent, model, sae, name, prompts, scorer, sweep_cfg, *
             print(f"latent {latent}: stored recommended strength {res.recommended:g} ({res.unit}) in {args.store}")
 
 
-def _check_judgements(what: str, calls: int, failed: int) -> None:
-    """Unusable judge answers score 0 (AxBench's rule): say how many; when none was usable the
-    scores are no measurement at all, so stop before anything is written or stored."""
+def _check_judgements(what: str, calls: int, failed: int, problem: str = "") -> None:
+    """Unusable judge answers score 0 (AxBench's rule): say how many, and the judge's last error
+    (`problem`: it names the setting to change, e.g. a reasoning model's room to think); when none was
+    usable the scores are no measurement at all, so stop before anything is written or stored."""
     from saesteer.commands._steering import CLIError
 
+    said = f"; the last: {problem}" if problem else "; check --judge-model and --judge-base-url"
     if calls and failed == calls:
         raise CLIError(f"{what}: the judge gave no usable rating ({failed} of {calls} answers failed or "
-                       f"were not a 0-2 rating); check --judge-model and --judge-base-url. Nothing was written or "
-                       f"stored")
+                       f"were not a 0-2 rating){said}. Nothing was written or stored")
     if failed:
-        print(f"note: {what}: {failed} of {calls} judge answers were unusable and scored 0", file=sys.stderr)
+        print(f"note: {what}: {failed} of {calls} judge answers were unusable and scored 0"
+              + (f"; the last: {problem}" if problem else ""), file=sys.stderr)
 
 
 def _close(store, judge) -> None:
