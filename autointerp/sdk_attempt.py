@@ -9,12 +9,15 @@ as a whole, and an HTTP error status as the judge's failure.
   under them alone. A timeout or a connection error is worth retrying.
 - `status_failure`: 401 refuses the credentials and 402 / 429 `insufficient_quota` an account
   without credit (the run stops), 408, 429 and 5xx are retried (honouring retry-after, else on a 429
-  OpenAI's `x-ratelimit-reset-*`), other statuses are not.
+  OpenAI's `x-ratelimit-reset-*`), other statuses are not; a server's `x-should-retry` header
+  overrules the status, as it does in both SDKs. A refusal for a prompt over the model's context
+  says what to shorten.
 """
 
 from __future__ import annotations
 
 import asyncio
+import re
 from typing import Any, Awaitable, Callable, TypeVar
 
 from .judge import CredentialsRejected
@@ -75,13 +78,29 @@ def status_failure(e: Any, said: str, *, credentials: str) -> Exception:
     if status == 402 or _error_code(e) == "insufficient_quota" or "credit balance is too low" in said:
         return CredentialsRejected(f"{said}: the account behind the key has no credit left; add credit (or raise its "
                                    "spending limit) with the provider, or use another key (--judge-api-key)")
-    if is_retryable(status):
-        headers = e.response.headers
+    headers = e.response.headers
+    told = str(headers.get("x-should-retry", "")).lower()  # the server's own word, which both SDKs obey first
+    if told == "true" or (is_retryable(status) and told != "false"):
         wait = parse_retry_after(headers)
         if wait is None and status == 429:
             wait = parse_rate_limit_reset(headers)
         return TransientError(said, status=status, retry_after=wait)
-    return PermanentError(said, status=status)
+    return PermanentError(said + context_hint(said) if status in (400, 413) else said, status=status)
+
+
+_CONTEXT_WORDS = re.compile(r"context[ _](length|size|window)|maximum context|prompt is too long|too many tokens",
+                            re.IGNORECASE)
+
+
+def context_hint(said: str) -> str:
+    """What to change when a server refused a request as longer than its model's context (OpenAI's and
+    vLLM's "maximum context length", llama.cpp's "exceeds the available context size", Anthropic's
+    "prompt is too long"); "" for any other refusal."""
+    if not _CONTEXT_WORDS.search(said):
+        return ""
+    return (" (the judge's prompt plus its answer's room exceed the model's context: give the server a longer one, "
+            "lower --judge-reasoning-tokens, or show shorter examples: `saesteer label` --max-example-tokens, "
+            "--n-explain-top, --n-explain-quantile)")
 
 
 def _error_code(e: Any) -> str | None:

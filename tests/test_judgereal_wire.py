@@ -159,3 +159,41 @@ def test_lm_studio_without_v1_is_said_at_once_with_the_url_to_use(srv):
     assert f"{srv.root}/v1" in e.value.reason
     assert len(chats(srv)) == 1  # not retried
     assert judge(srv, base_url=srv.url).complete_sync(ASK, schema=LABEL).value == {"label": "sea"}
+
+
+# ---------------------------------------------------------------------------------------------
+# the server's own word on retrying, and a prompt over the model's context
+
+
+@pytest.mark.parametrize("status, header, sent", [
+    (500, "false", 1),  # an error the server says a retry will not mend
+    (409, "true", 2),  # a lock timeout it says a retry will
+    (500, None, 2),
+])
+def test_x_should_retry_overrules_the_status_as_in_both_sdks(srv, status, header, sent):
+    headers = {"x-should-retry": header} if header else {}
+    replies = iter([openai_error(status, "The server had an error while processing your request.", "server_error",
+                                 None, headers)])
+    srv.reply = lambda ex: next(replies, None) or chat_completion('{"label": "sea"}', usage=USAGE)
+    j = judge(srv)
+    if sent == 1:
+        with pytest.raises(RequestFailed, match="HTTP 500"):
+            j.complete_sync(ASK, schema=LABEL)
+    else:
+        assert j.complete_sync(ASK, schema=LABEL).value == {"label": "sea"}
+    assert len(chats(srv)) == sent
+
+
+@pytest.mark.parametrize("reply", [
+    openai_error(400, "This model's maximum context length is 4096 tokens. However, you requested 4352 tokens (4096 "
+                 "in the messages, 256 in the completion). Please reduce the length of the messages or completion.",
+                 "BadRequestError"),  # vLLM
+    openai_error(400, "the request exceeds the available context size, try increasing it", "exceed_context_size_error"),
+], ids=["vllm", "llama.cpp"])
+def test_a_prompt_over_the_models_context_says_what_to_shorten(srv, reply):
+    srv.reply = lambda ex: reply
+    with pytest.raises(RequestFailed) as e:
+        judge(srv).complete_sync(ASK, schema=LABEL)
+    assert "--max-example-tokens" in e.value.reason and "--judge-reasoning-tokens" in e.value.reason
+    assert flags_named(e.value.reason) <= known_flags("label")
+    assert len(chats(srv)) == 1
