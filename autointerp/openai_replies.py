@@ -110,14 +110,20 @@ def chat_response(data: Any) -> ChatResponse:
     details = usage.get("completion_tokens_details")
     reasoning = msg.get("reasoning_content") or msg.get("reasoning")  # vLLM, llama.cpp, LM Studio / Ollama, OpenRouter
     reported = "prompt_tokens" in usage or "completion_tokens" in usage
-    completion = _int(usage.get("completion_tokens")) if reported else sum(
-        len(t.encode("utf-8")) for t in (text, reasoning, refusal) if isinstance(t, str))
+    prompt = _int(usage.get("prompt_tokens"))
+    thought = _int(details.get("reasoning_tokens")) if isinstance(details, dict) else 0
+    if reported:  # Gemini's OpenAI endpoint (and proxies of it) leave the thinking, billed as output, out of
+        # completion_tokens, though total_tokens and reasoning_tokens count it: output is the most any of them says
+        completion = max(_int(usage.get("completion_tokens")), thought,
+                         _int(usage.get("total_tokens")) - prompt)
+    else:
+        completion = sum(len(t.encode("utf-8")) for t in (text, reasoning, refusal) if isinstance(t, str))
     return ChatResponse(
         text if isinstance(text, str) else None,
-        _int(usage.get("prompt_tokens")), completion,
+        prompt, completion,
         refusal if isinstance(refusal, str) and refusal else None,
         ch.get("finish_reason"),
-        reasoning_tokens=_int(details.get("reasoning_tokens")) if isinstance(details, dict) else 0,
+        reasoning_tokens=thought,
         reasoned=bool(reasoning),
         usage_reported=reported,
         cached_prompt_tokens=_cached_prompt_tokens(usage, _int),

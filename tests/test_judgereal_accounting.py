@@ -3,6 +3,9 @@
 - OpenAI bills prompt tokens its prompt cache served at a discount (`usage.prompt_tokens_details.
   cached_tokens`; DeepSeek: `prompt_cache_hit_tokens`; Anthropic: `cache_read_input_tokens`): the cost
   is priced so, never at the full input price;
+- Gemini's OpenAI endpoint (and proxies in front of it) leaves the thinking, billed as output, out of
+  `completion_tokens` while `total_tokens` (or `reasoning_tokens`) counts it: the output counted is the
+  largest of them;
 - a server that sends no `usage` (some llama.cpp builds, proxies) is counted at an upper bound, with a
   note: 0 tokens would report a free run and a --budget that never binds.
 """
@@ -86,6 +89,21 @@ def test_claudes_cache_reads_are_counted_as_cached_prompt_tokens():
              usage=NS(input_tokens=12, cache_creation_input_tokens=0, cache_read_input_tokens=2048, output_tokens=3))
     resp = message_response(msg)
     assert (resp.prompt_tokens, resp.cached_prompt_tokens) == (2060, 2048)
+
+
+@pytest.mark.parametrize("usage, out", [
+    # gemini-2.5-flash through generativelanguage.googleapis.com/v1beta/openai: thoughts only in total_tokens
+    ({"prompt_tokens": 20, "completion_tokens": 198, "total_tokens": 623}, 603),
+    # a proxy that moved them to reasoning_tokens and left completion_tokens 0
+    ({"prompt_tokens": 21, "completion_tokens": 0, "total_tokens": 81,
+      "completion_tokens_details": {"reasoning_tokens": 60}}, 60),
+    ({"prompt_tokens": 21, "completion_tokens": 70, "completion_tokens_details": {"reasoning_tokens": 60}}, 70),
+])
+def test_thinking_left_out_of_completion_tokens_is_still_paid_for(srv, usage, out):
+    srv.reply = lambda ex: chat_completion('{"label": "sea"}', usage=usage)
+    done = judge(srv, model="gemini-2.5-flash", price_input=0.30, price_output=2.50).complete_sync(ASK, schema=LABEL)
+    assert done.completion_tokens == out
+    assert done.cost_usd == pytest.approx((usage["prompt_tokens"] * 0.30 + out * 2.50) / 1e6)
 
 
 # ---------------------------------------------------------------------------------------------
