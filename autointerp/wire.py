@@ -49,8 +49,9 @@ class ChatResponse:
     cached_prompt_tokens: int = 0  # of prompt_tokens, served by the provider's prompt cache (billed less)
 
 
-_THINK_OPEN = re.compile(r"<(think|thinking)>", re.IGNORECASE)
-_THINK_CLOSE = re.compile(r"</(think|thinking)>", re.IGNORECASE)
+# <think> (DeepSeek-R1, Qwen3, QwQ, GLM), <thinking>, <seed:think> (ByteDance Seed-OSS), [THINK] (Mistral's Magistral)
+_THINK_OPEN = re.compile(r"<(think|thinking|seed:think)>|\[THINK\]", re.IGNORECASE)
+_THINK_CLOSE = re.compile(r"</(think|thinking|seed:think)>|\[/THINK\]", re.IGNORECASE)
 # gpt-oss's Harmony markup: <|channel|>analysis<|message|>...<|end|><|start|>assistant<|channel|>final<|message|>...
 _HARMONY_FINAL = re.compile(r"<\|channel\|>\s*final\s*(?:<\|constrain\|>\S*?)?<\|message\|>")
 _HARMONY_END = re.compile(r"(?:<\|(?:return|end|call)\|>\s*)+$")
@@ -60,7 +61,8 @@ def split_thinking(text: str | None) -> tuple[str, str]:
     """(the answer, how the reply's thinking ended) of a reply whose content may hold the model's
     reasoning (DeepSeek-R1, Qwen3, QwQ served without a reasoning parser): `<think>...</think>answer`,
     or `...</think>answer` when the chat template opened the block itself; gpt-oss's raw Harmony
-    channels, whose answer is the `final` channel. The second value is "closed" (the answer follows
+    channels, whose answer is the `final` channel; the same with Magistral's `[THINK]...[/THINK]` and
+    Seed-OSS's `<seed:think>...</seed:think>`. The second value is "closed" (the answer follows
     a finished thinking block), "cut" (a block that never closes, Harmony without a final channel:
     all thinking, the answer is empty) or "none" (no thinking markup: the text as it is, which may
     still be thinking when the template opened the block and the reply was cut off before closing it)."""

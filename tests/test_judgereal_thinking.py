@@ -1,0 +1,74 @@
+"""Reasoning models whose thinking comes inside the content in markup other than <think>: Mistral's Magistral
+(`[THINK]...[/THINK]`, served by vLLM or llama.cpp without a reasoning parser) and ByteDance's Seed-OSS
+(`<seed:think>...</seed:think>`). The answer after the thinking is read, never a draft inside it: thinking that
+holds a draft JSON answer neither becomes the label nor makes a good answer unreadable; thinking cut off at
+the output limit is a truncation error naming the setting that gives room.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from autointerp.config import JudgeConfig, make_judge
+from autointerp.judge import AnswerInvalid
+from helpers.judge_server import JudgeServer, chat_completion, fake_llm_answer
+from helpers.real_cli import saesteer
+
+LABEL = {"type": "object", "required": ["label"], "properties": {"label": {"type": "string"}}}
+ASK = [{"role": "system", "content": "Label the latent."}, {"role": "user", "content": "<examples>sea</examples>"}]
+USAGE = {"prompt_tokens": 20, "completion_tokens": 10, "total_tokens": 30}
+MARKUP = {"magistral": ("[THINK]", "[/THINK]"), "seed-oss": ("<seed:think>", "</seed:think>")}
+
+
+@pytest.fixture(scope="module")
+def server():
+    with JudgeServer(fake_llm_answer) as srv:
+        yield srv
+
+
+@pytest.fixture
+def srv(server):
+    server.reply = None
+    yield server
+    server.reply = None
+
+
+def ask(srv, content, finish="stop"):
+    srv.reply = lambda ex: chat_completion(content, finish=finish, usage=USAGE)
+    j = make_judge(JudgeConfig(model="m", base_url=srv.url, api_key="k", use_cache=False, max_reasks=1),
+                   cache_path=None)
+    return j.complete_sync(ASK, schema=LABEL)
+
+
+@pytest.mark.parametrize("model", MARKUP)
+def test_the_answer_after_the_thinking_is_read_never_a_draft_inside_it(srv, model):
+    open_, close = MARKUP[model]
+    done = ask(srv, f'{open_}The marked tokens are waves. Draft: {{"label": "water"}}? No: sea.{close}\n{{"label": "sea"}}')
+    assert done.value == {"label": "sea"} and done.reasks == 0
+    # a prose answer after a JSON draft is asked again, never read as the draft
+    with pytest.raises(AnswerInvalid, match="not valid JSON"):
+        ask(srv, f'{open_}{{"label": "water"}}{close}The label is sea.')
+
+
+@pytest.mark.parametrize("model", MARKUP)
+def test_thinking_cut_off_at_the_limit_is_truncated_output_never_a_label(srv, model):
+    open_, _ = MARKUP[model]
+    with pytest.raises(AnswerInvalid, match="while the model was still thinking.*--judge-reasoning-tokens"):
+        ask(srv, f'{open_}The marked tokens... {{"label": "water"}} maybe', finish="length")
+
+
+def test_saesteer_label_with_magistral_labels_from_the_answers(srv, tmp_path):
+    from features import FeatureStore
+    from helpers.label_store import build_trigger_store
+
+    path, triggers = build_trigger_store(tmp_path / "toy.db", n_latents=3)
+    draft = json.dumps({"label": "DRAFT", "answers": [1]})
+    srv.reply = lambda ex: chat_completion(f"[THINK]Let me see. {draft}[/THINK]" + fake_llm_answer(ex.body),
+                                           usage=USAGE)
+    r = saesteer("label", "--store", path, "--judge-model", "magistral-small-2509", "--judge-base-url", srv.url,
+                 "--scorers", "detection", "--embed-backend", "none", "--no-progress")
+    assert r.rc == 0 and "3 labelled, 0 failed" in r.out, r.text
+    with FeatureStore.open(path) as st:
+        assert [st.feature(i).label.text for i in range(3)] == triggers[:3]
