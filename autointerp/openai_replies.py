@@ -96,8 +96,13 @@ def chat_response(data: Any) -> ChatResponse:
         raise _body_error(ch["error"])
     msg = ch.get("message") if isinstance(ch.get("message"), dict) else {}
     text = msg.get("content")
-    if isinstance(text, list):  # content parts
-        text = "".join(p.get("text", "") for p in text if isinstance(p, dict))
+    thought_parts = False
+    if isinstance(text, list):  # content parts: the answer is the text parts; Mistral's Magistral sends its
+        # thinking as {"type": "thinking", "thinking": [...]} parts before them, others as "reasoning" parts
+        parts = [p for p in text if isinstance(p, dict)]
+        thought_parts = any(p.get("type") in ("thinking", "reasoning") for p in parts)
+        text = "".join(p["text"] for p in parts
+                       if p.get("type", "text") in ("text", "output_text") and isinstance(p.get("text"), str))
     refusal = msg.get("refusal")
     usage = data.get("usage") if isinstance(data.get("usage"), dict) else {}
 
@@ -124,7 +129,7 @@ def chat_response(data: Any) -> ChatResponse:
         refusal if isinstance(refusal, str) and refusal else None,
         ch.get("finish_reason"),
         reasoning_tokens=thought,
-        reasoned=bool(reasoning),
+        reasoned=bool(reasoning) or thought_parts,
         usage_reported=reported,
         cached_prompt_tokens=_cached_prompt_tokens(usage, _int),
     )

@@ -1,6 +1,7 @@
 """Reasoning models whose thinking comes inside the content in markup other than <think>: Mistral's Magistral
 (`[THINK]...[/THINK]`, served by vLLM or llama.cpp without a reasoning parser) and ByteDance's Seed-OSS
-(`<seed:think>...</seed:think>`). The answer after the thinking is read, never a draft inside it: thinking that
+(`<seed:think>...</seed:think>`), and Mistral's own API, whose content is a list of parts with the
+thinking in `{"type": "thinking", "thinking": [...]}` parts. The answer after the thinking is read, never a draft inside it: thinking that
 holds a draft JSON answer neither becomes the label nor makes a good answer unreadable; thinking cut off at
 the output limit is a truncation error naming the setting that gives room.
 """
@@ -72,3 +73,20 @@ def test_saesteer_label_with_magistral_labels_from_the_answers(srv, tmp_path):
     assert r.rc == 0 and "3 labelled, 0 failed" in r.out, r.text
     with FeatureStore.open(path) as st:
         assert [st.feature(i).label.text for i in range(3)] == triggers[:3]
+
+
+@pytest.mark.parametrize("parts", [
+    # Mistral's API (magistral-medium-2509): a thinking part (its text nested), then the answer
+    [{"type": "thinking", "thinking": [{"type": "text", "text": 'Draft {"label": "water"}'}]},
+     {"type": "text", "text": '{"label": "sea"}'}],
+    # a proxy that flattens reasoning into a part with its own text
+    [{"type": "reasoning", "text": 'Draft {"label": "water"}'}, {"type": "text", "text": '{"label": "sea"}'}],
+])
+def test_thinking_parts_of_a_content_list_are_never_the_answer(srv, parts):
+    assert ask(srv, parts).value == {"label": "sea"}
+
+
+def test_a_content_list_holding_only_thinking_at_the_limit_is_truncated_output(srv):
+    parts = [{"type": "thinking", "thinking": [{"type": "text", "text": 'Hmm {"label": "water"}'}]}]
+    with pytest.raises(AnswerInvalid, match="while the model was still thinking"):
+        ask(srv, parts, finish="length")
