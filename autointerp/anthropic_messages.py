@@ -140,7 +140,7 @@ class AnthropicBackend:
 
         try:
             msg = await attempt(self._client.get().messages.create(**self.body(request)), timeout_s=self.timeout_s,
-                                sdk=anthropic)
+                                sdk=anthropic, where=self.base_url or "https://api.anthropic.com")
         except anthropic.APIStatusError as e:
             raise _status_error(e, self.base_url) from None
         if not isinstance(getattr(msg, "content", None), list):  # a page, an error object: no content blocks

@@ -152,7 +152,7 @@ class OpenAIBackend:
             # transform and response model, which cost more CPU per request than everything else
             # here; the JSON is read leniently below instead.
             text = await attempt(self._client.get().post("/chat/completions", cast_to=str, body=body),
-                                 timeout_s=self.timeout_s, sdk=openai)
+                                 timeout_s=self.timeout_s, sdk=openai, where=self.base_url or "https://api.openai.com/v1")
         except openai.APIStatusError as e:
             status = e.status_code
             msg = error_message(e)

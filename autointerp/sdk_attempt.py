@@ -54,16 +54,18 @@ class ClientPerLoop:
             await client.close()
 
 
-async def attempt(call: Awaitable[T], *, timeout_s: float, sdk: Any) -> T:
+async def attempt(call: Awaitable[T], *, timeout_s: float, sdk: Any, where: str) -> T:
     """Await one SDK call within `timeout_s` in all; the SDK's timeout and connection errors (and
-    the deadline passing) as `TransientError`."""
+    the deadline passing) as `TransientError`. `where` is the server's URL, which a connection error
+    names (a server not started, a wrong port: what the user fixes)."""
     try:
         return await asyncio.wait_for(call, timeout=timeout_s)
     except (sdk.APITimeoutError, asyncio.TimeoutError):
         raise TransientError(f"timed out after {timeout_s:g} s (no complete answer by then)") from None
     except sdk.APIConnectionError as e:
         cause = e.__cause__ or e
-        raise TransientError(f"connection error ({type(cause).__name__}: {cause})") from None
+        raise TransientError(f"could not reach {where} ({type(cause).__name__}: {cause}); is the server running "
+                             "there? (JudgeConfig.base_url, --judge-base-url)") from None
 
 
 def status_failure(e: Any, said: str, *, credentials: str) -> Exception:
