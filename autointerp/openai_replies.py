@@ -9,7 +9,7 @@ import json
 import re
 from typing import Any
 
-from .wire import ChatResponse, PermanentError, TransientError, is_retryable
+from .wire import ChatResponse, PermanentError, TransientError, is_retryable, refuses_system_role
 
 __all__ = ["chat_response", "error_message", "html_title", "looks_like_html", "unsupported_param"]
 
@@ -18,12 +18,16 @@ def unsupported_param(e) -> str | None:
     """'max_tokens' or 'temperature' when a 400 says the model does not take it (OpenAI's words:
     "Unsupported parameter: 'max_tokens' is not supported with this model. Use
     'max_completion_tokens' instead." / "Unsupported value: 'temperature' does not support 0 with
-    this model. Only the default (1) value is supported."), else None."""
+    this model. Only the default (1) value is supported."), 'system' when the model's chat template
+    takes no system turn (vLLM passes the template's own words on: Gemma 2's "System role not
+    supported", Mistral-7B-Instruct's "Conversation roles must alternate..."), else None."""
     body = getattr(e, "body", None)
     err = body.get("error", body) if isinstance(body, dict) else None
     err = err if isinstance(err, dict) else {}
     param = err.get("param")
     message = str(err.get("message") or getattr(e, "message", "") or "")
+    if refuses_system_role(message):
+        return "system"
     for name in ("max_tokens", "temperature"):
         named = param == name or f"'{name}'" in message
         if named and (err.get("code") in ("unsupported_parameter", "unsupported_value")

@@ -81,6 +81,29 @@ def split_thinking(text: str | None) -> tuple[str, str]:
     return text, "none"
 
 
+def fold_system(messages) -> tuple[dict[str, str], ...]:
+    """The messages with the system turns written at the head of the first user turn, for a chat
+    template that refuses a system role (Gemma 2's "System role not supported", Mistral-7B-Instruct's
+    and Llama-2's "roles must alternate"); what Gemma 3's template does itself."""
+    system = "\n\n".join(m["content"] for m in messages if m["role"] == "system")
+    rest = [dict(m) for m in messages if m["role"] != "system"]
+    if not system:
+        return tuple(rest)
+    if rest and rest[0]["role"] == "user":
+        rest[0]["content"] = f"{system}\n\n{rest[0]['content']}"
+    else:
+        rest.insert(0, {"role": "user", "content": system})
+    return tuple(rest)
+
+
+_SYSTEM_REFUSED = re.compile(r"system role not supported|roles must alternate", re.IGNORECASE)
+
+
+def refuses_system_role(message: str) -> bool:
+    """Whether a chat template's (or a server's) error says it takes no system turn."""
+    return bool(_SYSTEM_REFUSED.search(message))
+
+
 _OPEN_AT_END = re.compile(r"<(?:think|thinking)>\s*$", re.IGNORECASE)
 
 

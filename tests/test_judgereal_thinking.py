@@ -4,6 +4,11 @@
 thinking in `{"type": "thinking", "thinking": [...]}` parts. The answer after the thinking is read, never a draft inside it: thinking that
 holds a draft JSON answer neither becomes the label nor makes a good answer unreadable; thinking cut off at
 the output limit is a truncation error naming the setting that gives room.
+
+And local judges whose chat template takes no system turn (Gemma 2: "System role not supported";
+Mistral-7B-Instruct, Llama-2: "Conversation roles must alternate"): served by vLLM (a 400 in the template's
+words) or run by the transformers backend (jinja's TemplateError), the instructions go at the head of the
+first user turn, said once, rather than every latent failing (or a raw TemplateError escaping).
 """
 
 from __future__ import annotations
@@ -90,3 +95,47 @@ def test_a_content_list_holding_only_thinking_at_the_limit_is_truncated_output(s
     parts = [{"type": "thinking", "thinking": [{"type": "text", "text": 'Hmm {"label": "water"}'}]}]
     with pytest.raises(AnswerInvalid, match="while the model was still thinking"):
         ask(srv, parts, finish="length")
+
+
+# ---------------------------------------------------------------------------------------------
+# chat templates that take no system turn (Gemma 2, Mistral-7B-Instruct, Llama-2 variants)
+
+
+def _vllm_400(message):
+    # vLLM's error body: the object at the top level, the template's own words as the message
+    return 400, {}, json.dumps({"object": "error", "message": message, "type": "BadRequestError", "param": None,
+                                "code": 400}).encode()
+
+
+@pytest.mark.parametrize("words", ["System role not supported",
+                                   "Conversation roles must alternate user/assistant/user/assistant/..."])
+def test_a_served_template_refusing_the_system_turn_gets_it_in_the_first_user_turn(srv, words):
+    seen = []
+
+    def reply(ex):
+        seen.append([m["role"] for m in ex.body["messages"]])
+        if ex.body["messages"][0]["role"] == "system":
+            return _vllm_400(words)
+        return chat_completion('{"label": "sea"}', usage=USAGE)
+
+    srv.reply = reply
+    j = make_judge(JudgeConfig(model="google/gemma-2-9b-it", base_url=srv.url, use_cache=False), cache_path=None)
+    with pytest.warns(Warning, match="takes no system turn"):
+        assert j.complete_sync(ASK, schema=LABEL).value == {"label": "sea"}
+    assert j.complete_sync(ASK, schema=LABEL).value == {"label": "sea"}
+    assert seen == [["system", "user"], ["user"], ["user"]]  # refused once; later requests folded from the start
+
+
+def test_a_local_template_refusing_the_system_turn_gets_it_in_the_first_user_turn():
+    from autointerp.backends import TransformersBackend
+    from helpers.real_models import GEMMA2_CHAT_TEMPLATE, build_family_tokenizer
+
+    tok = build_family_tokenizer("gemma", ["the sea is calm and the ship sails on"] * 20)
+    tok.chat_template = GEMMA2_CHAT_TEMPLATE
+    backend = TransformersBackend(object(), tok, name="gemma-2-2b-it")
+    msgs = ASK + [{"role": "assistant", "content": "sea?"}, {"role": "user", "content": "JSON only."}]
+    with pytest.warns(Warning, match="System role not supported"):
+        enc = backend._render(msgs)
+    text = tok.decode(enc["input_ids"][0])
+    assert "<start_of_turn>user\nLabel the latent.\n\n<examples>sea</examples><end_of_turn>" in text
+    assert text.endswith("<start_of_turn>user\nJSON only.<end_of_turn>\n<start_of_turn>model\n")
