@@ -11,7 +11,7 @@ import asyncio
 import json
 import os
 import threading
-from typing import Any
+from typing import Any, Mapping
 
 from .base_url import not_found_hint, parse_base_url
 from .openai_replies import chat_response, error_message, html_title, looks_like_html, unsupported_param
@@ -22,11 +22,16 @@ from .wire import (RETRYABLE_STATUS, ChatRequest, ChatResponse, PermanentError, 
 __all__ = ["OpenAIBackend", "TransformersBackend", "RETRYABLE_STATUS", "openai_api_key"]
 
 
-def openai_api_key(key: str | None, base_url: str | None) -> str:
-    """The key an OpenAI-protocol request sends: `key`, else a placeholder for a server of one's own
-    (a base URL given: local servers check none); OpenAI's own API without one is refused."""
+def openai_api_key(key: str | None, base_url: str | None, *, azure: bool = False,
+                   env: Mapping[str, str] | None = None) -> str:
+    """The key an OpenAI-protocol request sends: `key`, else for an Azure OpenAI deployment URL
+    $AZURE_OPENAI_API_KEY (where Azure's own client looks), else a placeholder for a server of one's
+    own (a base URL given: local servers check none); OpenAI's own API without one is refused."""
     if key:
         return key
+    azure_key = (os.environ if env is None else env).get("AZURE_OPENAI_API_KEY") if azure else None
+    if azure_key:
+        return azure_key
     if base_url is None:
         raise ValueError("no API key: set OPENAI_API_KEY (or give --judge-api-key; --judge-base-url for a local server "
                          "that needs none)")
@@ -75,7 +80,8 @@ class OpenAIBackend:
         self.model = model
         self._base = parse_base_url(base_url or os.environ.get("OPENAI_BASE_URL") or None)
         self.base_url = self._base.url
-        self._api_key = openai_api_key(api_key or os.environ.get("OPENAI_API_KEY"), self.base_url)
+        self._api_key = openai_api_key(api_key or os.environ.get("OPENAI_API_KEY"), self.base_url,
+                                       azure=self._base.azure_deployment)
         self.timeout_s = float(timeout_s)
         self.max_tokens_param = max_tokens_param
         self.send_temperature = True  # False once the model refused any but its default temperature

@@ -257,7 +257,7 @@ def check_judge(cfg: JudgeConfig, env: Mapping[str, str] | None = None) -> tuple
         from .base_url import parse_base_url
 
         base = parse_base_url(cfg.base_url or env.get(ENV_BASE_URL) or None, env)
-        openai_api_key(cfg.api_key or env.get(ENV_API_KEY) or None, base.url)
+        openai_api_key(cfg.api_key or env.get(ENV_API_KEY) or None, base.url, azure=base.azure_deployment, env=env)
     elif backend_name == "transformers":
         from saes.devices import check_device
         from saesteer.models import resolve_spec

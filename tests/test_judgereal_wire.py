@@ -220,3 +220,20 @@ def test_saesteer_label_against_a_server_not_running_names_its_url(tmp_path):
     last = r.text.strip().splitlines()[-1]
     assert f"could not reach {url}" in last and "is the server running there?" in last, r.text
     assert flags_named(last) <= known_flags("label")
+
+
+# ---------------------------------------------------------------------------------------------
+# Azure OpenAI's own key variable
+
+
+def test_an_azure_deployment_url_takes_its_key_from_azure_openai_api_key(srv, monkeypatch):
+    """Azure users keep the key in $AZURE_OPENAI_API_KEY (Azure's client and docs): it is sent in Azure's
+    api-key header, never a placeholder that Azure refuses with a 401."""
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    monkeypatch.setenv("AZURE_OPENAI_API_KEY", "azure-secret")
+    srv.reply = lambda ex: (chat_completion('{"label": "sea"}', usage=USAGE) if ex.headers.get("api-key") == "azure-secret"
+                            else openai_error(401, "Access denied due to invalid subscription key or wrong API "
+                                              "endpoint.", "invalid_request_error", "401"))
+    base = f"{srv.root}/openai/deployments/judge-4o?api-version=2024-10-21"
+    j = make_judge(JudgeConfig(model="judge-4o", base_url=base, use_cache=False), cache_path=None)
+    assert j.complete_sync(ASK, schema=LABEL).value == {"label": "sea"}
