@@ -47,6 +47,8 @@ def error_message(e) -> str:
         err = err if isinstance(err, (dict, str)) else body
         if isinstance(err, dict):  # OpenAI's {"message": ...}; FastAPI's {"detail": ...} (vLLM, SGLang off-route)
             body = next((v for k in ("message", "detail") if isinstance(v := err.get(k), str) and v), None)
+            if body is not None:
+                body += _provider_said(err)
         else:
             body = err
     if isinstance(body, str) and body.strip():
@@ -67,11 +69,29 @@ def html_title(text: str) -> str:
     return f"title {title!r}" if title else "no title"
 
 
+def _provider_said(err: dict) -> str:
+    """What a router's error names beyond its message: OpenRouter's `metadata` holds the upstream
+    provider's name and its own error (`raw`), or a moderation's `reasons` ("Provider returned error"
+    alone says nothing a user can act on)."""
+    meta = err.get("metadata")
+    if not isinstance(meta, dict):
+        return ""
+    said = []
+    if isinstance(meta.get("provider_name"), str):
+        said.append(f"provider {meta['provider_name']}")
+    raw, reasons = meta.get("raw"), meta.get("reasons")
+    if raw:
+        said.append(" ".join((raw if isinstance(raw, str) else json.dumps(raw)).split())[:200])
+    if isinstance(reasons, list) and reasons:
+        said.append("flagged: " + ", ".join(map(str, reasons))[:200])
+    return f" ({': '.join(said)})" if said else ""
+
+
 def _body_error(err: Any) -> Exception:
     """The failure that an error object inside a 200 body stands for (OpenRouter reports errors met
     while generating this way, with `code` the HTTP status it would have had)."""
     if isinstance(err, dict):
-        msg = str(err.get("message") or err)[:300]
+        msg = str(err.get("message") or err)[:300] + _provider_said(err)
         code = err.get("code")
     else:
         msg, code = str(err)[:300], None

@@ -237,3 +237,32 @@ def test_an_azure_deployment_url_takes_its_key_from_azure_openai_api_key(srv, mo
     base = f"{srv.root}/openai/deployments/judge-4o?api-version=2024-10-21"
     j = make_judge(JudgeConfig(model="judge-4o", base_url=base, use_cache=False), cache_path=None)
     assert j.complete_sync(ASK, schema=LABEL).value == {"label": "sea"}
+
+
+# ---------------------------------------------------------------------------------------------
+# OpenRouter: the upstream provider's own error is in the error's metadata
+
+
+OPENROUTER_PROVIDER_ERROR = {"message": "Provider returned error", "code": 502, "metadata": {
+    "provider_name": "Together", "raw": '{"error":{"message":"Input validation error: `inputs` tokens + '
+                                        '`max_new_tokens` must be <= 8193"}}'}}
+
+
+@pytest.mark.parametrize("reply", [
+    (200, {}, json.dumps({"error": OPENROUTER_PROVIDER_ERROR, "user_id": "user_1"}).encode()),  # inside a 200
+    (502, {}, json.dumps({"error": OPENROUTER_PROVIDER_ERROR}).encode()),
+], ids=["200-body", "502"])
+def test_openrouters_provider_errors_say_the_provider_and_its_words(srv, reply):
+    srv.reply = lambda ex: reply
+    with pytest.raises(RequestFailed) as e:
+        judge(srv, max_retries=1).complete_sync(ASK, schema=LABEL)
+    assert "provider Together" in e.value.reason and "must be <= 8193" in e.value.reason, e.value.reason
+
+
+def test_openrouters_moderation_refusal_says_why(srv):
+    flagged = {"message": "meta-llama/llama-guard flagged your input", "code": 403, "metadata": {
+        "reasons": ["violence"], "flagged_input": "the battle...", "provider_name": "OpenAI", "model_slug": "gpt-4o"}}
+    srv.reply = lambda ex: (403, {}, json.dumps({"error": flagged}).encode())
+    with pytest.raises(RequestFailed) as e:
+        judge(srv).complete_sync(ASK, schema=LABEL)
+    assert "flagged: violence" in e.value.reason and len(chats(srv)) == 1
