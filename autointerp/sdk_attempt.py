@@ -21,7 +21,8 @@ import re
 from typing import Any, Awaitable, Callable, TypeVar
 
 from .judge import CredentialsRejected
-from .wire import PermanentError, TransientError, is_retryable, parse_rate_limit_reset, parse_retry_after
+from .wire import (PermanentError, TransientError, is_retryable, parse_rate_limit_reset, parse_retry_after,
+                   wait_in_message)
 
 __all__ = ["ClientPerLoop", "attempt", "status_failure"]
 
@@ -84,8 +85,9 @@ def status_failure(e: Any, said: str, *, credentials: str) -> Exception:
     told = str(headers.get("x-should-retry", "")).lower()  # the server's own word, which both SDKs obey first
     if told == "true" or (is_retryable(status) and told != "false"):
         wait = parse_retry_after(headers)
-        if wait is None and status == 429:
+        if wait is None and status == 429:  # OpenAI's reset headers, else the wait its message names
             wait = parse_rate_limit_reset(headers)
+            wait = wait_in_message(said) if wait is None else wait
         return TransientError(said, status=status, retry_after=wait)
     return PermanentError(said + context_hint(said) if status in (400, 413) else said, status=status)
 

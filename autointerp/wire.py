@@ -220,3 +220,17 @@ def parse_rate_limit_reset(headers: Any) -> float | None:
     if exhausted:
         return max(exhausted)
     return min(resets) if resets else None
+
+
+_WAIT_IN_WORDS = re.compile(r"try again in ((?:\d+(?:\.\d+)?(?:ms|h|m|s))+)|retry after (\d+(?:\.\d+)?) seconds?",
+                            re.IGNORECASE)
+
+
+def wait_in_message(message: str) -> float | None:
+    """Seconds a rate-limit message asks to wait, for a 429 whose headers were dropped (a proxy in
+    front): OpenAI's and Groq's "Please try again in 1.2s" / "in 7m36.48s", Azure's "Please retry after
+    6 seconds"."""
+    m = _WAIT_IN_WORDS.search(message or "")
+    if m is None:
+        return None
+    return _duration_s(m.group(1)) if m.group(1) else float(m.group(2))

@@ -136,6 +136,27 @@ def test_openais_reset_durations_are_read(headers, wait):
     assert got == pytest.approx(wait) if wait is not None else got is None
 
 
+@pytest.mark.parametrize("message, wait", [
+    ("Rate limit reached for gpt-4o-mini in organization org-x on tokens per min (TPM): Limit 200000, Used 199500, "
+     "Requested 1200. Please try again in 4.5s. Visit https://platform.openai.com/account/rate-limits", 4.5),
+    ("Rate limit reached for model `llama-3.3-70b-versatile` on tokens per day (TPD): Limit 100000, Used 99800, "
+     "Requested 900. Please try again in 2m36.48s.", 156.48),  # Groq
+    ("Requests to the ChatCompletions_Create Operation under Azure OpenAI API version 2024-10-21 have exceeded "
+     "token rate limit of your current AIServices S0 pricing tier. Please retry after 6 seconds.", 6.0),
+])
+def test_a_429_whose_headers_a_proxy_dropped_waits_as_long_as_its_message_says(srv, message, wait):
+    replies = iter([openai_error(429, message, "tokens", "rate_limit_exceeded")])
+    srv.reply = lambda ex: next(replies, None) or chat_completion('{"label": "sea"}', usage=USAGE)
+
+    async def sleep(s):
+        pass
+
+    j = judge(srv, sleep=sleep)
+    assert j.complete_sync(ASK, schema=LABEL).value == {"label": "sea"}
+    (_, delay), = j.retry_log
+    assert wait <= delay <= wait * 1.1
+
+
 def test_a_server_error_is_not_paused_by_rate_limit_headers_that_come_with_every_reply(srv):
     replies = iter([openai_error(500, "The server had an error processing your request.", "server_error", None,
                                  OPENAI_RATE_LIMIT_HEADERS)])
