@@ -165,7 +165,7 @@ def anthropic_auth(api_key: str | None, base_url: str | None, env: Mapping[str, 
     raise ValueError(f"no Anthropic API key: set {ENV_API_KEY} (or give --judge-api-key)")
 
 
-def check_settings(model: str, *, base_url: str | None, api_key: str | None, reasoning_effort: str | None,
+def check_settings(*, base_url: str | None, api_key: str | None, reasoning_effort: str | None,
                    thinking: str | None, thinking_budget: int, env: Mapping[str, str]) -> None:
     """What `AnthropicBackend(...)` would refuse, checked without making it: the SDK, the base URL,
     the credentials and the thinking settings."""

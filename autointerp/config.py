@@ -250,7 +250,7 @@ def check_judge(cfg: JudgeConfig, env: Mapping[str, str] | None = None) -> tuple
                "2026-10-21) takes no temperature on any Claude model; leave it unset (answers are sampled)")
         from .anthropic_messages import check_settings
 
-        check_settings(model, base_url=cfg.base_url, api_key=cfg.api_key, reasoning_effort=cfg.reasoning_effort,
+        check_settings(base_url=cfg.base_url, api_key=cfg.api_key, reasoning_effort=cfg.reasoning_effort,
                        thinking=cfg.thinking, thinking_budget=cfg.reasoning_tokens, env=env)
     elif backend_name == "openai":
         from .backends import openai_api_key

@@ -17,14 +17,16 @@ unreadable bodies) and `PermanentError` for the rest (other 4xx). The `Judge` ad
   does not fit waits for those in flight to settle, then is refused (`BudgetExceeded`) if it
   still does not fit, so the budget is never crossed; a reply without token counts is counted at
   that bound (said once), never as free;
-- retries with jittered exponential backoff; a 429's Retry-After (or retry-after-ms) is honoured
+- retries with jittered exponential backoff; a 429's Retry-After (or retry-after-ms; without them
+  OpenAI's x-ratelimit-reset-*, else the wait its message names) is honoured
   and pauses *all* requests of this judge until it has passed, since a rate limit is shared: the
   pause is checked after a request gets its concurrency slot, right before it is sent, so calls
   that were queued for a slot during the pause wait for it too;
 - the concurrency bound: at most `concurrency` requests in flight (a backoff does not hold a slot);
 - the deadline: the backend gives each attempt `timeout_s` in all, however slowly the server
   sends (a server trickling bytes cannot hold a request longer);
-- a refused key (HTTP 401): `CredentialsRejected`, and no later request of this judge is sent;
+- a refused key (HTTP 401) or an account without credit (402, OpenAI's 429 insufficient_quota):
+  `CredentialsRejected`, and no later request of this judge is sent;
   it is never one call's failure (`complete_many` raises it), so every command stops at it.
 
 and per call: the answer is parsed as JSON (bare or ```json fenced), checked against `schema`
@@ -93,7 +95,8 @@ class RequestFailed(JudgeError):
 
 
 class CredentialsRejected(RequestFailed, SaesteerError):
-    """The server refused the credentials (HTTP 401): every request would fail the same way, so this
+    """The server refused the credentials (HTTP 401) or the account behind them (no credit left: 402,
+    OpenAI's 429 insufficient_quota): every request would fail the same way, so this
     is never one call's failure; `reason` says which setting to fix. A backend raises it (never
     retried); the judge sends nothing more once it has met one; whatever uses the judge (a labelling
     run, a scorer, a sweep) lets it through, and the CLI says it in one line (exit status 2), as any
