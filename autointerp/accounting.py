@@ -8,7 +8,8 @@ The budget is checked *before* each request by reserving an upper bound of its c
 counted as one token per UTF-8 byte (no tokenizer makes more tokens than bytes) plus the chat
 framing (learnt from the server's reports: the largest excess it ever reported over the bytes)
 plus the full `max_tokens` of output. When the answer arrives the reservation is replaced by the
-usage the server reports. A request whose bound could overrun the budget is not sent: it waits
+usage the server reports (by a server that reports none, by the bound: `Judge._bound_usage`;
+prompt tokens its prompt cache served at the cached-input price). A request whose bound could overrun the budget is not sent: it waits
 for the requests in flight to settle, and if it still does not fit `BudgetExceeded` is raised,
 the runner abandons that latent (nothing written) and stops starting new ones. So the spending
 never crosses the budget as long as the server honours `max_tokens`. Cached answers cost nothing
@@ -38,14 +39,15 @@ __all__ = [
     "KNOWN_PRICES",
 ]
 
-# USD per 1M tokens (input, output): list prices of some common judge models as of 2025;
-# override with --price-input / --price-output when they differ.
-KNOWN_PRICES: dict[str, tuple[float, float]] = {
-    "gpt-4o-mini": (0.15, 0.60),
-    "gpt-4o": (2.50, 10.00),
-    "gpt-4.1": (2.00, 8.00),
-    "gpt-4.1-mini": (0.40, 1.60),
-    "gpt-4.1-nano": (0.10, 0.40),
+# USD per 1M tokens (input, output, cached input): list prices of some common judge models as of 2025;
+# override with --price-input / --price-output when they differ. Cached input is what OpenAI bills
+# for prompt tokens its prompt cache served (usage.prompt_tokens_details.cached_tokens).
+KNOWN_PRICES: dict[str, tuple[float, float, float]] = {
+    "gpt-4o-mini": (0.15, 0.60, 0.075),
+    "gpt-4o": (2.50, 10.00, 1.25),
+    "gpt-4.1": (2.00, 8.00, 0.50),
+    "gpt-4.1-mini": (0.40, 1.60, 0.10),
+    "gpt-4.1-nano": (0.10, 0.40, 0.025),
 }
 
 
@@ -80,11 +82,13 @@ def prompt_token_bound(messages: list[dict], extra_framing: int = 0) -> int:
 
 @dataclass(frozen=True)
 class Prices:
-    """USD per million input / output tokens for one model; None = unknown."""
+    """USD per million input / output tokens for one model; None = unknown. Prompt tokens a provider's
+    prompt cache served cost `cached_input_per_mtok` (None: the input price, an upper bound)."""
 
     model: str
     input_per_mtok: float | None
     output_per_mtok: float | None
+    cached_input_per_mtok: float | None = None
 
     @classmethod
     def for_model(
@@ -99,21 +103,27 @@ class Prices:
                     known = KNOWN_PRICES[name]
                     break
         if known is None and local:
-            known = (0.0, 0.0)
+            known = (0.0, 0.0, 0.0)
         return cls(
             model,
             input_per_mtok if input_per_mtok is not None else (known[0] if known else None),
             output_per_mtok if output_per_mtok is not None else (known[1] if known else None),
+            # a price given for input holds for cached input too (the table's discount is for its own price)
+            None if (input_per_mtok is not None or not known) else known[2],
         )
 
     @property
     def known(self) -> bool:
         return self.input_per_mtok is not None and self.output_per_mtok is not None
 
-    def cost(self, prompt_tokens: int, completion_tokens: int) -> float | None:
+    def cost(self, prompt_tokens: int, completion_tokens: int, cached_prompt_tokens: int = 0) -> float | None:
+        """USD of one request; `cached_prompt_tokens` of `prompt_tokens` were served by the prompt cache."""
         if not self.known:
             return None
-        return (prompt_tokens * self.input_per_mtok + completion_tokens * self.output_per_mtok) / 1e6
+        cached = min(max(0, int(cached_prompt_tokens)), int(prompt_tokens))
+        cached_price = self.input_per_mtok if self.cached_input_per_mtok is None else self.cached_input_per_mtok
+        return ((prompt_tokens - cached) * self.input_per_mtok + cached * cached_price
+                + completion_tokens * self.output_per_mtok) / 1e6
 
 
 _BUDGET_RE = re.compile(
@@ -290,9 +300,10 @@ class Ledger:
                 self._reserved_tokens -= r.tokens
                 self._reserved_usd -= r.usd
 
-    def settle(self, r: Reservation, prompt_tokens: int, completion_tokens: int) -> float | None:
+    def settle(self, r: Reservation, prompt_tokens: int, completion_tokens: int,
+               cached_prompt_tokens: int = 0) -> float | None:
         """Turn a reservation into real usage; returns the cost (None if the price is unknown)."""
-        cost = self.prices.cost(prompt_tokens, completion_tokens)
+        cost = self.prices.cost(prompt_tokens, completion_tokens, cached_prompt_tokens)
         with self._lock:
             if r.open:
                 r.open = False

@@ -32,7 +32,8 @@ from .openai_replies import error_message, html_title, looks_like_html
 from .sdk_attempt import ClientPerLoop, attempt, status_failure
 from .wire import ChatRequest, ChatResponse, PermanentError, TransientError
 
-__all__ = ["AnthropicBackend", "EFFORTS", "THINKING", "ENV_API_KEY", "ENV_BASE_URL", "message_response"]
+__all__ = ["AnthropicBackend", "EFFORTS", "THINKING", "ENV_API_KEY", "ENV_BASE_URL", "message_response", "anthropic_auth",
+           "check_settings"]
 
 ENV_API_KEY = "ANTHROPIC_API_KEY"
 ENV_AUTH_TOKEN = "ANTHROPIC_AUTH_TOKEN"
@@ -100,15 +101,7 @@ class AnthropicBackend:
             raise ValueError("AnthropicBackend: model is empty; give --judge-model (e.g. claude-haiku-4-5)")
         self.model = model
         self.base_url = _base_url(base_url or env.get(ENV_BASE_URL) or None)
-        key = api_key or env.get(ENV_API_KEY)
-        if key:
-            self._auth = {"api_key": key}
-        elif env.get(ENV_AUTH_TOKEN):
-            self._auth = {"auth_token": env[ENV_AUTH_TOKEN]}
-        elif self.base_url is not None:
-            self._auth = {"api_key": "not-needed"}  # a local server that checks no key
-        else:
-            raise ValueError(f"no Anthropic API key: set {ENV_API_KEY} (or give --judge-api-key)")
+        self._auth = anthropic_auth(api_key, self.base_url, env)
         self.timeout_s = float(timeout_s)
         self.body_extra = thinking_settings(reasoning_effort, thinking, thinking_budget)
         self.reasoning_effort = (reasoning_effort or "").strip().lower() or None
@@ -147,7 +140,7 @@ class AnthropicBackend:
 
         try:
             msg = await attempt(self._client.get().messages.create(**self.body(request)), timeout_s=self.timeout_s,
-                                sdk=anthropic)
+                                sdk=anthropic, where=self.base_url or "https://api.anthropic.com")
         except anthropic.APIStatusError as e:
             raise _status_error(e, self.base_url) from None
         if not isinstance(getattr(msg, "content", None), list):  # a page, an error object: no content blocks
@@ -156,6 +149,29 @@ class AnthropicBackend:
 
     async def aclose(self) -> None:
         await self._client.aclose()
+
+
+def anthropic_auth(api_key: str | None, base_url: str | None, env: Mapping[str, str]) -> dict[str, str]:
+    """The client's credentials: the key (`api_key`, else $ANTHROPIC_API_KEY), else a bearer token
+    ($ANTHROPIC_AUTH_TOKEN), else a placeholder for a server of one's own (`base_url` given: it may
+    check none); Anthropic's own API without any is refused."""
+    key = api_key or env.get(ENV_API_KEY)
+    if key:
+        return {"api_key": key}
+    if env.get(ENV_AUTH_TOKEN):
+        return {"auth_token": env[ENV_AUTH_TOKEN]}
+    if base_url is not None:
+        return {"api_key": "not-needed"}
+    raise ValueError(f"no Anthropic API key: set {ENV_API_KEY} (or give --judge-api-key)")
+
+
+def check_settings(*, base_url: str | None, api_key: str | None, reasoning_effort: str | None,
+                   thinking: str | None, thinking_budget: int, env: Mapping[str, str]) -> None:
+    """What `AnthropicBackend(...)` would refuse, checked without making it: the SDK, the base URL,
+    the credentials and the thinking settings."""
+    _check_sdk()
+    anthropic_auth(api_key, _base_url(base_url or env.get(ENV_BASE_URL) or None), env)
+    thinking_settings(reasoning_effort, thinking, thinking_budget)
 
 
 def _check_sdk() -> None:
@@ -224,4 +240,5 @@ def message_response(msg: Any) -> ChatResponse:
         text if blocks else None, prompt, count(usage, "output_tokens"), refusal, _FINISH.get(stop, "stop"),
         reasoning_tokens=count(getattr(usage, "output_tokens_details", None), "thinking_tokens"),
         reasoned=thought,
+        cached_prompt_tokens=count(usage, "cache_read_input_tokens"),
     )

@@ -11,14 +11,31 @@ import asyncio
 import json
 import os
 import threading
-from typing import Any
+from typing import Any, Mapping
 
 from .base_url import not_found_hint, parse_base_url
 from .openai_replies import chat_response, error_message, html_title, looks_like_html, unsupported_param
 from .sdk_attempt import ClientPerLoop, attempt, status_failure
-from .wire import RETRYABLE_STATUS, ChatRequest, ChatResponse, PermanentError, TransientError, thinking_opened
+from .wire import (RETRYABLE_STATUS, ChatRequest, ChatResponse, PermanentError, TransientError, fold_system,
+                   refuses_system_role, thinking_opened)
 
-__all__ = ["OpenAIBackend", "TransformersBackend", "RETRYABLE_STATUS"]
+__all__ = ["OpenAIBackend", "TransformersBackend", "RETRYABLE_STATUS", "openai_api_key"]
+
+
+def openai_api_key(key: str | None, base_url: str | None, *, azure: bool = False,
+                   env: Mapping[str, str] | None = None) -> str:
+    """The key an OpenAI-protocol request sends: `key`, else for an Azure OpenAI deployment URL
+    $AZURE_OPENAI_API_KEY (where Azure's own client looks), else a placeholder for a server of one's
+    own (a base URL given: local servers check none); OpenAI's own API without one is refused."""
+    if key:
+        return key
+    azure_key = (os.environ if env is None else env).get("AZURE_OPENAI_API_KEY") if azure else None
+    if azure_key:
+        return azure_key
+    if base_url is None:
+        raise ValueError("no API key: set OPENAI_API_KEY (or give --judge-api-key; --judge-base-url for a local server "
+                         "that needs none)")
+    return "not-needed"
 
 
 class OpenAIBackend:
@@ -35,7 +52,8 @@ class OpenAIBackend:
     Reasoning models (OpenAI o-series, gpt-5) reject `max_tokens` and any temperature but their
     default with a 400 naming the parameter: the backend then switches to `max_completion_tokens`
     / leaves the temperature out, says so once (a note), and resends; later requests go out that
-    way from the start. A query in `base_url` (`?api-version=...`) is sent with every request; an
+    way from the start. So does a chat template that takes no system turn (a 400 in its words, as
+    vLLM passes Gemma 2's on): the instructions then open the first user turn (`wire.fold_system`). A query in `base_url` (`?api-version=...`) is sent with every request; an
     Azure OpenAI deployment URL (`.../openai/deployments/NAME?api-version=...`) gets Azure's
     `api-key` header. `reasoning_effort` is sent as is (OpenAI, Ollama and vLLM read it)."""
 
@@ -62,18 +80,12 @@ class OpenAIBackend:
         self.model = model
         self._base = parse_base_url(base_url or os.environ.get("OPENAI_BASE_URL") or None)
         self.base_url = self._base.url
-        key = api_key or os.environ.get("OPENAI_API_KEY")
-        if not key:
-            if self.base_url is None:
-                raise ValueError(
-                    "no API key: set OPENAI_API_KEY (or give --judge-api-key; --judge-base-url for a local server "
-                    "that needs none)"
-                )
-            key = "not-needed"
-        self._api_key = key
+        self._api_key = openai_api_key(api_key or os.environ.get("OPENAI_API_KEY"), self.base_url,
+                                       azure=self._base.azure_deployment)
         self.timeout_s = float(timeout_s)
         self.max_tokens_param = max_tokens_param
         self.send_temperature = True  # False once the model refused any but its default temperature
+        self.fold_system = False  # True once the model's chat template refused a system turn (`wire.fold_system`)
         self.extra_body = dict(extra_body or {})
         if reasoning_effort:
             self.extra_body["reasoning_effort"] = reasoning_effort
@@ -100,7 +112,7 @@ class OpenAIBackend:
     def _body(self, request: ChatRequest) -> dict[str, Any]:
         body: dict[str, Any] = {
             "model": self.model,
-            "messages": [dict(m) for m in request.messages],
+            "messages": list(fold_system(request.messages)) if self.fold_system else [dict(m) for m in request.messages],
             self.max_tokens_param: request.max_tokens,
         }
         if self.send_temperature:
@@ -111,11 +123,11 @@ class OpenAIBackend:
         return body
 
     async def chat(self, request: ChatRequest) -> ChatResponse:
-        for resend in range(3):  # a refusal of the length parameter and one of the temperature are met, once each
+        for resend in range(4):  # refusals of the length parameter, the temperature and a system turn: once each
             try:
                 return await self._chat_once(request)
             except _Unsupported as e:
-                if resend == 2 or not self._adapt(e):
+                if resend == 3 or not self._adapt(e):
                     raise PermanentError(e.reason, status=400) from None
         raise AssertionError("unreachable")
 
@@ -125,6 +137,14 @@ class OpenAIBackend:
         same parameter are resent in the form the first refusal switched to, without a second note."""
         from saes.errors import note
 
+        if e.param == "system":
+            if not any(m["role"] == "system" for m in e.sent["messages"]):
+                return False  # the template refused something else than a system turn
+            if not self.fold_system:
+                self.fold_system = True
+                note(f"judge model {self.model}'s chat template takes no system turn; its instructions are sent at "
+                     "the head of the first user turn instead")
+            return True
         if e.param not in e.sent:
             return False
         if e.param == "max_tokens":
@@ -149,7 +169,7 @@ class OpenAIBackend:
             # transform and response model, which cost more CPU per request than everything else
             # here; the JSON is read leniently below instead.
             text = await attempt(self._client.get().post("/chat/completions", cast_to=str, body=body),
-                                 timeout_s=self.timeout_s, sdk=openai)
+                                 timeout_s=self.timeout_s, sdk=openai, where=self.base_url or "https://api.openai.com/v1")
         except openai.APIStatusError as e:
             status = e.status_code
             msg = error_message(e)
@@ -167,7 +187,12 @@ class OpenAIBackend:
                     f"the server answered with an HTML page ({html_title(text)}), not a chat completion: is "
                     f"{self.base_url} the API's base URL (OpenAI-compatible servers serve it under /v1)?") from None
             raise TransientError(f"unreadable response body ({type(e).__name__})") from None
-        return chat_response(data)
+        try:
+            return chat_response(data)
+        except PermanentError as e:
+            if e.status != 404:
+                raise
+            raise PermanentError(e.reason + not_found_hint(self._base), status=404) from None
 
     async def aclose(self) -> None:
         await self._client.aclose()
@@ -203,6 +228,7 @@ class TransformersBackend:
         self._tok = tokenizer
         self.model = name or getattr(getattr(model, "config", None), "_name_or_path", None) or type(model).__name__
         self._lock = threading.Lock()
+        self._fold_system = False  # True once the chat template refused a system turn (`wire.fold_system`)
 
     @classmethod
     def from_pretrained(cls, path: str, *, device: str | None = None, dtype: str = "auto") -> "TransformersBackend":
@@ -229,9 +255,7 @@ class TransformersBackend:
     def _generate(self, request: ChatRequest) -> ChatResponse:
         import torch
 
-        enc = self._tok.apply_chat_template(
-            [dict(m) for m in request.messages], add_generation_prompt=True, return_tensors="pt", return_dict=True,
-        )
+        enc = self._render(request.messages)
         from saes.hookpoints import model_device
 
         device = model_device(self._model)
@@ -259,6 +283,32 @@ class TransformersBackend:
         # a template that opens the thinking block leaves the reply inside it: its tag goes back in front
         text = thinking_opened(self._tok.decode(input_ids[0, -8:], skip_special_tokens=False)) + text
         return ChatResponse(text, int(input_ids.shape[1]), n_new, None, finish)
+
+    def _render(self, messages):
+        """The chat template's encoding of `messages`; a template that refuses a system turn (Gemma 2,
+        Mistral-7B-Instruct, Llama-2 with no <<SYS>> support) gets it at the head of the first user turn,
+        said once; any other template error is the request's failure, in the template's words."""
+        from jinja2 import TemplateError
+
+        from saes.errors import note
+
+        def render(msgs):
+            return self._tok.apply_chat_template([dict(m) for m in msgs], add_generation_prompt=True,
+                                                 return_tensors="pt", return_dict=True)
+
+        if not self._fold_system:
+            try:
+                return render(messages)
+            except TemplateError as e:
+                if not (refuses_system_role(str(e)) and any(m["role"] == "system" for m in messages)):
+                    raise PermanentError(f"the judge model's chat template refused the request: {e}") from None
+                self._fold_system = True
+                note(f"judge model {self.model}'s chat template takes no system turn ({e}); its instructions are "
+                     "sent at the head of the first user turn instead")
+        try:
+            return render(fold_system(messages))
+        except TemplateError as e:
+            raise PermanentError(f"the judge model's chat template refused the request: {e}") from None
 
     def _check_context(self, n_prompt: int, n_answer: int) -> None:
         """A prompt (plus the answer's room) longer than the positions the model was trained on is

@@ -230,9 +230,11 @@ def resolve_backend(cfg: JudgeConfig, env: Mapping[str, str] | None = None) -> t
 
 def check_judge(cfg: JudgeConfig, env: Mapping[str, str] | None = None) -> tuple[str, str | None]:
     """(backend, model) of `cfg` (`resolve_backend`) after the checks of the judge's settings that make
-    nothing (no model loaded, no file, nothing sent): settings its backend takes none of, and a
-    transformers judge's local folder that is not there. A command runs it before it loads its own model;
-    `make_judge` runs it too. An API key an HTTP backend lacks is its constructor's check."""
+    nothing (no model loaded, no file, nothing sent): settings its backend takes none of, an HTTP
+    judge's base URL and credentials (no key for OpenAI's or Anthropic's own API), and a transformers
+    judge's local folder that is not there. A command runs it before it loads its own model;
+    `make_judge` runs it too."""
+    env = os.environ if env is None else env
     backend_name, model = resolve_backend(cfg, env)
     if backend_name == "offline":
         return backend_name, model
@@ -246,6 +248,16 @@ def check_judge(cfg: JudgeConfig, env: Mapping[str, str] | None = None) -> tuple
                "OpenAI's output-limit parameter; Anthropic's Messages API takes max_tokens: leave it max_tokens")
         _check(cfg.temperature == 0.0, "JudgeConfig.temperature (--judge-temperature): Anthropic's Messages API (version "
                "2026-10-21) takes no temperature on any Claude model; leave it unset (answers are sampled)")
+        from .anthropic_messages import check_settings
+
+        check_settings(base_url=cfg.base_url, api_key=cfg.api_key, reasoning_effort=cfg.reasoning_effort,
+                       thinking=cfg.thinking, thinking_budget=cfg.reasoning_tokens, env=env)
+    elif backend_name == "openai":
+        from .backends import openai_api_key
+        from .base_url import parse_base_url
+
+        base = parse_base_url(cfg.base_url or env.get(ENV_BASE_URL) or None, env)
+        openai_api_key(cfg.api_key or env.get(ENV_API_KEY) or None, base.url, azure=base.azure_deployment, env=env)
     elif backend_name == "transformers":
         from saes.devices import check_device
         from saesteer.models import resolve_spec

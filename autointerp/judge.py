@@ -15,15 +15,18 @@ unreadable bodies) and `PermanentError` for the rest (other 4xx). The `Judge` ad
 - the budget: an upper bound of the cost is reserved before sending (one token per prompt byte,
   plus framing the server was seen to add, plus max_tokens; see `accounting`); a request that
   does not fit waits for those in flight to settle, then is refused (`BudgetExceeded`) if it
-  still does not fit, so the budget is never crossed;
-- retries with jittered exponential backoff; a 429's Retry-After (or retry-after-ms) is honoured
+  still does not fit, so the budget is never crossed; a reply without token counts is counted at
+  that bound (said once), never as free;
+- retries with jittered exponential backoff; a 429's Retry-After (or retry-after-ms; without them
+  OpenAI's x-ratelimit-reset-*, else the wait its message names) is honoured
   and pauses *all* requests of this judge until it has passed, since a rate limit is shared: the
   pause is checked after a request gets its concurrency slot, right before it is sent, so calls
   that were queued for a slot during the pause wait for it too;
 - the concurrency bound: at most `concurrency` requests in flight (a backoff does not hold a slot);
 - the deadline: the backend gives each attempt `timeout_s` in all, however slowly the server
   sends (a server trickling bytes cannot hold a request longer);
-- a refused key (HTTP 401): `CredentialsRejected`, and no later request of this judge is sent;
+- a refused key (HTTP 401) or an account without credit (402, OpenAI's 429 insufficient_quota):
+  `CredentialsRejected`, and no later request of this judge is sent;
   it is never one call's failure (`complete_many` raises it), so every command stops at it.
 
 and per call: the answer is parsed as JSON (bare or ```json fenced), checked against `schema`
@@ -92,7 +95,8 @@ class RequestFailed(JudgeError):
 
 
 class CredentialsRejected(RequestFailed, SaesteerError):
-    """The server refused the credentials (HTTP 401): every request would fail the same way, so this
+    """The server refused the credentials (HTTP 401) or the account behind them (no credit left: 402,
+    OpenAI's 429 insufficient_quota): every request would fail the same way, so this
     is never one call's failure; `reason` says which setting to fix. A backend raises it (never
     retried); the judge sends nothing more once it has met one; whatever uses the judge (a labelling
     run, a scorer, a sweep) lets it through, and the CLI says it in one line (exit status 2), as any
@@ -230,6 +234,7 @@ class Judge:
         self._output_excess = 0  # completion tokens beyond max_tokens the server was seen to charge
         self.retry_log: list[tuple[str, float]] = []  # (reason, delay) of every retry, for tests/logs
         self._refused: str | None = None  # why the server refused the key; then nothing more is sent
+        self._usage_noted = False  # said once that the server reports no token usage
 
     # -- identity -------------------------------------------------------------------------------
 
@@ -300,6 +305,21 @@ class Judge:
         excess = resp.completion_tokens - request.max_tokens
         if excess > self._output_excess:
             self._output_excess = excess
+
+    def _bound_usage(self, request: ChatRequest, resp: ChatResponse) -> ChatResponse:
+        """A reply without token counts counted at its bound (the reservation's prompt, the answer's
+        bytes up to max_tokens, all of them when it was cut there): the run's figures and its budget
+        are then over the truth, never under it (as 0 tokens would be: a budget that never binds)."""
+        if not self._usage_noted:
+            self._usage_noted = True
+            from saes.errors import note
+
+            note(f"the judge server ({self.describe()}) reports no token usage; tokens are counted as an upper "
+                 "bound (one per byte of prompt and answer), so the run's token and cost figures and a budget are "
+                 "over, never under")
+        out = request.max_tokens if resp.finish_reason == "length" else min(resp.completion_tokens, request.max_tokens)
+        return replace(resp, prompt_tokens=prompt_token_bound(list(request.messages), self._extra_framing),
+                       completion_tokens=out)
 
     async def _wait_out_pause(self) -> None:
         """Sleep until the shared 429 pause has passed (again if it was extended meanwhile)."""
@@ -374,7 +394,9 @@ class Judge:
                 self.ledger.count(retries=1)
                 retry += 1
                 await self._sleep(delay)
-            cost = self.ledger.settle(reservation, resp.prompt_tokens, resp.completion_tokens)
+            if not resp.usage_reported:
+                resp = self._bound_usage(request, resp)
+            cost = self.ledger.settle(reservation, resp.prompt_tokens, resp.completion_tokens, resp.cached_prompt_tokens)
             self._learn_usage(request, resp)
         finally:
             self.ledger.release(reservation)

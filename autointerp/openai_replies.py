@@ -9,7 +9,7 @@ import json
 import re
 from typing import Any
 
-from .wire import ChatResponse, PermanentError, TransientError, is_retryable
+from .wire import ChatResponse, PermanentError, TransientError, is_retryable, refuses_system_role
 
 __all__ = ["chat_response", "error_message", "html_title", "looks_like_html", "unsupported_param"]
 
@@ -18,12 +18,16 @@ def unsupported_param(e) -> str | None:
     """'max_tokens' or 'temperature' when a 400 says the model does not take it (OpenAI's words:
     "Unsupported parameter: 'max_tokens' is not supported with this model. Use
     'max_completion_tokens' instead." / "Unsupported value: 'temperature' does not support 0 with
-    this model. Only the default (1) value is supported."), else None."""
+    this model. Only the default (1) value is supported."), 'system' when the model's chat template
+    takes no system turn (vLLM passes the template's own words on: Gemma 2's "System role not
+    supported", Mistral-7B-Instruct's "Conversation roles must alternate..."), else None."""
     body = getattr(e, "body", None)
     err = body.get("error", body) if isinstance(body, dict) else None
     err = err if isinstance(err, dict) else {}
     param = err.get("param")
     message = str(err.get("message") or getattr(e, "message", "") or "")
+    if refuses_system_role(message):
+        return "system"
     for name in ("max_tokens", "temperature"):
         named = param == name or f"'{name}'" in message
         if named and (err.get("code") in ("unsupported_parameter", "unsupported_value")
@@ -43,6 +47,8 @@ def error_message(e) -> str:
         err = err if isinstance(err, (dict, str)) else body
         if isinstance(err, dict):  # OpenAI's {"message": ...}; FastAPI's {"detail": ...} (vLLM, SGLang off-route)
             body = next((v for k in ("message", "detail") if isinstance(v := err.get(k), str) and v), None)
+            if body is not None:
+                body += _provider_said(err)
         else:
             body = err
     if isinstance(body, str) and body.strip():
@@ -63,11 +69,29 @@ def html_title(text: str) -> str:
     return f"title {title!r}" if title else "no title"
 
 
+def _provider_said(err: dict) -> str:
+    """What a router's error names beyond its message: OpenRouter's `metadata` holds the upstream
+    provider's name and its own error (`raw`), or a moderation's `reasons` ("Provider returned error"
+    alone says nothing a user can act on)."""
+    meta = err.get("metadata")
+    if not isinstance(meta, dict):
+        return ""
+    said = []
+    if isinstance(meta.get("provider_name"), str):
+        said.append(f"provider {meta['provider_name']}")
+    raw, reasons = meta.get("raw"), meta.get("reasons")
+    if raw:
+        said.append(" ".join((raw if isinstance(raw, str) else json.dumps(raw)).split())[:200])
+    if isinstance(reasons, list) and reasons:
+        said.append("flagged: " + ", ".join(map(str, reasons))[:200])
+    return f" ({': '.join(said)})" if said else ""
+
+
 def _body_error(err: Any) -> Exception:
     """The failure that an error object inside a 200 body stands for (OpenRouter reports errors met
     while generating this way, with `code` the HTTP status it would have had)."""
     if isinstance(err, dict):
-        msg = str(err.get("message") or err)[:300]
+        msg = str(err.get("message") or err)[:300] + _provider_said(err)
         code = err.get("code")
     else:
         msg, code = str(err)[:300], None
@@ -76,6 +100,8 @@ def _body_error(err: Any) -> Exception:
     except (TypeError, ValueError):
         status = None
     reason = f"the server answered 200 with an error: {msg}" + (f" (code {status})" if status else "")
+    if msg.startswith("Unexpected endpoint or method"):  # LM Studio's answer to a route it lacks, sent as a 200
+        return PermanentError(reason, status=404)
     if status is not None and 400 <= status < 500 and not is_retryable(status):
         return PermanentError(reason, status=status)
     return TransientError(reason, status=status)
@@ -94,8 +120,13 @@ def chat_response(data: Any) -> ChatResponse:
         raise _body_error(ch["error"])
     msg = ch.get("message") if isinstance(ch.get("message"), dict) else {}
     text = msg.get("content")
-    if isinstance(text, list):  # content parts
-        text = "".join(p.get("text", "") for p in text if isinstance(p, dict))
+    thought_parts = False
+    if isinstance(text, list):  # content parts: the answer is the text parts; Mistral's Magistral sends its
+        # thinking as {"type": "thinking", "thinking": [...]} parts before them, others as "reasoning" parts
+        parts = [p for p in text if isinstance(p, dict)]
+        thought_parts = any(p.get("type") in ("thinking", "reasoning") for p in parts)
+        text = "".join(p["text"] for p in parts
+                       if p.get("type", "text") in ("text", "output_text") and isinstance(p.get("text"), str))
     refusal = msg.get("refusal")
     usage = data.get("usage") if isinstance(data.get("usage"), dict) else {}
 
@@ -107,11 +138,30 @@ def chat_response(data: Any) -> ChatResponse:
 
     details = usage.get("completion_tokens_details")
     reasoning = msg.get("reasoning_content") or msg.get("reasoning")  # vLLM, llama.cpp, LM Studio / Ollama, OpenRouter
+    reported = "prompt_tokens" in usage or "completion_tokens" in usage
+    prompt = _int(usage.get("prompt_tokens"))
+    thought = _int(details.get("reasoning_tokens")) if isinstance(details, dict) else 0
+    if reported:  # Gemini's OpenAI endpoint (and proxies of it) leave the thinking, billed as output, out of
+        # completion_tokens, though total_tokens and reasoning_tokens count it: output is the most any of them says
+        completion = max(_int(usage.get("completion_tokens")), thought,
+                         _int(usage.get("total_tokens")) - prompt)
+    else:
+        completion = sum(len(t.encode("utf-8")) for t in (text, reasoning, refusal) if isinstance(t, str))
     return ChatResponse(
         text if isinstance(text, str) else None,
-        _int(usage.get("prompt_tokens")), _int(usage.get("completion_tokens")),
+        prompt, completion,
         refusal if isinstance(refusal, str) and refusal else None,
         ch.get("finish_reason"),
-        reasoning_tokens=_int(details.get("reasoning_tokens")) if isinstance(details, dict) else 0,
-        reasoned=bool(reasoning),
+        reasoning_tokens=thought,
+        reasoned=bool(reasoning) or thought_parts,
+        usage_reported=reported,
+        cached_prompt_tokens=_cached_prompt_tokens(usage, _int),
     )
+
+
+def _cached_prompt_tokens(usage: dict, as_int) -> int:
+    """Prompt tokens the provider's prompt cache served: OpenAI's (vLLM's, OpenRouter's)
+    `prompt_tokens_details.cached_tokens`, DeepSeek's `prompt_cache_hit_tokens`."""
+    details = usage.get("prompt_tokens_details")
+    cached = as_int(details.get("cached_tokens")) if isinstance(details, dict) else 0
+    return cached or as_int(usage.get("prompt_cache_hit_tokens"))

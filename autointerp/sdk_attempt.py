@@ -7,17 +7,22 @@ as a whole, and an HTTP error status as the judge's failure.
 - `attempt`: `timeout_s` is the deadline of the attempt in all (connect, send, wait, read): httpx's
   timeouts are per read, so a server sending a byte now and then would hold a request forever
   under them alone. A timeout or a connection error is worth retrying.
-- `status_failure`: 401 refuses the credentials (the run stops), 408, 429 and 5xx are retried
-  (honouring retry-after), other statuses are not.
+- `status_failure`: 401 refuses the credentials and 402 / 429 `insufficient_quota` an account
+  without credit (the run stops), 408, 429 and 5xx are retried (honouring retry-after, else on a 429
+  OpenAI's `x-ratelimit-reset-*`), other statuses are not; a server's `x-should-retry` header
+  overrules the status, as it does in both SDKs. A refusal for a prompt over the model's context
+  says what to shorten.
 """
 
 from __future__ import annotations
 
 import asyncio
+import re
 from typing import Any, Awaitable, Callable, TypeVar
 
 from .judge import CredentialsRejected
-from .wire import PermanentError, TransientError, is_retryable, parse_retry_after
+from .wire import (PermanentError, TransientError, is_retryable, parse_rate_limit_reset, parse_retry_after,
+                   wait_in_message)
 
 __all__ = ["ClientPerLoop", "attempt", "status_failure"]
 
@@ -50,24 +55,63 @@ class ClientPerLoop:
             await client.close()
 
 
-async def attempt(call: Awaitable[T], *, timeout_s: float, sdk: Any) -> T:
+async def attempt(call: Awaitable[T], *, timeout_s: float, sdk: Any, where: str) -> T:
     """Await one SDK call within `timeout_s` in all; the SDK's timeout and connection errors (and
-    the deadline passing) as `TransientError`."""
+    the deadline passing) as `TransientError`. `where` is the server's URL, which a connection error
+    names (a server not started, a wrong port: what the user fixes)."""
     try:
         return await asyncio.wait_for(call, timeout=timeout_s)
     except (sdk.APITimeoutError, asyncio.TimeoutError):
         raise TransientError(f"timed out after {timeout_s:g} s (no complete answer by then)") from None
     except sdk.APIConnectionError as e:
         cause = e.__cause__ or e
-        raise TransientError(f"connection error ({type(cause).__name__}: {cause})") from None
+        raise TransientError(f"could not reach {where} ({type(cause).__name__}: {cause}); is the server running "
+                             "there? (JudgeConfig.base_url, --judge-base-url)") from None
 
 
 def status_failure(e: Any, said: str, *, credentials: str) -> Exception:
     """The judge's failure for an SDK's `APIStatusError` `e`, described by `said` ("HTTP 429: ...");
-    `credentials` says what to set when the server refused the key."""
+    `credentials` says what to set when the server refused the key. An account with no credit left
+    (OpenAI's 429 `insufficient_quota`, a 402 from OpenRouter, DeepSeek or Anthropic, Anthropic's 400
+    "Your credit balance is too low") refuses every
+    request alike, however long one waits: the run stops there too, never retried as a rate limit."""
     status = e.status_code
     if status == 401:  # every request of the run would be refused alike: it stops, saying what to set
         return CredentialsRejected(f"{said}: {credentials}")
-    if is_retryable(status):
-        return TransientError(said, status=status, retry_after=parse_retry_after(e.response.headers))
-    return PermanentError(said, status=status)
+    if status == 402 or _error_code(e) == "insufficient_quota" or "credit balance is too low" in said:
+        return CredentialsRejected(f"{said}: the account behind the key has no credit left; add credit (or raise its "
+                                   "spending limit) with the provider, or use another key (--judge-api-key)")
+    headers = e.response.headers
+    told = str(headers.get("x-should-retry", "")).lower()  # the server's own word, which both SDKs obey first
+    if told == "true" or (is_retryable(status) and told != "false"):
+        wait = parse_retry_after(headers)
+        if wait is None and status == 429:  # OpenAI's reset headers, else the wait its message names
+            wait = parse_rate_limit_reset(headers)
+            wait = wait_in_message(said) if wait is None else wait
+        return TransientError(said, status=status, retry_after=wait)
+    return PermanentError(said + context_hint(said) if status in (400, 413) else said, status=status)
+
+
+_CONTEXT_WORDS = re.compile(r"context[ _](length|size|window)|maximum context|prompt is too long|too many tokens",
+                            re.IGNORECASE)
+
+
+def context_hint(said: str) -> str:
+    """What to change when a server refused a request as longer than its model's context (OpenAI's and
+    vLLM's "maximum context length", llama.cpp's "exceeds the available context size", Anthropic's
+    "prompt is too long"); "" for any other refusal."""
+    if not _CONTEXT_WORDS.search(said):
+        return ""
+    return (" (the judge's prompt plus its answer's room exceed the model's context: give the server a longer one, "
+            "lower --judge-reasoning-tokens, or show shorter examples: `saesteer label` --max-example-tokens, "
+            "--n-explain-top, --n-explain-quantile)")
+
+
+def _error_code(e: Any) -> str | None:
+    """The `code` (else `type`) of an OpenAI-shaped error body (the SDK hands over its `error` object)."""
+    body = getattr(e, "body", None)
+    err = body.get("error", body) if isinstance(body, dict) else None
+    if not isinstance(err, dict):
+        return None
+    code = err.get("code") or err.get("type")
+    return code if isinstance(code, str) else None

@@ -43,10 +43,15 @@ class ChatResponse:
     reasoning_tokens: int = 0  # of completion_tokens, spent thinking (when the server says)
     reasoned: bool = False  # the server sent reasoning beside the answer (reasoning_content / reasoning)
     settings_sent: dict[str, Any] | None = None  # what the request went with (`Judge.settings_for`; None: unknown)
+    # False: the server sent no token counts (some llama.cpp builds, proxies); completion_tokens is then
+    # the answer's (and sent reasoning's) UTF-8 bytes, a bound, and the judge bounds the prompt alike
+    usage_reported: bool = True
+    cached_prompt_tokens: int = 0  # of prompt_tokens, served by the provider's prompt cache (billed less)
 
 
-_THINK_OPEN = re.compile(r"<(think|thinking)>", re.IGNORECASE)
-_THINK_CLOSE = re.compile(r"</(think|thinking)>", re.IGNORECASE)
+# <think> (DeepSeek-R1, Qwen3, QwQ, GLM), <thinking>, <seed:think> (ByteDance Seed-OSS), [THINK] (Mistral's Magistral)
+_THINK_OPEN = re.compile(r"<(think|thinking|seed:think)>|\[THINK\]", re.IGNORECASE)
+_THINK_CLOSE = re.compile(r"</(think|thinking|seed:think)>|\[/THINK\]", re.IGNORECASE)
 # gpt-oss's Harmony markup: <|channel|>analysis<|message|>...<|end|><|start|>assistant<|channel|>final<|message|>...
 _HARMONY_FINAL = re.compile(r"<\|channel\|>\s*final\s*(?:<\|constrain\|>\S*?)?<\|message\|>")
 _HARMONY_END = re.compile(r"(?:<\|(?:return|end|call)\|>\s*)+$")
@@ -56,7 +61,8 @@ def split_thinking(text: str | None) -> tuple[str, str]:
     """(the answer, how the reply's thinking ended) of a reply whose content may hold the model's
     reasoning (DeepSeek-R1, Qwen3, QwQ served without a reasoning parser): `<think>...</think>answer`,
     or `...</think>answer` when the chat template opened the block itself; gpt-oss's raw Harmony
-    channels, whose answer is the `final` channel. The second value is "closed" (the answer follows
+    channels, whose answer is the `final` channel; the same with Magistral's `[THINK]...[/THINK]` and
+    Seed-OSS's `<seed:think>...</seed:think>`. The second value is "closed" (the answer follows
     a finished thinking block), "cut" (a block that never closes, Harmony without a final channel:
     all thinking, the answer is empty) or "none" (no thinking markup: the text as it is, which may
     still be thinking when the template opened the block and the reply was cut off before closing it)."""
@@ -73,6 +79,29 @@ def split_thinking(text: str | None) -> tuple[str, str]:
     if _THINK_OPEN.match(text.lstrip()):
         return "", "cut"
     return text, "none"
+
+
+def fold_system(messages) -> tuple[dict[str, str], ...]:
+    """The messages with the system turns written at the head of the first user turn, for a chat
+    template that refuses a system role (Gemma 2's "System role not supported", Mistral-7B-Instruct's
+    and Llama-2's "roles must alternate"); what Gemma 3's template does itself."""
+    system = "\n\n".join(m["content"] for m in messages if m["role"] == "system")
+    rest = [dict(m) for m in messages if m["role"] != "system"]
+    if not system:
+        return tuple(rest)
+    if rest and rest[0]["role"] == "user":
+        rest[0]["content"] = f"{system}\n\n{rest[0]['content']}"
+    else:
+        rest.insert(0, {"role": "user", "content": system})
+    return tuple(rest)
+
+
+_SYSTEM_REFUSED = re.compile(r"system role not supported|roles must alternate", re.IGNORECASE)
+
+
+def refuses_system_role(message: str) -> bool:
+    """Whether a chat template's (or a server's) error says it takes no system turn."""
+    return bool(_SYSTEM_REFUSED.search(message))
 
 
 _OPEN_AT_END = re.compile(r"<(?:think|thinking)>\s*$", re.IGNORECASE)
@@ -157,3 +186,51 @@ def parse_retry_after(headers: Any) -> float | None:
     if when is None:
         return None
     return max(0.0, when.timestamp() - time.time())
+
+
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
+
+
+def _duration_s(text: str) -> float | None:
+    """Seconds in a Go-style duration as OpenAI's rate-limit headers write them ("20ms", "1.5s",
+    "6m0s", "1m30s", "2h3m4s"); None when it is not one."""
+    text = text.strip()
+    parts = _DURATION_PART.findall(text)
+    if not parts or "".join(n + u for n, u in parts) != text:
+        return None
+    unit = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+    return sum(float(n) * unit[u] for n, u in parts)
+
+
+def parse_rate_limit_reset(headers: Any) -> float | None:
+    """Seconds until the exhausted rate limit resets, from OpenAI's `x-ratelimit-reset-requests` /
+    `-tokens` (sent with a 429 that has no Retry-After): the limit whose `x-ratelimit-remaining-*` is 0,
+    the later one if both are; when neither says 0, the sooner reset."""
+    if headers is None:
+        return None
+    resets, exhausted = [], []
+    for kind in ("requests", "tokens"):
+        raw = headers.get(f"x-ratelimit-reset-{kind}")
+        wait = _duration_s(raw) if raw else None
+        if wait is None:
+            continue
+        resets.append(wait)
+        if str(headers.get(f"x-ratelimit-remaining-{kind}", "")).strip() == "0":
+            exhausted.append(wait)
+    if exhausted:
+        return max(exhausted)
+    return min(resets) if resets else None
+
+
+_WAIT_IN_WORDS = re.compile(r"try again in ((?:\d+(?:\.\d+)?(?:ms|h|m|s))+)|retry after (\d+(?:\.\d+)?) seconds?",
+                            re.IGNORECASE)
+
+
+def wait_in_message(message: str) -> float | None:
+    """Seconds a rate-limit message asks to wait, for a 429 whose headers were dropped (a proxy in
+    front): OpenAI's and Groq's "Please try again in 1.2s" / "in 7m36.48s", Azure's "Please retry after
+    6 seconds"."""
+    m = _WAIT_IN_WORDS.search(message or "")
+    if m is None:
+        return None
+    return _duration_s(m.group(1)) if m.group(1) else float(m.group(2))

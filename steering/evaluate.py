@@ -171,6 +171,7 @@ def parse_rating(answer: Any) -> int | None:
 class JudgeStats:
     calls: int = 0
     failed: int = 0  # unusable answers or errors, scored 0 (as AxBench does)
+    last_problem: str = ""  # why the last of them failed (the judge's error), to say what to change
 
 
 class JudgeScorer:
@@ -191,6 +192,7 @@ class JudgeScorer:
         if hasattr(j, "complete_many_sync"):
             results = j.complete_many_sync([_Call(m, RATING_SCHEMA) for m in message_lists])
             out = [None if isinstance(r, BaseException) else parse_rating(getattr(r, "value", None)) for r in results]
+            self._note_problem(next((r for r in reversed(results) if isinstance(r, BaseException)), None))
         elif hasattr(j, "complete_sync"):
             out = []
             for m in message_lists:
@@ -198,7 +200,8 @@ class JudgeScorer:
                     out.append(parse_rating(j.complete_sync(m, RATING_SCHEMA).value))
                 except SaesteerError:  # a refused key: every judgement would fail alike
                     raise
-                except Exception:  # noqa: BLE001 - a failed judgement scores 0, counted below
+                except Exception as e:  # noqa: BLE001 - a failed judgement scores 0, counted below
+                    self._note_problem(e)
                     out.append(None)
         elif callable(j):
             out = [parse_rating(j(m)) for m in message_lists]
@@ -206,6 +209,10 @@ class JudgeScorer:
             raise SteeringError("the judge must have complete_sync/complete_many_sync or be a callable messages -> text")
         self.stats.failed += sum(r is None for r in out)
         return out
+
+    def _note_problem(self, error: BaseException | None) -> None:
+        if error is not None:
+            self.stats.last_problem = " ".join(str(getattr(error, "reason", None) or error).split())[:400]
 
     def __call__(self, prompts: Sequence[str], continuations: Sequence[str]) -> list[SampleScores]:
         aspects = ["concept"] + (["instruction"] if self.instruction else [])

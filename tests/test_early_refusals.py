@@ -131,7 +131,7 @@ def test_sweep_of_a_latent_without_typical_max_is_refused_before_the_model(ws, l
 
 @pytest.mark.parametrize("command", ["sweep", "steer-eval"])
 def test_a_judge_that_cannot_rate_is_refused_before_the_model(ws, loads, tmp_path, monkeypatch, command):
-    """The judge's own checks (here: Anthropic's API key) run on a judge made without a cache file."""
+    """The judge's own checks (here: Anthropic's API key) run in `check_judge`, before anything is made."""
     for name in ("ANTHROPIC_API_KEY", "ANTHROPIC_AUTH_TOKEN", "ANTHROPIC_BASE_URL"):
         monkeypatch.delenv(name, raising=False)
     built, sae, _ = ws

@@ -145,7 +145,7 @@ def test_steer_eval_with_a_judge_that_gives_no_usable_rating_writes_nothing(tmp_
     pos, neg = tmp_path / "pos.txt", tmp_path / "neg.txt"
     pos.write_text("the sea and the ship\nthe whale at the shore\n")
     neg.write_text("the tree in the forest\nbread and soup\n")
-    monkeypatch.setattr(sweep, "_scorer", lambda args: (JudgeScorer(lambda m: "I cannot rate this", "the sea"),
+    monkeypatch.setattr(sweep, "_scorer", lambda args, judge_cfg: (JudgeScorer(lambda m: "I cannot rate this", "the sea"),
                                                                 None))
     out = tmp_path / "card.json"
     argv = ["steer-eval", "--sae", str(tmp_path / "sae"), "--store", str(ws.path), "--concept", "the sea",

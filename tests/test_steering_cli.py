@@ -158,7 +158,7 @@ def test_sweep_save_strength_stores_a_strength_or_an_explicit_none_never_zero(st
     # the tiny model does not speak the toy language: score "ocean" as the share of its sea words
     sea = set("sea wave ship sailor fish salt tide harbor storm whale coral shore".split())
     share = OfflineScorer(lambda t: sum(w in sea for w in t.split()) / max(1, len(t.split())), lambda t: (1, 1))
-    monkeypatch.setattr(sweep, "_scorer", lambda args: (share, None))
+    monkeypatch.setattr(sweep, "_scorer", lambda args, judge_cfg: (share, None))
     def run(label, *extra):
         f = next(i for i, lab in ws.labels.items() if lab == label)
         argv = ["sweep", "--sae", str(sae), "--store", str(ws.path), "--latent", str(f), "--topic", "ocean",
@@ -205,13 +205,13 @@ def test_sweep_with_a_judge_that_gives_no_usable_rating_stores_nothing(stored, t
     argv = ["sweep", "--sae", str(sae), "--store", str(ws.path), "--latent", str(f), "--concept", "the sea",
             "--samples", "1", "--max-new-tokens", "4", "--out", str(tmp_path / "o"), "--save-strength",
             "--no-progress", "--strengths", "0,2", "--judge-model", "judge", "--judge-base-url", "http://127.0.0.1:9/v1"]
-    monkeypatch.setattr(sweep, "_scorer", lambda args: (JudgeScorer(judge, "the sea"), None))
+    monkeypatch.setattr(sweep, "_scorer", lambda args, judge_cfg: (JudgeScorer(judge, "the sea"), None))
     with pytest.raises(CLIError, match=r"no usable rating \(\d+ of \d+ answers.*--judge-model and --judge-base-url"):
         sweep._run(parse(*argv), model=ws.model)
     assert not (tmp_path / "o").exists()
     with FeatureStore.open(ws.path) as st:
         assert st.feature(f).recommended_strength == before
-    monkeypatch.setattr(sweep, "_scorer", lambda args: (
+    monkeypatch.setattr(sweep, "_scorer", lambda args, judge_cfg: (
         JudgeScorer(lambda m: judge(m, usable_every=2), "the sea"), None))
     assert sweep._run(parse(*argv), model=ws.model) == 0
     assert "judge answers were unusable and scored 0" in capsys.readouterr().err

@@ -122,7 +122,7 @@ def _run(args, model=None) -> int:
         _check_out_file(args.out)
     positive, negative, cue = _concept_sets(args)
     prompts = read_prompts(args) or [""]
-    _check_scoring(args)
+    judge_cfg = _check_scoring(args)
     _latents(args)
     loaded = load_saes(args.sae, hook=args.hook, store_hook=store_hook(args))
     if len(loaded) != 1:
@@ -139,13 +139,13 @@ def _run(args, model=None) -> int:
         check_prompts_fit(model, prompts, gen_cfg)  # each prompt once, before --samples repeats it
         if cue is not None:  # the prompting baseline's cue + prompt, before the judge loads
             check_prompting_fits(model, prompts, cue, gen_cfg)
-        scorer, judge = _scorer(args)
+        scorer, judge = _scorer(args, judge_cfg)
         sae = sae.to(model_device(model))
         card = _compare(args, cfg, gen_cfg, model, name, sae, scorer, link, prompts=[p for p in prompts for _ in
                         range(args.samples)], positive=positive, negative=negative, cue=cue)
         stats = getattr(scorer, "stats", None)
         if stats is not None:
-            _check_judgements("steer-eval", stats.calls, stats.failed)
+            _check_judgements("steer-eval", stats.calls, stats.failed, stats.last_problem)
         record = _scorecard_record(card, args, model, sae)
         if args.out:
             _write_scorecard(args.out, record)

@@ -130,39 +130,34 @@ def _judge_config(args):
     return judge_cfg
 
 
-def _check_scoring(args) -> None:
-    """The scoring flags, checked before anything loads (`_judge_config`), and for a judge: its cache
-    file, if one is there, is a judge cache (not, e.g., the store), and an HTTP backend's own checks
-    (an API key) run on a judge made without a cache, so no file is left by a run refused later.
-    `_scorer` makes the real judge once the model has loaded."""
-    import dataclasses
-
+def _check_scoring(args):
+    """The scoring flags, checked before anything loads (`_judge_config`: the judge's settings and
+    credentials), and for a judge its cache file, if one is there, is a judge cache (not, e.g., the
+    store). Returns the judge's config (None for --topic), which `_scorer` makes the judge of once the
+    model has loaded."""
     from autointerp.cache import check_cache_file
-    from autointerp.config import make_judge, resolve_backend
     from saesteer.commands._steering import CLIError
 
     judge_cfg = _judge_config(args)
     if judge_cfg is None:
-        return
+        return None
     try:
         cache_path = judge_cfg.cache_path or _judge_cache_path(args)
         if judge_cfg.use_cache and cache_path is not None:
             check_cache_file(cache_path)  # a file of another kind given as the cache (e.g. the store)
-        if resolve_backend(judge_cfg)[0] != "transformers":  # (a transformers judge's check is loading its model)
-            make_judge(dataclasses.replace(judge_cfg, use_cache=False), cache_path=None)
     except ValueError as e:
         raise CLIError(str(e)) from None
+    return judge_cfg
 
 
-def _scorer(args):
-    """(the scorer, its judge or None), made once the model has loaded (after `_check_scoring`): a
-    transformers judge loads its own model, and the judge's cache file is made here."""
+def _scorer(args, judge_cfg):
+    """(the scorer, its judge or None) of the judge config `_check_scoring` returned, made once the model
+    has loaded: a transformers judge loads its own model, and the judge's cache file is made here."""
     from autointerp.config import make_judge
     from saesteer.commands._steering import CLIError
     from saesteer.toyscore import toy_scorer
     from steering.evaluate import JudgeScorer
 
-    judge_cfg = _judge_config(args)
     if judge_cfg is None:
         return toy_scorer(args.topic, args.toy_grammar), None
     try:
@@ -180,7 +175,7 @@ def _run(args, model=None) -> int:
     from steering.resolve import check_latent_index
 
     # everything the flags and files can refuse is refused before the model (and a judge) loads
-    sweep_cfg, gen_cfg, limits, prompts = _prepare(args)
+    sweep_cfg, gen_cfg, limits, prompts, judge_cfg = _prepare(args)
     named = _latents(args)
     loaded = load_saes(args.sae, hook=args.hook, model=args.model, store_hook=store_hook(args))
     saes = {sae_name: item.sae for sae_name, item in loaded.items()}
@@ -197,7 +192,7 @@ def _run(args, model=None) -> int:
             model = load_model(args, loaded, store)
         gen_cfg = with_sae_bos(gen_cfg, {name: loaded[name]})  # the SAE's BOS (saes.bos), unless --prepend-bos
         check_prompts_fit(model, prompts, gen_cfg)  # each prompt once, before --samples repeats it
-        scorer, judge = _scorer(args)
+        scorer, judge = _scorer(args, judge_cfg)
         sae = saes[name].to(model_device(model))
         unsteered: dict = {}  # the same prompts and settings for every latent: the unsteered text is made once
         provenance = measurement_provenance(model, sae, args.store)
@@ -211,8 +206,8 @@ def _run(args, model=None) -> int:
 
 
 def _prepare(args):
-    """(sweep, generation and limit configs, the prompts), after the checks of the flags alone (the
-    scoring's too: `_check_scoring`)."""
+    """(sweep, generation and limit configs, the prompts, the judge's config or None), after the checks
+    of the flags alone (the scoring's too: `_check_scoring`)."""
     from saesteer.commands._out import check_out_folder
     from saesteer.commands._steering import CLIError, read_prompts
     from saesteer.configargs import dataclass_from_args
@@ -235,11 +230,11 @@ def _prepare(args):
         raise CLIError("--samples > 1 needs sampling (--do-sample true); greedy generations would all be the same")
     if sweep_cfg.min_grammar is not None and args.topic is None:
         raise CLIError("--min-grammar needs the toy world's validator: score with --topic T, or drop --min-grammar")
-    _check_scoring(args)
+    judge_cfg = _check_scoring(args)
     if sweep_cfg.unit == "max_act" and args.store is None:
         raise CLIError("strengths in multiples of the typical max activation (--unit max_act, the default) need the "
                        "feature store: give --store FILE, or --unit raw")
-    return sweep_cfg, gen_cfg, limits, prompts
+    return sweep_cfg, gen_cfg, limits, prompts, judge_cfg
 
 
 def _latents(args) -> set[str]:
@@ -289,11 +284,13 @@ def _sweep_feature(args, latent, model, sae, name, prompts, scorer, sweep_cfg, *
     out = Path(args.out)
     stats = getattr(scorer, "stats", None)  # a JudgeScorer counts the judge's unusable answers
     before = (stats.calls, stats.failed) if stats is not None else (0, 0)
+    if stats is not None:
+        stats.last_problem = ""  # this latent's, not an earlier one's
     res = sweep(model, sae, latent, prompts, scorer, sweep_cfg, gen_config=gen_config, typical_max=typical_max,
                 sae_name=name, limits=limits, progress=not args.no_progress,
                 allow_model_mismatch=args.allow_model_mismatch, unsteered_memo=unsteered)
     if stats is not None:
-        _check_judgements(f"latent {latent}", stats.calls - before[0], stats.failed - before[1])
+        _check_judgements(f"latent {latent}", stats.calls - before[0], stats.failed - before[1], stats.last_problem)
     html = write_sweep_html(res, out / f"sweep_{name}_{latent}.html")
     js = write_sweep_json(res, out / f"sweep_{name}_{latent}.json", provenance)
     _print_result(res, html, js)
@@ -306,17 +303,19 @@ def _sweep_feature(args, latent, model, sae, name, prompts, scorer, sweep_cfg, *
             print(f"latent {latent}: stored recommended strength {res.recommended:g} ({res.unit}) in {args.store}")
 
 
-def _check_judgements(what: str, calls: int, failed: int) -> None:
-    """Unusable judge answers score 0 (AxBench's rule): say how many; when none was usable the
-    scores are no measurement at all, so stop before anything is written or stored."""
+def _check_judgements(what: str, calls: int, failed: int, problem: str = "") -> None:
+    """Unusable judge answers score 0 (AxBench's rule): say how many, and the judge's last error
+    (`problem`: it names the setting to change, e.g. a reasoning model's room to think); when none was
+    usable the scores are no measurement at all, so stop before anything is written or stored."""
     from saesteer.commands._steering import CLIError
 
+    said = f"; the last: {problem}" if problem else "; check --judge-model and --judge-base-url"
     if calls and failed == calls:
         raise CLIError(f"{what}: the judge gave no usable rating ({failed} of {calls} answers failed or "
-                       f"were not a 0-2 rating); check --judge-model and --judge-base-url. Nothing was written or "
-                       f"stored")
+                       f"were not a 0-2 rating){said}. Nothing was written or stored")
     if failed:
-        print(f"note: {what}: {failed} of {calls} judge answers were unusable and scored 0", file=sys.stderr)
+        print(f"note: {what}: {failed} of {calls} judge answers were unusable and scored 0"
+              + (f"; the last: {problem}" if problem else ""), file=sys.stderr)
 
 
 def _close(store, judge) -> None:

@@ -623,3 +623,40 @@ def fake_llm_answer(body: dict) -> str:
             marks = [t.strip().lower() for t in _MARK_RE.findall(ln)]
             answers.append(1 if marks and all(t in words for t in marks) else 0)
     return json.dumps({"answers": answers})
+
+
+# ---------------------------------------------------------------------------------------------
+# real providers' replies, byte for byte where it matters, for `JudgeServer(reply=...)`
+
+
+def chat_completion(content: str | None, *, finish: str = "stop", usage: dict | None = None, message_extra=None,
+                    model: str = "m") -> tuple[int, dict[str, str], bytes]:
+    """A 200 chat completion; `usage` None leaves the field out (llama.cpp builds and proxies that omit it)."""
+    body = {"id": "chatcmpl-1", "object": "chat.completion", "created": 1767225600, "model": model,
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": content, **(message_extra or {})},
+                         "finish_reason": finish}]}
+    if usage is not None:
+        body["usage"] = usage
+    return 200, {}, json.dumps(body).encode()
+
+
+def openai_error(status: int, message: str, type_: str, code: str | None = None,
+                 headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
+    """An error as OpenAI's API sends it: {"error": {"message", "type", "param", "code"}}."""
+    return status, dict(headers or {}), json.dumps(
+        {"error": {"message": message, "type": type_, "param": None, "code": code}}).encode()
+
+
+# OpenAI's reply to a key whose organisation has no credit: a 429, yet no wait ever helps
+OPENAI_NO_QUOTA = ("You exceeded your current quota, please check your plan and billing details. For more information "
+                   "on this error, read the docs: https://platform.openai.com/docs/guides/error-codes/api-errors.")
+# OpenAI's rate-limit 429: no Retry-After; when the limit resets is in x-ratelimit-reset-* (Go durations)
+OPENAI_RATE_LIMIT_HEADERS = {"x-ratelimit-limit-requests": "500", "x-ratelimit-remaining-requests": "0",
+                             "x-ratelimit-reset-requests": "1m30s", "x-ratelimit-limit-tokens": "200000",
+                             "x-ratelimit-remaining-tokens": "199000", "x-ratelimit-reset-tokens": "300ms"}
+
+
+def lmstudio_wrong_route(path: str) -> tuple[int, dict[str, str], bytes]:
+    """LM Studio's answer to a route it does not serve (e.g. /chat/completions without /v1): a 200."""
+    return 200, {"X-Powered-By": "Express"}, json.dumps(
+        {"error": f"Unexpected endpoint or method. (POST {path.split('?')[0]})"}).encode()
