@@ -106,14 +106,16 @@ def _run_evals(folder: Path, model, tokens, exclude):
                      exclude_special_tokens=exclude)
 
 
-def test_activation_metrics_equal_run_evals(setup, real_corpus, tmp_path) -> None:
+def test_activation_metrics_equal_run_evals(setup, real_corpus, tmp_path, capsys) -> None:
     """BOS left out on both sides (ours by default; SAELens: exclude_special_tokens=[BOS]): EV, MSE, cos, L0,
     L1, shrinkage and dead/dense latents are SAELens's figures at every hook kind."""
     model, path, tokens, folders = setup
     bos = model.tokenizer.bos_token_id
     saes = {n: f for n, f in folders.items() if n != "tc"}
+    capsys.readouterr()
     doc = _eval_cli(path, saes, real_corpus, tmp_path / "ev")
     assert doc["data"]["excluded_token_ids"] == [bos]
+    assert "SAELens's run_evals default zeroes it" in capsys.readouterr().out  # the CE convention that differs
     for name, folder in saes.items():
         ours = doc["saes"][name]["metrics"]
         assert doc["saes"][name]["text"]["tokens"] == int((tokens != bos).sum())  # the same tokens
@@ -129,7 +131,7 @@ def test_activation_metrics_equal_run_evals(setup, real_corpus, tmp_path) -> Non
         assert 0.05 < ours["explained_variance"] < 0.999 and ours["eval_dead_fraction"] > 0, name  # a real reconstruction
 
 
-def test_ce_and_kl_equal_run_evals_with_every_position_spliced(setup, real_corpus, tmp_path) -> None:
+def test_ce_and_kl_equal_run_evals_with_every_position_spliced(setup, real_corpus, tmp_path, capsys) -> None:
     """`--exclude-bos false` is SAELens's exclude_special_tokens=False: CE clean / spliced / zero-ablated and
     CE loss recovered equal; KL equals run_evals's per-position values over the positions that predict a
     next token (SAELens's mean also counts the last position)."""
@@ -139,8 +141,10 @@ def test_ce_and_kl_equal_run_evals_with_every_position_spliced(setup, real_corpu
 
     model, path, tokens, folders = setup
     saes = {n: f for n, f in folders.items() if n != "tc"}
+    capsys.readouterr()
     doc = _eval_cli(path, saes, real_corpus, tmp_path / "ev", "--exclude-bos", "false")
     assert doc["data"]["excluded_token_ids"] == []
+    assert "run_evals default" not in capsys.readouterr().out  # SAELens's convention with every position spliced
     for name, folder in saes.items():
         ours = doc["saes"][name]["metrics"]
         perf = _run_evals(folder, model, tokens, False)[0]["model_performance_preservation"]

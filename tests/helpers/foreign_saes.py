@@ -456,7 +456,7 @@ def saelens_pca(acts_ND: torch.Tensor, n_pc: int, *, hook_name: str, model_name:
         sae.W_enc[:, : 2 * n_pc] = enc_DF
         sae.W_dec.zero_()
         sae.W_dec[: 2 * n_pc] = enc_DF.T
-        sae.W_dec[2 * n_pc:] = torch.eye(d_in)[:dead]
+        sae.W_dec[2 * n_pc:] = torch.eye(d_in)[torch.arange(dead) % d_in]
         sae.b_enc.zero_()
         sae.b_enc[2 * n_pc:] = -1.0  # W_enc's columns are zero there: never fire
         sae.b_dec.copy_(mean_D)
