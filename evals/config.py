@@ -13,8 +13,9 @@ class EvalConfig:
 
     contexts: int = field(default=64, metadata={"help": "held-out contexts whose tokens give the activation metrics "
                                                         "(EV, MSE, L0, dead/dense, cosine, relative norm)"})
-    ce_contexts: int = field(default=64, metadata={"help": "of those, contexts for CE loss recovered and KL with the "
-                                                           "SAE spliced in (0: skip; train's --eval-ce-contexts "
+    ce_contexts: int = field(default=64, metadata={"help": "held-out contexts for CE loss recovered and KL with the "
+                                                           "SAE spliced in, from the first (more than --contexts "
+                                                           "reads further; 0: skip; train's --eval-ce-contexts "
                                                            "default too)"})
     ce_batch_size: int = field(default=16, metadata={"help": "contexts per model forward pass in the CE evaluation"})
     model_batch_size: int = field(default=16, metadata={"help": "contexts per model forward pass when collecting "
