@@ -63,8 +63,8 @@ def setup(work: Path, contexts: int):
     text = TextConfig(dataset=str(work / "corpus" / "jsonl"), split="validation", context_length=128)
     tokens = contexts_from_text(text, model.tokenizer, contexts)
     if not (sae_dir / "cfg.json").exists():
-        train = contexts_from_text(TextConfig(dataset=str(work / "corpus" / "jsonl"), split="train", context_length=128),
-                                   model.tokenizer, 32)
+        train_text = TextConfig(dataset=str(work / "corpus" / "jsonl"), split="train", context_length=128)
+        train = contexts_from_text(train_text, model.tokenizer, 32)
         acts = collect(model, [HOOK], train, (model.tokenizer.bos_token_id,)).acts[HOOK]
         saelens_pca(acts, 16, hook_name=HOOK, model_name=str(model_dir), dead=8192 - 32).save_model(sae_dir)
     torch.set_num_threads(1)
@@ -123,8 +123,10 @@ def main() -> None:
                 print(f"round {r}: {name} {cpu[name][-1]:.2f} s CPU", flush=True)
     med = {k: statistics.median(v) for k, v in cpu.items()}
     ev = {k: f"{f['explained_variance']:.6f}" for k, f in figures.items()}
-    cmd = f"flock /work/wt/bench.lock python benchmarks/bench_eval.py --contexts {args.contexts} --batch {args.batch} --rounds {args.rounds}"
-    row = (f"| {len(tokens)} x {tokens.shape[1]} tokens, batch {args.batch} | {med['ours']:.2f} | {med['SAELens']:.2f} | "
+    cmd = (f"flock /work/wt/bench.lock python benchmarks/bench_eval.py --contexts {args.contexts} --batch {args.batch} "
+           f"--rounds {args.rounds}")
+    row = (f"| {len(tokens)} x {tokens.shape[1]} tokens, batch {args.batch} | {med['ours']:.2f} | "
+           f"{med['SAELens']:.2f} | "
            f"{med['SAELens'] / med['ours']:.2f}x | EV {ev['ours']} / {ev['SAELens']} |")
     block = ("`saesteer eval`'s evaluation (evals.run.evaluate_saes after evals.activations.collect) against SAELens's "
              "`run_evals` with every metric on: the same GPT-2-shaped model (d_model 256, 4 layers, vocab 8,192), the "

@@ -128,7 +128,7 @@ def test_activation_metrics_equal_run_evals(setup, real_corpus, tmp_path, capsys
         density = torch.tensor(features["feature_density"])
         assert ours["eval_dead_fraction"] == pytest.approx(float((density == 0).double().mean())), name
         assert ours["dense_fraction"] == pytest.approx(float((density > 0.1).double().mean())), name
-        assert 0.05 < ours["explained_variance"] < 0.999 and ours["eval_dead_fraction"] > 0, name  # a real reconstruction
+        assert 0.05 < ours["explained_variance"] < 0.999 and ours["eval_dead_fraction"] > 0, name  # real figures
 
 
 def test_ce_and_kl_equal_run_evals_with_every_position_spliced(setup, real_corpus, tmp_path, capsys) -> None:
@@ -192,8 +192,10 @@ def test_transcoder_against_saelens_forward(setup, real_corpus, tmp_path) -> Non
             return tc.decode(tc.encode(seen.pop("x"))).to(act.dtype)
 
         clean = float(model(tokens, return_type="loss"))
-        spliced = float(model.run_with_hooks(tokens, return_type="loss", fwd_hooks=[(TC_IN, capture), (TC_OUT, splice)]))
+        spliced = float(model.run_with_hooks(tokens, return_type="loss",
+                                             fwd_hooks=[(TC_IN, capture), (TC_OUT, splice)]))
         zero = float(model.run_with_hooks(tokens, return_type="loss",
                                           fwd_hooks=[(TC_OUT, lambda act, hook: torch.zeros_like(act))]))
-    assert (m["ce_loss_clean"], m["ce_loss_spliced"], m["ce_loss_zero"]) == pytest.approx((clean, spliced, zero), rel=1e-4)
+    got = (m["ce_loss_clean"], m["ce_loss_spliced"], m["ce_loss_zero"])
+    assert got == pytest.approx((clean, spliced, zero), rel=1e-4)
     assert m["ce_loss_recovered"] == pytest.approx((zero - spliced) / (zero - clean), rel=1e-3, abs=1e-4)
