@@ -13,8 +13,9 @@ class EvalConfig:
 
     contexts: int = field(default=64, metadata={"help": "held-out contexts whose tokens give the activation metrics "
                                                         "(EV, MSE, L0, dead/dense, cosine, relative norm)"})
-    ce_contexts: int = field(default=64, metadata={"help": "of those, contexts for CE loss recovered and KL with the "
-                                                           "SAE spliced in (0: skip; train's --eval-ce-contexts "
+    ce_contexts: int = field(default=64, metadata={"help": "held-out contexts for CE loss recovered and KL with the "
+                                                           "SAE spliced in, from the first (more than --contexts "
+                                                           "reads further; 0: skip; train's --eval-ce-contexts "
                                                            "default too)"})
     ce_batch_size: int = field(default=16, metadata={"help": "contexts per model forward pass in the CE evaluation"})
     model_batch_size: int = field(default=16, metadata={"help": "contexts per model forward pass when collecting "
@@ -23,7 +24,9 @@ class EvalConfig:
                                                                   "held-out tokens counts as dense"})
     exclude_bos: bool = field(default=True, metadata={"help": "leave BOS positions out of the activation metrics and "
                                                               "keep their clean activation when the SAE is spliced in "
-                                                              "(as training on a cache that excluded BOS does)"})
+                                                              "(as training on a cache that excluded BOS does); "
+                                                              "other tokens an SAE's training cache left out "
+                                                              "(cache --exclude-tokens special) are left out too"})
     absorption: bool = field(default=True, metadata={"help": "SAEBench-style first-letter feature absorption"})
     absorption_max_k: int = field(default=10, metadata={"help": "largest k-sparse probe tried when finding each "
                                                                 "letter's main latents"})

@@ -311,11 +311,16 @@ def check_named_model(sae: Any, given: ModelIdentity | None, *, sae_as: str, giv
     """An SAE from another library records no model identity, but its config names the model in that
     library's terms (SAELens's `model_name`: a registry release's 'gpt2-small', Gemma Scope 2's
     'google/gemma-3-270m'): refuse (ModelMismatchError) a hub model of another name, naming both and
-    `override`. An SAE with an identity is `check_same_model`'s; a local directory cannot be compared by name."""
-    if given is None or given.source != "hub" or recorded_model_of(sae) is not None:
+    `override`. A local model is compared with a `model_name` that is a local checkpoint directory (SAELens
+    records the path it loaded): refused when that directory exists here and is another one; a name, or a
+    directory not on this machine, cannot be compared. An SAE with an identity is `check_same_model`'s."""
+    if given is None or given.source not in ("hub", "local") or recorded_model_of(sae) is not None:
         return
     metadata = getattr(getattr(getattr(sae, "sae", sae), "cfg", None), "metadata", None) or {}
     named = metadata.get("model_name")
+    if given.source == "local":
+        _check_named_directory(named, given, sae_as=sae_as, given_as=given_as, override=override, fix=fix)
+        return
     if (not isinstance(named, str) or not named or ModelIdentity.from_id(named) is not None
             or same_model_name(named, given.name) or bridge_hub_name(named) == given.name):
         return
@@ -324,6 +329,20 @@ def check_named_model(sae: Any, given: ModelIdentity | None, *, sae_as: str, giv
     raise ModelMismatchError(f"{sae_as} was made for the model {named!r}{hub}, not {given.name} ({given_as}); {fix}, "
                              f"or pass {override} to use this one anyway")
 
+
+
+def _check_named_directory(named: Any, given: ModelIdentity, *, sae_as: str, given_as: str, override: str,
+                           fix: str) -> None:
+    """`check_named_model` for a local model: `named` an existing checkpoint directory other than the given one."""
+    import os
+
+    if not isinstance(named, str) or not os.path.isabs(os.path.expanduser(named)) or not given.path:
+        return
+    there = os.path.realpath(os.path.expanduser(named))
+    if not os.path.isfile(os.path.join(there, "config.json")) or there == os.path.realpath(given.path):
+        return
+    raise ModelMismatchError(f"{sae_as} was made for the model at {named}, not the one at {given.path} ({given_as}); "
+                             f"{fix}, or pass {override} to use this one anyway")
 
 def check_sae_model(model: Any, sae: Any, *, sae_name: str = "sae", allow_mismatch: bool = False) -> None:
     """Python-API check for code that pairs a model with an SAE: refuse (ModelMismatchError) an

@@ -132,8 +132,7 @@ def _run(args) -> int:
     # each SAE's text read and packed as its training read it; each distinct text is read once (SAEs whose
     # training took its CE contexts from --cache read those contexts, a group of their own)
     groups = _group_by_text(_texts_as_trained(args, text, loaded, ident, cache_text, say, trained), ce_from_cache)
-    bos = getattr(tokenizer, "bos_token_id", None)
-    excluded = (int(bos),) if cfg.exclude_bos and bos is not None else ()
+    excluded = _excluded_ids(cfg, tokenizer, loaded)
     # the model's activations over held-out contexts: collected once per contexts for every use
     collected = Collector(model, cfg.model_batch_size, progress=not args.no_progress)
     probing = None
@@ -166,12 +165,32 @@ def _run(args) -> int:
         texts.append({"saes": list(names), **record})
     results = {n: results[n] for n in loaded}  # in the order given
     _print_table(results)
+    _note_saelens_conventions(results, cfg)
     data = {**(texts[0] if len(texts) == 1 else {"texts": texts}), "excluded_token_ids": list(excluded), **data_info}
     data.pop("saes", None)
     data.pop("target_rows", None)
     if args.out:
         _write_report(args.out, results, model, data, cfg)
     return 0
+
+
+def _excluded_ids(cfg, tokenizer, loaded: dict) -> tuple[int, ...]:
+    """Token ids whose positions are left out of the activation metrics and kept clean when an SAE is
+    spliced in: BOS as --exclude-bos says, and the other tokens an SAE's training cache left out (its
+    saesteer.json's `exclude_tokens`, e.g. `special`: the EOS between documents too), which it never saw.
+    The same positions for every SAE, so that side by side they read the same tokens."""
+    from training.plan import excluded_ids
+
+    bos = getattr(tokenizer, "bos_token_id", None)
+    ids = set()
+    for item in loaded.values():
+        policy = ((item.provenance or {}).get("data") or {}).get("exclude_tokens")
+        if policy in ("bos", "special"):
+            ids |= set(excluded_ids(tokenizer, policy))
+    ids.discard(bos)  # BOS is the flag's to decide
+    if cfg.exclude_bos and bos is not None:
+        ids.add(int(bos))
+    return tuple(sorted(int(i) for i in ids))
 
 
 def _group_activations(cfg, group: dict, targets: dict, tokens, excluded, rows, collected, say):
@@ -641,6 +660,20 @@ def _subsample_per_label(pairs, n: int, seed: int):
         items = by[lab]
         out += items if len(items) <= n else rng.sample(items, n)
     return out
+
+
+SAELENS_FORMATS = ("sae_lens", "sae_lens_registry")
+
+
+def _note_saelens_conventions(results: dict, cfg) -> None:
+    """For SAEs made by SAELens (a SAELens folder or registry id, not one trained here: those record no
+    `source`), whose users compare with run_evals / Neuronpedia figures: the one default that changes CE
+    loss recovered most (docs/evaluation.md, "Comparing with SAELens and Neuronpedia")."""
+    made_by_saelens = [r for r in results.values() if r.get("format") in SAELENS_FORMATS and r.get("source")]
+    if cfg.exclude_bos and any("ce_loss_recovered" in r["metrics"] for r in made_by_saelens):
+        print("note: CE loss recovered keeps BOS clean in the zero-ablated run too; SAELens's run_evals default "
+              "zeroes it there (higher figures): --exclude-bos false equals its exclude_special_tokens=False "
+              "(docs/evaluation.md, 'Comparing with SAELens and Neuronpedia')")
 
 
 def _fmt(v, spec: str) -> str:

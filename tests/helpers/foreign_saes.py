@@ -430,3 +430,57 @@ def save_unfolded_saelens_sae(folder: Path) -> Path:
     sl.cfg.metadata.hook_name, sl.cfg.metadata.model_name = JB_ID[1], "gemma-2b"
     sl.save_model(folder)
     return folder
+
+
+# ------------------------------------------------------------------------------ SAELens, reconstructing
+def _principal_pairs(x_ND: torch.Tensor, n_pc: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mean [D], encoder directions [D, 2 n_pc]): each of the top `n_pc` principal directions of `x_ND`
+    and its negation, so that ReLU latents give back the projection exactly (one of each pair fires)."""
+    mean_D = x_ND.float().mean(0)
+    _, _, v_DD = torch.linalg.svd(x_ND.float() - mean_D, full_matrices=False)
+    pcs_DP = v_DD[:n_pc].T
+    return mean_D, torch.cat([pcs_DP, -pcs_DP], dim=1)
+
+
+def saelens_pca(acts_ND: torch.Tensor, n_pc: int, *, hook_name: str, model_name: str, dead: int = 4):
+    """A SAELens StandardSAE whose reconstruction is the projection of x on its top `n_pc` principal
+    directions (EV = the variance they explain), plus `dead` latents that never fire: reconstruction,
+    L0 and dead latents that mean something, without training. Save it with its own `save_model`."""
+    from sae_lens.saes.standard_sae import StandardSAE, StandardSAEConfig
+
+    mean_D, enc_DF = _principal_pairs(acts_ND, n_pc)
+    d_in = acts_ND.shape[1]
+    sae = StandardSAE(StandardSAEConfig(d_in=d_in, d_sae=2 * n_pc + dead))
+    with torch.no_grad():
+        sae.W_enc.zero_()
+        sae.W_enc[:, : 2 * n_pc] = enc_DF
+        sae.W_dec.zero_()
+        sae.W_dec[: 2 * n_pc] = enc_DF.T
+        sae.W_dec[2 * n_pc:] = torch.eye(d_in)[torch.arange(dead) % d_in]
+        sae.b_enc.zero_()
+        sae.b_enc[2 * n_pc:] = -1.0  # W_enc's columns are zero there: never fire
+        sae.b_dec.copy_(mean_D)
+    sae.cfg.metadata.hook_name, sae.cfg.metadata.model_name = hook_name, model_name
+    return sae
+
+
+def saelens_pca_transcoder(x_ND: torch.Tensor, y_NO: torch.Tensor, n_pc: int, *, hook_name: str, hook_name_out: str,
+                           model_name: str):
+    """A SAELens Transcoder from `hook_name` to `hook_name_out`: the latents are x's top `n_pc` principal
+    coordinates (as `saelens_pca`), the decoder the least-squares map from them to y (b_dec its intercept)."""
+    from sae_lens.saes.transcoder import Transcoder, TranscoderConfig
+
+    mean_D, enc_DF = _principal_pairs(x_ND, n_pc)
+    coords_NP = (x_ND.float() - mean_D) @ enc_DF[:, :n_pc]
+    design = torch.cat([coords_NP, torch.ones(len(coords_NP), 1)], dim=1)
+    fit = torch.linalg.lstsq(design, y_NO.float()).solution  # [n_pc + 1, O]
+    tc = Transcoder(TranscoderConfig(d_in=x_ND.shape[1], d_sae=2 * n_pc, d_out=y_NO.shape[1],
+                                     apply_b_dec_to_input=False))
+    with torch.no_grad():
+        tc.W_enc.copy_(enc_DF)
+        tc.b_enc.copy_(-(mean_D @ enc_DF))  # latents read x - mean
+        tc.W_dec.copy_(torch.cat([fit[:n_pc], -fit[:n_pc]]))
+        tc.b_dec.copy_(fit[n_pc])
+    tc.cfg.metadata.hook_name, tc.cfg.metadata.model_name = hook_name, model_name
+    tc.cfg.metadata.hook_name_out = hook_name_out
+    return tc
