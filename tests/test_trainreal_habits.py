@@ -1,0 +1,84 @@
+"""A researcher's habits with `saesteer train` on a cache of their own model (a tiny GPT-2 with a
+byte-level BPE trained on code and prose, cached in bf16), through the CLI:
+
+- more training tokens than the cache holds: the reader passes over the cache again, and from the
+  second pass on it holds the held-out rows, so the "held-out" EV and dead figures were silently on
+  trained-on rows (and the default 16,384 held-out rows of a smaller cache were the cache repeated,
+  every one of them trained on); now a held-out set as large as the cache is refused and a second
+  pass is told and recorded (`data.holdout_trained_on` in metrics.json);
+- JumpReLU at its default initial threshold (1.0) on real activations: most of their norm is one
+  constant direction that b_dec takes away, so after the scaling no pre-activation reached 1, no
+  latent ever fired, none got a gradient, and the run ended "successfully" with EV 0 and every
+  latent dead; now refused before training, naming the flags that start it alive;
+- a wandb project name wandb refuses (`:` `/` `#` ...) was reported as a login problem ("log in
+  with `wandb login`, or set WANDB_MODE=offline") although the run was offline; now the flag is named
+  before anything loads.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from helpers.real_cli import saesteer
+
+pytestmark = [pytest.mark.usefixtures("one_thread", "offline_env")]
+
+HOOK = "blocks.1.hook_resid_post"
+QUICK = ("--d-sae", 64, "--batch-size", 128, "--eval-every-tokens", 0, "--checkpoint-every-tokens", 0,
+         "--no-progress", "--model-eval", "false")
+
+
+@pytest.fixture(scope="module")
+def cache(real_models, real_corpus, tmp_path_factory):
+    """1,536 tokens of GPT-2 activations at two hooks, in bf16 (1,488 rows: BOS is not cached)."""
+    out = tmp_path_factory.mktemp("trainreal") / "cache"
+    saesteer("cache", "--model", real_models.path("gpt2"), "--dataset", real_corpus.jsonl_dir, "--context-length", 32,
+             "--max-tokens", 1536, "--hooks", f"blocks.0.hook_resid_post,{HOOK}", "--dtype", "bf16", "--out", out,
+             "--no-progress").ok()
+    return out
+
+
+def _rows(cache) -> int:
+    return sum(s["rows"] for s in json.loads((cache / "manifest.json").read_text())["shards"])
+
+
+def test_a_held_out_set_as_large_as_the_cache_is_refused(cache, tmp_path):
+    rows = _rows(cache)
+    r = saesteer("train", "--cache", cache, "--hook", HOOK, "--architecture", "topk", "--k", 4, *QUICK,
+                 "--total-tokens", 512, "--out", tmp_path / "run").no_traceback()  # the default --holdout-tokens 16,384
+    assert r.rc != 0 and "--holdout-tokens 16,384" in r.err and f"{rows:,} rows" in r.err, r.err
+    assert not (tmp_path / "run" / "saes").exists()
+
+
+def test_a_second_pass_over_the_cache_is_told_and_recorded(cache, tmp_path):
+    rows = _rows(cache)
+    run = ("train", "--cache", cache, "--hook", HOOK, "--architecture", "topk", "--k", 4, *QUICK,
+           "--holdout-tokens", 256)
+    r = saesteer(*run, "--total-tokens", rows, "--out", tmp_path / "twice").ok()  # rows + 256 held out: two passes
+    assert "from the second on the SAEs train on the 256 held-out rows too" in r.out, r.out
+    assert json.loads((tmp_path / "twice/metrics.json").read_text())["data"]["holdout_trained_on"] is True
+    r = saesteer(*run, "--total-tokens", 512, "--out", tmp_path / "once").ok()
+    assert "held-out rows too" not in r.out
+    assert json.loads((tmp_path / "once/metrics.json").read_text())["data"]["holdout_trained_on"] is False
+
+
+def test_jumprelu_that_would_start_dead_is_refused_and_the_named_flag_trains_it(cache, tmp_path):
+    run = ("train", "--cache", cache, "--hook", HOOK, "--architecture", "jumprelu", *QUICK,
+           "--holdout-tokens", 256, "--total-tokens", 1024)
+    r = saesteer(*run, "--out", tmp_path / "dead").no_traceback()
+    assert r.rc != 0 and "no latent fires on any of the 256 held-out rows" in r.err, r.err
+    assert "--jumprelu-init-firing-rate" in r.err and not (tmp_path / "dead" / "saes").exists()
+    saesteer(*run, "--jumprelu-init-firing-rate", 0.01, "--out", tmp_path / "alive").ok()
+    s = json.loads((tmp_path / "alive/metrics.json").read_text())["saes"]["jumprelu_f64"]
+    assert s["l0"] > 0 and s["eval_dead_fraction"] < 1
+
+
+@pytest.mark.parametrize("project", ["lab/sae runs", "gpt2:layer1", "sweep #3?"])
+def test_a_wandb_project_name_wandb_refuses_is_told_as_such_before_loading(project, tmp_path):
+    r = saesteer("train", "--cache", tmp_path / "no-cache-needed", "--wandb", "true", "--wandb-project", project,
+                 "--out", tmp_path / "run").no_traceback()
+    assert r.rc != 0 and f"--wandb-project {project!r}" in r.err and "wandb login" not in r.err, r.err
+    assert saesteer("train", "--cache", tmp_path / "c", "--wandb", "false", "--wandb-project", project,
+                    "--print-config", "--out", tmp_path / "run").rc == 0  # no wandb run: nothing to refuse
