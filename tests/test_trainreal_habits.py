@@ -82,3 +82,30 @@ def test_a_wandb_project_name_wandb_refuses_is_told_as_such_before_loading(proje
     assert r.rc != 0 and f"--wandb-project {project!r}" in r.err and "wandb login" not in r.err, r.err
     assert saesteer("train", "--cache", tmp_path / "c", "--wandb", "false", "--wandb-project", project,
                     "--print-config", "--out", tmp_path / "run").rc == 0  # no wandb run: nothing to refuse
+
+
+def test_activations_beyond_fp16s_range_are_refused_when_cached_not_stored_as_inf(real_models, real_corpus, tmp_path):
+    """A model with a massive dimension (as Llama's and Gemma's residual streams have): the default
+    fp16 cache stored every such row as Inf, finished "successfully", and only training refused it
+    later (the feature store and eval read it as it was). Now the cache refuses, naming the hook and
+    --dtype bf16, which then caches it (finite, the outlier kept)."""
+    import shutil
+
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    model = tmp_path / "gpt2-massive"
+    shutil.copytree(real_models.path("gpt2"), model)
+    (weights,) = model.glob("*.safetensors")
+    w = load_file(weights)
+    w["transformer.wpe.weight"][1:, 7] += 9e4  # every position after BOS
+    save_file(w, weights, metadata={"format": "pt"})
+    cache = ("cache", "--model", model, "--dataset", real_corpus.jsonl_dir, "--context-length", 32, "--max-tokens", 512,
+             "--hooks", HOOK, "--no-progress")
+    r = saesteer(*cache, "--out", tmp_path / "fp16").no_traceback()
+    assert r.rc != 0 and HOOK in r.err and "fp16's range" in r.err and "--dtype bf16" in r.err, r.err
+    assert not list((tmp_path / "fp16").glob("shard_*.safetensors"))
+    saesteer(*cache, "--dtype", "bf16", "--out", tmp_path / "bf16").ok()
+    (shard,) = (tmp_path / "bf16").glob("shard_*.safetensors")
+    acts = load_file(shard)[f"acts/{HOOK}"].float()
+    assert bool(torch.isfinite(acts).all()) and float(acts[:, 7].abs().min()) > 6e4
