@@ -59,6 +59,7 @@ def test_a_second_pass_over_the_cache_is_told_and_recorded(cache, tmp_path):
     r = saesteer(*run, "--total-tokens", rows, "--out", tmp_path / "twice").ok()  # rows + 256 held out: two passes
     assert "from the second on the SAEs train on the 256 held-out rows too" in r.out, r.out
     assert json.loads((tmp_path / "twice/metrics.json").read_text())["data"]["holdout_trained_on"] is True
+    assert "the held-out rows were trained on too" in r.out  # beside the figures it concerns
     r = saesteer(*run, "--total-tokens", 512, "--out", tmp_path / "once").ok()
     assert "held-out rows too" not in r.out
     assert json.loads((tmp_path / "once/metrics.json").read_text())["data"]["holdout_trained_on"] is False
