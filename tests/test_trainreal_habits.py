@@ -65,6 +65,19 @@ def test_a_second_pass_over_the_cache_is_told_and_recorded(cache, tmp_path):
     assert json.loads((tmp_path / "once/metrics.json").read_text())["data"]["holdout_trained_on"] is False
 
 
+def test_the_sae_folder_records_the_learning_rate_it_trained_at(cache, tmp_path):
+    """Without --lr the width rule chooses it, and the SAE's provenance said only "lr": null (the
+    configs' value), so a folder shared or compared later did not tell its learning rate."""
+    from training.config import default_lr
+
+    run = ("train", "--cache", cache, "--hook", HOOK, "--architecture", "topk", "--k", 4, *QUICK,
+           "--holdout-tokens", 256, "--total-tokens", 256)
+    for name, lr_flags, lr in (("auto", (), default_lr(64)), ("given", ("--lr", 3e-3), 3e-3)):
+        saesteer(*run, *lr_flags, "--sae-name", name, "--out", tmp_path / name).ok()
+        prov = json.loads((tmp_path / name / "saes" / name / "saesteer.json").read_text())
+        assert prov["training"]["lr"] == pytest.approx(lr)
+
+
 def test_jumprelu_that_would_start_dead_is_refused_and_the_named_flag_trains_it(cache, tmp_path):
     run = ("train", "--cache", cache, "--hook", HOOK, "--architecture", "jumprelu", *QUICK,
            "--holdout-tokens", 256, "--total-tokens", 1024)
