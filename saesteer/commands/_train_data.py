@@ -160,15 +160,16 @@ def _from_cache(run_cfg, data_cfg, rank: int, world: int, allow_model_mismatch: 
 
 
 def passes_over_cache(t, rows: int, cache) -> bool:
-    """Refuse a held-out set as large as the cache; tell the user when the run passes over the cache
-    more than once. The held-out rows are the first of the reader's stream, which from its second
-    pass on holds them again: then the SAEs train on them and the held-out figures are on trained-on
-    rows. Returns whether that happens (recorded in the run's provenance)."""
-    if t.holdout_tokens >= rows:
-        raise ValueError(f"--holdout-tokens {t.holdout_tokens:,} is not less than the {rows:,} rows of the cache {cache}: "
-                         f"the held-out rows would repeat and be the very rows the SAEs train on; lower --holdout-tokens "
-                         f"(e.g. {max(1, rows // 10):,}) or cache more tokens")
+    """Tell the user when the run passes over the cache more than once, and whether the held-out rows
+    are trained on (returned, and recorded in the run's provenance): they are the first rows of the
+    reader's stream, which from its second pass on holds them again, so the held-out figures are then
+    on trained-on rows; a held-out set as large as the cache repeats the cache and is all trained on."""
     asked = t.total_tokens + t.holdout_tokens  # the held-out rows come out of the same stream first
+    if t.holdout_tokens >= rows:
+        print(f"warning: --holdout-tokens {t.holdout_tokens:,} is not less than the {rows:,} rows of the cache {cache}: "
+              f"the held-out set repeats the cache and every held-out row is trained on (the held-out figures are "
+              f"training-set figures); give --holdout-tokens {max(1, rows // 10):,} (a tenth) or cache more tokens")
+        return True
     if asked <= rows:
         return False
     print(f"note: {t.total_tokens:,} training tokens (+{t.holdout_tokens:,} held out) asked for, the cache holds "
