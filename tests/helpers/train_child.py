@@ -2,7 +2,7 @@
 
     python tests/helpers/train_child.py OUT_DIR [--hang-at STEP] [--total-batches N] [--die-in-final-save]
     python tests/helpers/train_child.py cli STEP train --out OUT_DIR ...   # `saesteer train ...`, hanging at STEP
-    TRAIN_CHILD_DIE_IN_CHECKPOINT=S python tests/helpers/train_child.py cli 0 train ...  # SIGKILLed writing step S's checkpoint
+    TRAIN_CHILD_DIE_IN_CHECKPOINT=S python tests/helpers/train_child.py cli 0 train ...  # killed writing step S
     python tests/helpers/train_child.py cli-signal STEP train --out OUT_DIR ...  # waiting for a stop signal at STEP
 
 With --hang-at, the run writes OUT_DIR/hanging (holding the step) after that step and sleeps,
