@@ -271,7 +271,8 @@ class TrainConfig:
     holdout_tokens: int = field(
         default=16384,
         metadata={
-            "help": "rows taken from the start of the stream and never trained on: they set the activation "
+            "help": "rows taken from the start of the stream, not trained on in the first pass over a cache (a second pass "
+            "trains on them too: the CLI says so): they set the activation "
             "scale and b_dec, and are the held-out set of the evaluation"
         },
     )
@@ -392,6 +393,9 @@ class EvalConfig:
         whole_number("EvalConfig", "ce_batch_size", self.ce_batch_size)
 
 
+WANDB_PROJECT_FORBIDDEN = "/\\#?%:"  # characters wandb refuses in a project name
+
+
 @dataclass
 class LogConfig:
     """Training history, progress bar and wandb."""
@@ -405,6 +409,13 @@ class LogConfig:
 
     def __post_init__(self) -> None:
         whole_number("LogConfig", "log_every", self.log_every)
+        # wandb's own rule (wandb_settings.validate_project), checked here so that a bad name is told
+        # before the run loads anything, and not as a login problem when wandb.init refuses it
+        bad = sorted(set(WANDB_PROJECT_FORBIDDEN) & set(self.wandb_project or ""))
+        require(not self.wandb or (not bad and 0 < len(self.wandb_project or "") <= 128),
+                f"LogConfig.wandb_project {self.wandb_project!r}: wandb takes 1 to 128 characters without any of "
+                f"{' '.join(WANDB_PROJECT_FORBIDDEN)}" + (f" (it has {' '.join(bad)})" if bad else ""),
+                field="wandb_project")
 
 
 @dataclass

@@ -111,7 +111,8 @@ def _sae_provenance(trainer: Trainer, m: Member, prov: dict[str, Any], metrics: 
         **({"hook_name_out": prov["hook_name_out"]} if prov.get("hook_name_out") else {}),
         "tokens_trained": trainer.tokens, "steps": trainer.step, "activation_scale": trainer.scale,
         "activation_scale_folded": True, "step_method": trainer.step_method,
-        "training": {"sae": m.spec.__dict__, "train": cfg.train.__dict__, "optim": cfg.optim.__dict__},
+        # lr: the peak LR it trained at (the configs hold None where the width rule chose it)
+        "training": {"sae": m.spec.__dict__, "train": cfg.train.__dict__, "optim": cfg.optim.__dict__, "lr": m.lr},
         "data": prov, "metrics": metrics, **init_from,
     }
 

@@ -97,3 +97,18 @@ def least_squares_encoder_scale(W_enc_DF: Tensor, b_enc_F: Tensor, W_dec_FD: Ten
         rr += float(R_BD.double().pow(2).sum())
     c = ry / rr if rr > 0 else 1.0
     return c if math.isfinite(c) and c > 0 else 1.0
+
+
+@torch.no_grad()
+def largest_silent_pre_activation(sae, sample_BD: Tensor, chunk_rows: int = 1024) -> float | None:
+    """None when some latent of `sae` fires on some row of the (already scaled) sample; else the
+    largest pre-activation of the sample, which no threshold let through. An SAE whose selection
+    lets nothing through at its start gets no gradient (JumpReLU's straight-through estimate only
+    reaches pre-activations near a threshold): it would stay dead for the whole run."""
+    largest = float("-inf")
+    for x_BD in sample_BD.split(chunk_rows):  # chunks: [B, F] of a wide SAE is large
+        pre_BF = sae.pre_activations(x_BD)
+        if bool((sae.select(pre_BF).values_N != 0).any()):
+            return None
+        largest = max(largest, float(pre_BF.max()))
+    return largest

@@ -77,7 +77,8 @@ def train(
         has `state_dict()` / `load_state_dict()`, checkpoints store its position and a resume
         continues exactly; otherwise a resume replays the source and skips the batches already
         trained on (exact only if the source is deterministic). The first
-        `train.holdout_tokens` rows are never trained on (scale, b_dec, evaluation).
+        `train.holdout_tokens` rows are not trained on in the first pass (scale, b_dec, evaluation); a
+        source that passes over its data again (CacheReader, epochs) holds them again then.
     out_dir: `checkpoints/`, `saes/<name>/`, `metrics.json`, `history.jsonl`,
         `training_curves.html`, `config.json` go here.
     model_eval: the loaded model and held-out contexts for CE loss recovered / KL.

@@ -45,7 +45,12 @@ from training.checkpoint import (
 from training.collectives import Collectives
 from training.config import RunConfig, SAESpec, sae_lr
 from training.evaluate import evaluate_activations, sae_reconstructor
-from training.initialize import estimate_activation_scale, initial_b_dec, least_squares_encoder_scale
+from training.initialize import (
+    estimate_activation_scale,
+    initial_b_dec,
+    largest_silent_pre_activation,
+    least_squares_encoder_scale,
+)
 from training.schedule import lr_factor
 from training.update import StepSettings, StepStats, resolve_step_method, train_step
 
@@ -56,6 +61,10 @@ class NonFiniteError(RuntimeError):
 
 class ConfigMismatchError(SaesteerError, ValueError):
     """A resume whose config or data differs from the checkpoint's in what may not change."""
+
+
+class DeadStartError(SaesteerError, ValueError):
+    """An SAE that would start with no latent firing on the held-out rows (and so never learn)."""
 
 
 class DataError(SaesteerError, ValueError):
@@ -139,6 +148,25 @@ def build_member(spec: SAESpec, index: int, d_in: int, cfg: RunConfig, device: t
     groups = param_groups(sae, lr, cfg)
     return Member(spec, sae, make_optimizer(groups, lr, cfg),
                   torch.zeros(spec.d_sae, dtype=torch.int64, device=device), tuple(g["lr"] for g in groups))
+
+
+def refuse_a_dead_start(m: Member, xs_BD: Tensor) -> None:
+    """An SAE without k (JumpReLU) whose initial thresholds let no latent fire on the held-out rows
+    learns nothing, silently (every latent dead from step 1, EV 0). Real activations meet this at
+    the default threshold 1.0: most of their norm is a constant direction that b_dec takes away,
+    leaving pre-activations well below 1 after the scaling to E||x|| = sqrt(d_in)."""
+    cfg = m.sae.cfg
+    if getattr(cfg, "k", None) is not None or getattr(cfg, "pre_act_loss_coefficient", 0.0) > 0:
+        return  # top-k always selects; the pre-activation loss pulls silent latents up
+    largest = largest_silent_pre_activation(m.sae, xs_BD)
+    if largest is None:
+        return
+    init = getattr(cfg, "jumprelu_init_threshold", None)
+    raise DeadStartError(
+        f"{m.name}: no latent fires on any of the {xs_BD.shape[0]:,} held-out rows at its initial threshold"
+        f"{'' if init is None else f' {init:g}'} (the largest pre-activation is {largest:.3g}), so it would get no "
+        f"gradient and stay dead; pass --jumprelu-init-firing-rate 0.01 (each latent's threshold from its own "
+        f"pre-activations) or a --jumprelu-init-threshold below {max(largest, 0.0):.2g}")
 
 
 # ------------------------------------------------------------------------------------ trainer
@@ -230,6 +258,7 @@ class Trainer:
                 target_BO=None if y is None else goal, select=m.sae.select)
             if c != 1.0:  # thresholds too: a JumpReLU's initial threshold is relative to the unscaled encoder
                 m.sae.scale_encoder_(c)
+            refuse_a_dead_start(m, xs)
             for p in m.params:
                 self.coll.broadcast_(p.data)
 

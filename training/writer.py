@@ -42,6 +42,30 @@ class CacheWriteError(SaesteerError, OSError):
         self.filename = self.file
 
 
+class CacheNonFiniteError(SaesteerError, ValueError):
+    """A shard's activations hold Inf or NaN: fp16's range overflowed (a real model's massive
+    activations) or the model itself produced them. Nothing of that shard is written."""
+
+
+def refuse_non_finite(buf: ShardBuffer, shard_file: str) -> None:
+    """Refuse a filled shard buffer whose activations are not all finite, naming the hook and the fix:
+    a model's outliers (BOS positions, a few massive dimensions of Gemma / Llama residual streams)
+    exceed fp16's +-65,504 and were stored as Inf, and every later reader (training, eval, the
+    feature store) would get them."""
+    for hook, acts in buf.acts.items():
+        rows = acts[:buf.rows]
+        if bool(torch.isfinite(rows.sum(dtype=torch.float32))):  # one pass, a third of isfinite's (Inf/NaN propagate)
+            continue
+        n = int((~torch.isfinite(rows).all(dim=1)).sum())
+        if acts.dtype == torch.float16:
+            why = (f"values beyond fp16's range (+-65,504) became Inf: cache with --dtype bf16 (fp32's range) or "
+                   f"fp32, into a new folder")
+        else:
+            why = f"the model produced non-finite activations ({acts.dtype}); check the model's weights"
+        raise CacheNonFiniteError(f"{hook}: {n:,} of the {buf.rows:,} rows of {shard_file} hold Inf or NaN "
+                                  f"activations: {why}")
+
+
 class CacheDiskFullError(CacheWriteError):
     """The disk filled up (or a quota or file size limit was reached) while writing the cache."""
 
@@ -196,6 +220,7 @@ class ShardWriter:
     def _write(self, buf: ShardBuffer, info: dict[str, Any]) -> None:
         try:
             if self.error is None:
+                refuse_non_finite(buf, info["file"])
                 meta = {"format": FORMAT_NAME, "format_version": str(FORMAT_VERSION), "shard_index": str(info["index"]),
                         "first_context": str(info["first_context"])}
                 written = write_safetensors_atomic(self.out / info["file"], buf.tensors(), meta)

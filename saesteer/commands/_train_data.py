@@ -150,16 +150,33 @@ def _from_cache(run_cfg, data_cfg, rank: int, world: int, allow_model_mismatch: 
         prov.update(world_size=world, dp_partition=data_cfg.dp_partition)
     if check_init is not None:
         check_init(prov, reader.d_in, reader.d_out, reader.target_hook is not None)
-    asked = t.total_tokens + t.holdout_tokens  # the held-out rows come out of the same stream first
-    if asked > man.total_rows:
-        print(f"note: {t.total_tokens:,} training tokens (+{t.holdout_tokens:,} held out) asked for, the cache "
-              f"holds {man.total_rows:,} rows: the reader makes {asked / max(1, man.total_rows):.1f} passes over it")
+    prov["holdout_trained_on"] = passes_over_cache(t, man.total_rows, data_cfg.cache)
     model = None
     if data_cfg.model_eval and rank == 0:
         model = _eval_model(data_cfg.model, man, data_cfg.cache, allow_model_mismatch)
     if model is None or not _can_splice(model, reader.target_hook or reader.hook):
         return reader, None, prov
     return reader, _cache_model_eval(run_cfg, data_cfg, reader, model, prov, allow_model_mismatch), prov
+
+
+def passes_over_cache(t, rows: int, cache) -> bool:
+    """Tell the user when the run passes over the cache more than once, and whether the held-out rows
+    are trained on (returned, and recorded in the run's provenance): they are the first rows of the
+    reader's stream, which from its second pass on holds them again, so the held-out figures are then
+    on trained-on rows; a held-out set as large as the cache repeats the cache and is all trained on."""
+    asked = t.total_tokens + t.holdout_tokens  # the held-out rows come out of the same stream first
+    if t.holdout_tokens >= rows:
+        print(f"warning: --holdout-tokens {t.holdout_tokens:,} is not less than the {rows:,} rows of the cache {cache}: "
+              f"the held-out set repeats the cache and every held-out row is trained on (the held-out figures are "
+              f"training-set figures); give --holdout-tokens {max(1, rows // 10):,} (a tenth) or cache more tokens")
+        return True
+    if asked <= rows:
+        return False
+    print(f"note: {t.total_tokens:,} training tokens (+{t.holdout_tokens:,} held out) asked for, the cache holds "
+          f"{rows:,} rows: the reader makes {asked / rows:.1f} passes over it, and from the second on the SAEs "
+          f"train on the {t.holdout_tokens:,} held-out rows too (the held-out EV and dead figures are then on "
+          f"trained-on rows); cache more tokens, {asked:,} rows or more, to keep them held out")
+    return True
 
 
 def _cache_model_eval(run_cfg, data_cfg, reader, model, prov: dict, allow_model_mismatch: bool):

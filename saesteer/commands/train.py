@@ -428,5 +428,8 @@ def _print_summary(result) -> None:
               f"{'' if kl is None else f'{kl:8.5f}':>8}")
     first = next(iter(m["saes"].values()), {})
     print(dead_figures_note(first.get("dead_window_tokens"), first.get("eval_rows")))
+    if (m.get("data") or {}).get("holdout_trained_on"):
+        print("the held-out rows were trained on too (a second pass over the cache): EV and held-out dead are on "
+              "trained-on rows")
     print(f"SAE folders under {result.out_dir / 'saes'}; metrics in {result.out_dir / 'metrics.json'}; "
           f"curves in {result.out_dir / 'training_curves.html'}")

@@ -2,6 +2,7 @@
 
     python tests/helpers/train_child.py OUT_DIR [--hang-at STEP] [--total-batches N] [--die-in-final-save]
     python tests/helpers/train_child.py cli STEP train --out OUT_DIR ...   # `saesteer train ...`, hanging at STEP
+    TRAIN_CHILD_DIE_IN_CHECKPOINT=S python tests/helpers/train_child.py cli 0 train ...  # killed writing step S
     python tests/helpers/train_child.py cli-signal STEP train --out OUT_DIR ...  # waiting for a stop signal at STEP
 
 With --hang-at, the run writes OUT_DIR/hanging (holding the step) after that step and sleeps,
@@ -14,6 +15,7 @@ SIGINT, SIGHUP) is noted (`signal_when_waiting`); every step it trains is append
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -124,6 +126,20 @@ def main_cli(step: int, argv: list[str], wait_for_signal: bool = False) -> int:
         return real(*a, on_step=(wait_for_stop_at if wait_for_signal else hang_at)(out, step), **kw)
 
     training.run.train = hanging
+    die_at = os.environ.get("TRAIN_CHILD_DIE_IN_CHECKPOINT")
+    if die_at:  # SIGKILL inside the checkpoint of that step: its tensors written, its state not (a temporary folder)
+        import signal
+
+        import training.checkpoint as ckpt
+
+        real_json = ckpt.atomic_write_json
+
+        def die(path, obj):
+            if Path(path).name == ckpt.STATE_FILE and obj.get("step") == int(die_at):
+                os.kill(os.getpid(), signal.SIGKILL)
+            real_json(path, obj)
+
+        ckpt.atomic_write_json = die
     return saesteer(argv)
 
 
