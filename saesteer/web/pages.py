@@ -35,6 +35,7 @@ from saesteer.web.head import is_head
 from saesteer.web.security import ascii_digits
 from saesteer.web.schemas import Example
 from saesteer.web.sources import FeatureQuery, StoreEntry
+from saesteer.web.tokenspans import fire_spans, token_spans
 
 __all__ = ["router", "make_templates", "render_error"]
 
@@ -106,6 +107,8 @@ def make_templates() -> jinja2.Environment:
     env.filters["pct"] = _pct
     env.filters["tokshow"] = _tokshow
     env.filters["field"] = _FieldValue
+    env.globals["token_spans"] = lambda *a: token_spans(*a, num=_num)
+    env.globals["fire_spans"] = lambda *a: fire_spans(*a, num=_num)
     return env
 
 
