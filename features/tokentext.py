@@ -365,8 +365,9 @@ def mark_pieces(pieces: Sequence[str], marked: Iterable[int], open_mark: str, cl
 def character_groups(pieces: Sequence[str]) -> list[list[int]]:
     """The tokens as a reader sees them: each token on its own, except that the tokens with an empty
     piece (the first bytes of a character) go with the token that completes the character, so one
-    group per piece of visible text. Empty pieces at the window's end (a character cut there) form
-    a group of their own. [" a", "", "", "日", "x"] -> [[0], [1, 2, 3], [4]]."""
+    group per piece of visible text. Empty pieces with no text after them (a character cut at the
+    window's end; a store built without a tokenizer has only empty pieces) stay one group each.
+    [" a", "", "", "日", "x"] -> [[0], [1, 2, 3], [4]]."""
     groups: list[list[int]] = []
     run: list[int] = []
     for i, p in enumerate(pieces):
@@ -374,6 +375,4 @@ def character_groups(pieces: Sequence[str]) -> list[list[int]]:
         if p:
             groups.append(run)
             run = []
-    if run:
-        groups.append(run)
-    return groups
+    return groups + [[i] for i in run]

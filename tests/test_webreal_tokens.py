@@ -55,7 +55,8 @@ def _render(ex: dict) -> list[list[str]]:
 
 def test_character_groups_put_a_characters_first_bytes_with_the_token_completing_it():
     assert character_groups([" a", "", "", "日", "x"]) == [[0], [1, 2, 3], [4]]
-    assert character_groups(["a", "", ""]) == [[0], [1, 2]]  # cut at the window's end: a group of its own
+    assert character_groups(["a", "", ""]) == [[0], [1], [2]]  # cut at the window's end: each on its own
+    assert character_groups(["", ""]) == [[0], [1]]  # a store built without a tokenizer: no text at all
     assert character_groups([]) == []
 
 
@@ -106,3 +107,23 @@ def test_the_fire_row_lists_the_features_of_all_of_a_characters_tokens():
     span = next(s for s in p.spans if s[2] == pieces[whole])
     assert "s6" in span[0].split() and span[1] == "#7 1.5 kanji\n#3 0.9"  # each feature once, at its strongest
     assert p.spans[-1][1] == "no feature fires"
+
+
+def test_the_html_export_draws_a_split_character_as_one_span_too():
+    from features.export import _example_html
+    from features.records import Example
+
+    pieces = _window()
+    first = pieces.index("")
+    whole = next(i for i in range(first, len(pieces)) if pieces[i])
+    acts = [0.0] * len(pieces)
+    acts[first] = 2.0
+    ex = Example(id=1, latent=0, kind="top", rank=0, activation=2.0, quantile=None, seq_index=0, position=first,
+                 centre=first, token_ids=list(range(len(pieces))), tokens=pieces, acts=acts, text="".join(pieces))
+    html = _example_html(ex, 2.0)
+    p = _Spans()
+    p.feed(html)
+    assert all(text for _, _, text in p.spans), p.spans
+    marked = [s for s in p.spans if "centre" in s[0].split()]
+    assert [s[2] for s in marked] == [pieces[whole]] and marked[0][1].split(" · ")[0] == "2"
+    assert 'style="background:rgba(255,140,0,1.000)" title="2 · ' in html  # the character in its token's colour
