@@ -30,9 +30,15 @@
     const el = e.target.closest && e.target.closest(".tok[title], .tok[data-tip]");
     if (el && !el.closest(".scale")) show(el); else hide();
   });
+  // keyboard: a token's tip shows while it has the focus, goes when the focus leaves it (tabbing on
+  // past the tokens) and on Escape, as a tooltip must be dismissible without moving the pointer
   document.addEventListener("focusin", (e) => {
     const el = e.target.closest && e.target.closest(".tok[title], .tok[data-tip]");
     if (el) show(el);
   });
+  document.addEventListener("focusout", (e) => {
+    if (e.target.closest && e.target.closest(".tok")) hide();
+  });
+  document.addEventListener("keydown", (e) => { if (e.key === "Escape") hide(); });
   window.addEventListener("scroll", hide, { passive: true });
 })();
