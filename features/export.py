@@ -32,7 +32,7 @@ table{border-collapse:collapse}td,th{padding:.2rem .6rem;border-bottom:1px solid
 th{cursor:pointer;background:#f5f5f5}.num{text-align:right;font-variant-numeric:tabular-nums}
 .ex{font-family:ui-monospace,Menlo,monospace;font-size:.85rem;line-height:1.9;margin:.25rem 0;padding:.2rem .4rem;
 background:#fafafa;border-left:3px solid #ddd;white-space:pre-wrap;word-break:break-word}
-.tok{border-radius:2px;padding:0 1px}.centre{outline:1px solid #c33}.flag{background:#fee;color:#a00;padding:0 .3rem;
+.tok{border-radius:2px}.centre{outline:1px solid #c33}.flag{background:#fee;color:#a00;padding:0 .3rem;
 border-radius:3px;margin-right:.3rem;font-size:.8rem}.meta{color:#666;font-size:.85rem}.grid{display:flex;gap:1rem;flex-wrap:wrap}
 .chart{width:560px;height:320px}h2{margin-top:1.6rem}a{color:#1a5fb4}.off{color:#a60}
 """
