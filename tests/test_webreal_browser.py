@@ -50,12 +50,39 @@ def shots(tmp_path_factory) -> Path:
     return d
 
 
-# ------------------------------------------------------------------ keyboard (default suite)
-def test_a_tokens_tooltip_follows_the_keyboard_focus_and_goes_on_escape(browser):  # noqa: F811
+# ------------------------------------------------------------------ the shared small store (default suite)
+@pytest.fixture(scope="module")
+def tiny():
     from saesteer.web import ServeConfig
 
     port = free_port()
     srv = ServerThread(make_app(config=ServeConfig(port=port)), port).start()
+    yield srv
+    srv.stop()
+
+
+def test_the_feature_lists_numbers_sit_under_their_headings(browser, tiny):  # noqa: F811
+    """`.ftable td` aligned every cell left, the numeric headings right: a score's "–" sat under Label."""
+    p = Page(browser, tiny.url, DESKTOP)
+    try:
+        page = p.goto("/s/tiny?limit=5")
+        edges = page.evaluate("""() => { const t = document.querySelector('table.ftable');
+          const right = (e) => { const r = document.createRange(); r.selectNodeContents(e);
+                                 return r.getBoundingClientRect().right; };
+          const heads = Array.from(t.tHead.rows[0].cells);
+          return Array.from(t.tBodies[0].rows[0].cells).map((c, i) =>
+            [heads[i].textContent, c.classList.contains('num'), right(heads[i]), right(c)]); }""")
+        numeric = [(h, a, b) for h, num, a, b in edges if num]
+        assert len(numeric) >= 3, edges
+        for head, head_right, cell_right in numeric:
+            assert abs(head_right - cell_right) < 2, (head, head_right, cell_right)
+        p.check_clean()
+    finally:
+        p.close()
+
+
+def test_a_tokens_tooltip_follows_the_keyboard_focus_and_goes_on_escape(browser, tiny):  # noqa: F811
+    srv = tiny
     p = Page(browser, srv.url, DESKTOP)
     try:
         page = p.goto("/s/tiny/fire?text=the+sailor+sees+the+whale")
@@ -75,7 +102,6 @@ def test_a_tokens_tooltip_follows_the_keyboard_focus_and_goes_on_escape(browser)
         p.check_clean()
     finally:
         p.close()
-        srv.stop()
 
 
 # ------------------------------------------------------------------ real stores (slow)
