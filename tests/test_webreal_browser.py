@@ -61,21 +61,26 @@ def tiny():
     srv.stop()
 
 
-def test_the_feature_lists_numbers_sit_under_their_headings(browser, tiny):  # noqa: F811
-    """`.ftable td` aligned every cell left, the numeric headings right: a score's "–" sat under Label."""
+# the right edge of each numeric heading's text and of its column's first cell, per table
+_NUMERIC_EDGES = """sel => Array.from(document.querySelectorAll(sel)).filter(t => t.tHead && t.tBodies.length
+                                                                     && t.tBodies[0].rows.length).flatMap(t => {
+  const right = (e) => { const r = document.createRange(); r.selectNodeContents(e); return r.getBoundingClientRect().right; };
+  const heads = Array.from(t.tHead.rows[0].cells);
+  return Array.from(t.tBodies[0].rows[0].cells).map((c, i) => [heads[i].textContent, c.classList.contains('num'),
+                                                                right(heads[i]), right(c)]).filter(x => x[1]); })"""
+
+
+def test_numbers_sit_under_their_headings(browser, tiny):  # noqa: F811
+    """`.ftable td` aligned every cell left and `.mini th` every heading left, over `.num`'s right: the
+    feature list's numbers sat a column off their headings, a neighbour table's cosines off theirs."""
     p = Page(browser, tiny.url, DESKTOP)
     try:
-        page = p.goto("/s/tiny?limit=5")
-        edges = page.evaluate("""() => { const t = document.querySelector('table.ftable');
-          const right = (e) => { const r = document.createRange(); r.selectNodeContents(e);
-                                 return r.getBoundingClientRect().right; };
-          const heads = Array.from(t.tHead.rows[0].cells);
-          return Array.from(t.tBodies[0].rows[0].cells).map((c, i) =>
-            [heads[i].textContent, c.classList.contains('num'), right(heads[i]), right(c)]); }""")
-        numeric = [(h, a, b) for h, num, a, b in edges if num]
-        assert len(numeric) >= 3, edges
-        for head, head_right, cell_right in numeric:
-            assert abs(head_right - cell_right) < 2, (head, head_right, cell_right)
+        for path, sel in (("/s/tiny?limit=5", "table.ftable"), ("/s/tiny/f/3", "table.mini")):
+            page = p.goto(path)
+            edges = page.evaluate(_NUMERIC_EDGES, sel)
+            assert len(edges) >= 2, (path, edges)
+            for head, _, head_right, cell_right in edges:
+                assert abs(head_right - cell_right) < 2, (path, head, head_right, cell_right)
         p.check_clean()
     finally:
         p.close()
