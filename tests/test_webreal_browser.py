@@ -295,6 +295,13 @@ def test_thousands_of_latents_page_by_keyboard_without_loading_them_all(browser,
         page.wait_for_url("**offset=50**")
         assert page.locator(".pageinfo").inner_text() == "51–100 of 4,096"
         assert page.locator("table.ftable tbody tr").count() == 50
+        # the map of its 3,000-odd live latents, coloured by health: a TopK store has no Matryoshka
+        # levels, and colouring by them drew every point one grey
+        saesteer("features", "map", tmp_path / "big.db", "--method", "pca").ok()
+        page = p.goto("/s/big/map")
+        page.wait_for_selector("#map[data-drawn='1'], [data-drawn='1']", timeout=60000)
+        assert page.locator('[data-colour="level"]').count() == 0
+        assert page.locator('[data-colour][aria-pressed="true"]').get_attribute("data-colour") == "health"
         page = p.goto("/s/big/f/4094")
         page.locator("a[rel=next]").focus()
         page.keyboard.press("Enter")
