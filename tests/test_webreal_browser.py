@@ -109,6 +109,23 @@ def test_a_tokens_tooltip_follows_the_keyboard_focus_and_goes_on_escape(browser,
         p.close()
 
 
+def test_the_fire_form_runs_the_text_with_the_line_breaks_typed(browser, tiny):  # noqa: F811
+    """A form's encoding writes a textarea's line breaks as CRLF: the model read a "\r" the user never typed."""
+    p = Page(browser, tiny.url, DESKTOP)
+    try:
+        page = p.goto("/s/tiny/fire")
+        page.locator("#fire-text").fill("the sea\nthe whale")
+        page.locator(".fireform button[type=submit]").click()
+        page.wait_for_selector(".firetoks")
+        assert "%0A" in page.url and "%0D" not in page.url
+        shown = page.locator(".firetoks").text_content()
+        assert "\u240d" not in shown, shown  # no CR drawn (the tiny store's word-level tokenizer drops the break)
+        assert page.locator("#fire-text").input_value() == "the sea\nthe whale"
+        p.check_clean()
+    finally:
+        p.close()
+
+
 # ------------------------------------------------------------------ real stores (slow)
 def _build(work: Path, family: str, d_sae: int = 256) -> SimpleNamespace:
     """A tiny checkpoint with a `family` tokenizer trained on HARD_TEXTS, cached, an SAE, its store."""
