@@ -86,6 +86,22 @@ def test_numbers_sit_under_their_headings(browser, tiny):  # noqa: F811
         p.close()
 
 
+def test_the_playgrounds_operation_menu_is_drawn_as_the_other_fields(browser, tiny):  # noqa: F811
+    """The search count's tag style (.mode) also framed the edit row's operation cell: a box in a box."""
+    p = Page(browser, tiny.url, DESKTOP)
+    try:
+        page = p.goto("/s/tiny/steer?latent=2")
+        cell = page.locator("#edits .edit .mode")
+        assert cell.evaluate("e => getComputedStyle(e).borderTopWidth") == "0px"
+        select, value = page.locator("#edits .fmode").bounding_box(), page.locator("#edits .fstrength").bounding_box()
+        assert abs(select["y"] - value["y"]) < 1 and abs(select["height"] - value["height"]) < 2, (select, value)
+        page = p.goto("/s/tiny/search?q=ocean")  # the tag keeps its frame
+        assert page.locator(".count .mode").evaluate("e => getComputedStyle(e).borderTopWidth") == "1px"
+        p.check_clean()
+    finally:
+        p.close()
+
+
 def test_a_tokens_tooltip_follows_the_keyboard_focus_and_goes_on_escape(browser, tiny):  # noqa: F811
     srv = tiny
     p = Page(browser, srv.url, DESKTOP)
