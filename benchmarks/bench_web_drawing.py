@@ -33,6 +33,7 @@ def main() -> None:
     plain = jinja2.Environment(loader=drawn.loader, autoescape=True, undefined=jinja2.StrictUndefined,
                                trim_blocks=True, lstrip_blocks=True)
     plain.filters.update(drawn.filters)
+    plain.globals.update({k: drawn.globals[k] for k in ("token_spans", "fire_spans")})  # the token span builders
     toks = [" " + w for w in WORDS] * 400
     ctx = {"exs": [{"tokens": toks[i * 128:(i + 1) * 128], "acts": [0.5] * 128, "shade": [3] * 128, "centre": 5}
                    for i in range(40)],

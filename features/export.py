@@ -24,7 +24,7 @@ from features.imported_labels import label_source
 from features.records import Example, FeatureRecord, without_start_bos
 from features.store import FeatureStore
 from features.drawing import readable
-from features.tokentext import visible
+from features.tokentext import character_groups, visible
 from saes.fileio import atomic_open
 
 _CSS = """
@@ -33,7 +33,7 @@ table{border-collapse:collapse}td,th{padding:.2rem .6rem;border-bottom:1px solid
 th{cursor:pointer;background:#f5f5f5}.num{text-align:right;font-variant-numeric:tabular-nums}
 .ex{font-family:ui-monospace,Menlo,monospace;font-size:.85rem;line-height:1.9;margin:.25rem 0;padding:.2rem .4rem;
 background:#fafafa;border-left:3px solid #ddd;white-space:pre-wrap;word-break:break-word}
-.tok{border-radius:2px;padding:0 1px}.centre{outline:1px solid #c33}.flag{background:#fee;color:#a00;padding:0 .3rem;
+.tok{border-radius:2px}.centre{outline:1px solid #c33}.flag{background:#fee;color:#a00;padding:0 .3rem;
 border-radius:3px;margin-right:.3rem;font-size:.8rem}.meta{color:#666;font-size:.85rem}.grid{display:flex;gap:1rem;flex-wrap:wrap}
 .chart{width:560px;height:320px}h2{margin-top:1.6rem}a{color:#1a5fb4}.off{color:#a60}
 """
@@ -76,14 +76,21 @@ def _page(title: str, body: str, plotly_src: str | None) -> str:
 
 
 def _example_html(e: Example, scale: float) -> str:
+    """One window: a span per piece of text, a character split over tokens being one span with the
+    strongest of its tokens' activations (`character_groups`, as the web app draws it: a span per
+    empty piece put gaps inside CJK text and cut accents off their letters)."""
     spans = []
-    toks = e.tokens or [str(t) for t in e.token_ids]
-    for i, (tok, act) in enumerate(zip(toks, e.acts)):
+    toks = (e.tokens or [str(t) for t in e.token_ids])[:len(e.acts)]
+    groups = character_groups(toks)
+    for k, g in enumerate(groups):
+        act = max(e.acts[i] for i in g)
         alpha = 0.0 if scale <= 0 else max(0.0, min(1.0, act / scale))
-        cls = "tok centre" if i == e.centre else "tok"
+        cls = "tok centre" if e.centre in g else "tok"
         style = f' style="background:rgba(255,140,0,{alpha:.3f})"' if alpha > 0 else ""
-        shown = visible(tok, toks[i + 1] if i + 1 < len(toks) else "")
-        spans.append(f'<span class="{cls}"{style} title="{esc(f"{act:.4g}")}">{esc(shown)}</span>')
+        following = "".join(toks[groups[k + 1][0]:groups[k + 1][-1] + 1]) if k + 1 < len(groups) else ""
+        shown = visible(toks[g[-1]], following)
+        title = " · ".join(f"{e.acts[i]:.4g}" for i in g)
+        spans.append(f'<span class="{cls}"{style} title="{esc(title)}">{esc(shown)}</span>')
     info = f"act {e.activation:.4g}" + (f", quantile {e.quantile:.2f}" if e.quantile is not None else "")
     return f'<div class="ex" title="{esc(info)}">{"".join(spans)}</div>'
 

@@ -46,7 +46,7 @@ from saes.bytefallback import ByteFallback, built_once, byte_fallback, decoder_p
 
 __all__ = ["TokenText", "token_text", "token_texts", "token_bytes", "token_label", "token_labels", "label_of_bytes",
            "PART_OF_A_CHARACTER", "LABEL_RULE", "label_from_rule_1",
-           "pieces_by_prefix", "align_pieces", "mark_pieces", "visible"]
+           "pieces_by_prefix", "align_pieces", "mark_pieces", "character_groups", "visible"]
 
 
 @dataclass(frozen=True)
@@ -360,3 +360,19 @@ def mark_pieces(pieces: Sequence[str], marked: Iterable[int], open_mark: str, cl
         carry = False
         out.append(p)
     return "".join(out)
+
+
+def character_groups(pieces: Sequence[str]) -> list[list[int]]:
+    """The tokens as a reader sees them: each token on its own, except that the tokens with an empty
+    piece (the first bytes of a character) go with the token that completes the character, so one
+    group per piece of visible text. Empty pieces with no text after them (a character cut at the
+    window's end; a store built without a tokenizer has only empty pieces) stay one group each.
+    [" a", "", "", "日", "x"] -> [[0], [1, 2, 3], [4]]."""
+    groups: list[list[int]] = []
+    run: list[int] = []
+    for i, p in enumerate(pieces):
+        run.append(i)
+        if p:
+            groups.append(run)
+            run = []
+    return groups + [[i] for i in run]

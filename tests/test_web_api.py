@@ -136,7 +136,7 @@ def test_search(c, ws):
     second = c.get("/api/stores/tiny/search", params={"q": "words", "limit": 1, "offset": 1}).json()
     assert second["items"][0]["latent"] != multi["items"][0]["latent"]
     assert c.get("/api/stores/tiny/search", params={"q": "zebra"}).json() == {
-        "items": [], "total": 0, "offset": 0, "limit": 20, "next_offset": None}
+        "items": [], "total": 0, "offset": 0, "limit": 20, "next_offset": None, "total_exact": True}
     # FTS syntax in the query is just text
     assert c.get("/api/stores/tiny/search", params={"q": 'ocean" OR * NEAR('}).status_code == 200
 

@@ -32,10 +32,12 @@ class _In(BaseModel):
 
 class Page(_Out, Generic[T]):
     items: list[T]
-    total: int = Field(description="rows matching the query, over all pages")
+    total: int = Field(description="rows matching the query, over all pages (see total_exact)")
     offset: int
     limit: int
     next_offset: int | None = Field(description="offset of the next page, or null on the last")
+    total_exact: bool = Field(True, description="false: a search counted its hits only up to this page and "
+                                                "one more: at least `total` rows match")
 
 
 class StoreInfo(_Out):

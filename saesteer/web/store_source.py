@@ -41,6 +41,22 @@ _SORTS = {"latent": "latent", "frequency": "freq", "n_fires": "n_fires", "max_ac
 SEARCH_CAP = 1000  # most hits one search considers (pages are cut from these)
 
 
+def _one_more(want: int) -> int:
+    """How many hits a search asks for to show rows up to `want`: one more tells whether more match
+    (none past SEARCH_CAP, which no page reaches)."""
+    return want + 1 if want < SEARCH_CAP else want
+
+
+def _search_page(items: list, found: int, want: int, offset: int, limit: int) -> "Page[FeatureSummary]":
+    """A page of a search that asked for `_one_more(want)` hits and `found` came: a hit past `want`
+    says that more match than were counted (`total` is then a lower bound, `total_exact` false)."""
+    more = found > want
+    total = min(found, want) + (1 if more else 0)
+    nxt = offset + len(items)
+    return Page[FeatureSummary](items=items, total=total, offset=offset, limit=limit, total_exact=not more,
+                                next_offset=nxt if (nxt < min(found, want) or more) and items else None)
+
+
 def shades(acts: Sequence[float], ref: float | None) -> list[int]:
     """0..10 colour classes: activation relative to `ref` (the feature's max); any firing gets >= 1."""
     if not ref or not math.isfinite(ref) or ref <= 0:
@@ -227,16 +243,15 @@ class StoreCatalog:
             return None
         from autointerp.semantic import MIN_SIMILARITY, semantic_search
 
-        hits = semantic_search(self.store, emb, text, limit=min(offset + limit, SEARCH_CAP), min_similarity=MIN_SIMILARITY)
+        want = min(offset + limit, SEARCH_CAP)
+        hits = semantic_search(self.store, emb, text, limit=_one_more(want), min_similarity=MIN_SIMILARITY)
         if not hits:
             return None
         page_hits = hits[offset:offset + limit]
         known = self.summaries(h.latent for h in page_hits)
         items = [known[h.latent].model_copy(update={"similarity": h.similarity, "output_score": h.output_score})
                  for h in page_hits if h.latent in known]
-        nxt = offset + len(items)
-        return Page[FeatureSummary](items=items, total=len(hits), offset=offset, limit=limit,
-                                    next_offset=nxt if nxt < len(hits) and items else None)
+        return _search_page(items, len(hits), want, offset, limit)
 
     def search(self, text: str, offset: int, limit: int) -> Page[FeatureSummary]:
         """By meaning when the store has label vectors this server can match, else full text."""
@@ -245,16 +260,11 @@ class StoreCatalog:
 
     def text_search(self, text: str, offset: int, limit: int) -> Page[FeatureSummary]:
         want = min(offset + limit, SEARCH_CAP)
-        hits = self.store.search(text, limit=want + (1 if want < SEARCH_CAP else 0))
-        more = len(hits) > want
-        hits = hits[:want]
+        hits = self.store.search(text, limit=_one_more(want))
         page_hits = hits[offset:offset + limit]
         known = self.summaries(h.latent for h in page_hits)
         items = [self._summary_or_hit(h, known.get(h.latent)) for h in page_hits]
-        total = len(hits) + (1 if more else 0)
-        nxt = offset + len(items)
-        return Page[FeatureSummary](items=items, total=total, offset=offset, limit=limit,
-                                    next_offset=nxt if (nxt < len(hits) or more) and items else None)
+        return _search_page(items, len(hits), want, offset, limit)
 
     @staticmethod
     def _summary_or_hit(hit, summary: FeatureSummary | None) -> FeatureSummary:

@@ -8,7 +8,9 @@
   const LEVEL_COLOURS = ["#e25609", "#2f5bd3", "#1f7a4d", "#7a4fd0", "#c2185b", "#00838f", "#8d6e63", "#5f6b7a"];
   const FONT = { family: 'system-ui, -apple-system, "Segoe UI", Roboto, Arial, sans-serif', size: 12, color: "#475063" };
   const CONFIG = { displaylogo: false, responsive: true, modeBarButtonsToRemove: ["select2d", "lasso2d", "toggleSpikelines"] };
-  let data = null, colourBy = "level";
+  // the colouring the page marks pressed: Matryoshka levels where the store has them, else health
+  const pressed = document.querySelector('[data-colour][aria-pressed="true"]');
+  let data = null, colourBy = pressed ? pressed.getAttribute("data-colour") : "health";
   // WebGL for big maps where the browser has it; SVG otherwise (and for small maps: crisper)
   const WEBGL = (function () {
     try { return !!document.createElement("canvas").getContext("webgl"); } catch (e) { return false; }
