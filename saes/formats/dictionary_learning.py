@@ -38,8 +38,10 @@ import torch
 
 from saes.fileio import atomic_open, atomic_write_json, read_json
 from saes.formats.base import (
+    SHARE_FOLDER_HINT,
     TRANSCODER_HINT,
     LoadedSAE,
+    encoder_bias_for,
     files_record,
     hf_model_identity,
     module_output_hook,
@@ -254,11 +256,14 @@ def save(sae: Any, folder: str | Path) -> Path:
     """Write an SAE as dictionary_learning's `trainSAE` writes one: `folder/ae.pt` (a plain {name: tensor}
     state dict) + `config.json` (`trainer`: dict_class, sizes, k, lm_name, layer, submodule_name as its
     demo names the site; `buffer`: io "out"), which `dictionary_learning.utils.load_dictionary` loads.
-    TopK is its `AutoEncoderTopK`; a threshold SAE (BatchTopK and Matryoshka in their inference form,
-    JumpReLU) its `JumpReluAutoEncoder`, which never subtracts b_dec from the input: the centring is
-    folded into the encoder bias (b_enc - b_dec W_enc; equal up to float rounding, so it reads back as
-    a JumpReLU SAE with another fingerprint). The hook must be a block's resid_post / mlp_out /
-    attn_out (what its buffer reads); transcoders and decoder-norm-rescaled TopK are refused."""
+    TopK is its `AutoEncoderTopK`; a ReLU SAE its `AutoEncoder` where the decoder rows are unit-norm
+    (`AutoEncoder.from_pretrained` rescales any other decoder, and the latents with it); a threshold SAE
+    (BatchTopK and Matryoshka in their inference form, JumpReLU, gated) and a ReLU SAE of another
+    decoder its `JumpReluAutoEncoder` (threshold 0 computes relu). Where the class centres the input
+    otherwise than the SAE (JumpReluAutoEncoder never subtracts b_dec; the others always do), the
+    centring is folded into the encoder bias (`base.encoder_bias_for`: equal up to float rounding, so it
+    reads back with another fingerprint). The hook must be a block's resid_post / mlp_out / attn_out
+    (what its buffer reads); transcoders are refused."""
     cfg = sae_lens_config(sae)
     meta = cfg["metadata"]
     arch = meta.get("training_architecture") or cfg["architecture"]
@@ -266,29 +271,31 @@ def save(sae: Any, folder: str | Path) -> Path:
     site = re.match(r"^blocks\.(\d+)\.(hook_resid_post|hook_mlp_out|hook_attn_out)$", hook)
     if sae.is_transcoder or not site:
         what = "a transcoder" if sae.is_transcoder else f"an SAE at {hook or 'no recorded hook'}"
-        raise SAEFormatError(f"{what} "
-                             f"cannot be saved for dictionary_learning: its buffer reads one module's output, which "
-                             f"saesteer names for blocks.N.hook_resid_post, hook_mlp_out and hook_attn_out; share "
-                             f"its SAE folder (SAELens's layout, `saes.save_sae`) instead")
+        raise SAEFormatError(f"{what} cannot be saved for dictionary_learning: its buffer reads one module's output, "
+                             f"which saesteer names for blocks.N.hook_resid_post, hook_mlp_out and hook_attn_out; "
+                             f"{SHARE_FOLDER_HINT}")
     state = sae_state_dict(sae)
+    centres = sae.cfg.apply_b_dec_to_input
     trainer: dict[str, Any] = {"activation_dim": sae.d_in, "dict_size": sae.d_sae, "lm_name": meta.get("model_name"),
                                "layer": int(site.group(1)), "submodule_name": _SITES[site.group(2)].format(site.group(1))}
-    if cfg["architecture"] == "topk" and sae.cfg.apply_b_dec_to_input and not cfg.get("rescale_acts_by_decoder_norm"):
+    encoder = {"encoder.weight": state["W_enc"].T, "encoder.bias": encoder_bias_for(state, centres, True),
+               "decoder.weight": state["W_dec"].T}
+    if cfg["architecture"] == "topk":
         trainer.update(dict_class="AutoEncoderTopK", trainer_class="TopKTrainer", k=int(cfg["k"]))
-        ae = {"encoder.weight": state["W_enc"].T.contiguous(), "encoder.bias": state["b_enc"],
-              "decoder.weight": state["W_dec"].T.contiguous(), "b_dec": state["b_dec"],
-              "k": torch.tensor(int(cfg["k"]), dtype=torch.int), "threshold": torch.tensor(-1.0)}
-    elif cfg["architecture"] == "jumprelu":
+        ae = {**encoder, "b_dec": state["b_dec"], "k": torch.tensor(int(cfg["k"]), dtype=torch.int),
+              "threshold": torch.tensor(-1.0)}
+    elif cfg["architecture"] == "standard" and _unit_rows(state["W_dec"]):
+        trainer.update(dict_class="AutoEncoder", trainer_class="StandardTrainer")
+        ae = {**encoder, "bias": state["b_dec"]}
+    elif cfg["architecture"] in ("jumprelu", "standard"):
         trainer.update(dict_class="JumpReluAutoEncoder", trainer_class="JumpReluTrainer")
-        b_enc = state["b_enc"]
-        if sae.cfg.apply_b_dec_to_input:  # its encode has no centring: fold it into the bias
-            b_enc = (b_enc.double() - state["b_dec"].double() @ state["W_enc"].double()).to(b_enc.dtype)
-        ae = {"W_enc": state["W_enc"], "b_enc": b_enc, "W_dec": state["W_dec"], "b_dec": state["b_dec"],
-              "threshold": state["threshold"].clamp_min(0)}  # ours fires above max(threshold, 0), as relu(...) does
+        threshold = state.get("threshold", torch.zeros(sae.d_sae, dtype=state["b_enc"].dtype))
+        ae = {"W_enc": state["W_enc"], "b_enc": encoder_bias_for(state, centres, False), "W_dec": state["W_dec"],
+              "b_dec": state["b_dec"], "threshold": threshold.clamp_min(0)}  # ours fires above max(threshold, 0)
     else:
         raise SAEFormatError(f"a {arch} SAE cannot be saved for dictionary_learning: it has no class computing it "
-                             f"(saesteer writes TopK as AutoEncoderTopK and threshold SAEs as JumpReluAutoEncoder); "
-                             f"share its SAE folder (SAELens's layout, `saes.save_sae`) instead")
+                             f"(saesteer writes TopK as AutoEncoderTopK, ReLU as AutoEncoder and threshold SAEs as "
+                             f"JumpReluAutoEncoder); {SHARE_FOLDER_HINT}")
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     with atomic_open(folder / WEIGHTS) as f:
@@ -296,3 +303,9 @@ def save(sae: Any, folder: str | Path) -> Path:
     buffer = {"io": "out", **({"ctx_len": meta["context_size"]} if meta.get("context_size") else {})}
     atomic_write_json(folder / CONFIG, {"trainer": trainer, "buffer": buffer}, indent=4)
     return folder
+
+
+def _unit_rows(W_dec_FD: torch.Tensor) -> bool:
+    """Whether `AutoEncoder.from_pretrained` leaves this decoder as it is (its check, on float32 weights)."""
+    norms_F = W_dec_FD.float().norm(dim=1)
+    return bool(torch.allclose(norms_F, torch.ones_like(norms_F)))
