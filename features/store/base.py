@@ -273,7 +273,8 @@ class StoreBase:
                 raise StoreMismatchError(
                     f"{self.path} was built from this SAE's weights in {want}, but the SAE given holds them in "
                     f"{given}{why}; load it as {want} (`resolve_sae(spec, dtype=torch.{want})`, "
-                    f"`sae.to(torch.{want})`), use the folder the store was built on ({built.get('path') or 'not recorded'}), or build a store for it "
+                    f"`sae.to(torch.{want})`), use the folder the store was built on "
+                    f"({built.get('path') or 'not recorded'}), or build a store for it "
                     f"(`saesteer features build --sae ... --out NEW.db`)")
             raise StoreMismatchError(
                 f"{self.path} was built from another SAE (fingerprint {self.sae_fingerprint[:12]}, "
