@@ -61,11 +61,9 @@ CHECKPOINTS = "checkpoints"
 _CHECKPOINT = re.compile(r"^ae_(\d+)\.pt$")  # trainSAE(save_steps=...): TRAINER/checkpoints/ae_STEP.pt
 SUPPORTED = ("AutoEncoder", "AutoEncoderTopK", "BatchTopKSAE", "MatryoshkaBatchTopKSAE", "JumpReluAutoEncoder",
              "GatedAutoEncoder")
-_SUBMODULE_HOOKS = [  # dictionary_learning's demo names: "<site>_layer_<n>"
-    (re.compile(r"^resid_post_layer_(\d+)$"), "blocks.{}.hook_resid_post"),
-    (re.compile(r"^mlp_out_layer_(\d+)$"), "blocks.{}.hook_mlp_out"),
-    (re.compile(r"^attn_out_layer_(\d+)$"), "blocks.{}.hook_attn_out"),
-]
+# dictionary_learning's demo names a block's site "<site>_layer_<n>": our hook of each, read both ways
+_SITES = {"hook_resid_post": "resid_post", "hook_mlp_out": "mlp_out", "hook_attn_out": "attn_out"}
+_SUBMODULE_HOOKS = [(re.compile(rf"^{site}_layer_(\d+)$"), f"blocks.{{}}.{hook}") for hook, site in _SITES.items()]
 
 
 def is_folder(path: Path) -> bool:
@@ -248,8 +246,6 @@ def load(
 
 
 # ---------------------------------------------------------------------------------- saving
-_SITES = {"hook_resid_post": "resid_post_layer_{}", "hook_mlp_out": "mlp_out_layer_{}",
-          "hook_attn_out": "attn_out_layer_{}"}  # _SUBMODULE_HOOKS read backwards
 
 
 def save(sae: Any, folder: str | Path) -> Path:
@@ -268,7 +264,7 @@ def save(sae: Any, folder: str | Path) -> Path:
     meta = cfg["metadata"]
     arch = meta.get("training_architecture") or cfg["architecture"]
     hook = str(meta.get("hook_name") or "")
-    site = re.match(r"^blocks\.(\d+)\.(hook_resid_post|hook_mlp_out|hook_attn_out)$", hook)
+    site = re.match(rf"^blocks\.(\d+)\.({'|'.join(_SITES)})$", hook)
     if sae.is_transcoder or not site:
         what = "a transcoder" if sae.is_transcoder else f"an SAE at {hook or 'no recorded hook'}"
         raise SAEFormatError(f"{what} cannot be saved for dictionary_learning: its buffer reads one module's output, "
@@ -277,7 +273,7 @@ def save(sae: Any, folder: str | Path) -> Path:
     state = sae_state_dict(sae)
     centres = sae.cfg.apply_b_dec_to_input
     trainer: dict[str, Any] = {"activation_dim": sae.d_in, "dict_size": sae.d_sae, "lm_name": meta.get("model_name"),
-                               "layer": int(site.group(1)), "submodule_name": _SITES[site.group(2)].format(site.group(1))}
+                               "layer": int(site.group(1)), "submodule_name": f"{_SITES[site.group(2)]}_layer_{site.group(1)}"}
     encoder = {"encoder.weight": state["W_enc"].T, "encoder.bias": encoder_bias_for(state, centres, True),
                "decoder.weight": state["W_dec"].T}
     if cfg["architecture"] == "topk":
