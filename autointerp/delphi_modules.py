@@ -51,9 +51,12 @@ def _fit(module: str, hook: str, model: str | None) -> str | None:
     return "unknown" if out is None and inp is None else None
 
 
+_SURE_FITS = ("output", "mlp input")  # the fits of a module that surely reads the hook
+
+
 def fitting_modules(modules: list[str], hook: str, model: str | None) -> list[str]:
     """The modules that surely read `hook` on `model` (what a run's module is picked from without --delphi-module)."""
-    return [m for m in modules if _fit(m, hook, model) in ("output", "mlp input")]
+    return [m for m in modules if _fit(m, hook, model) in _SURE_FITS]
 
 
 def check_module(module: str, hook: str, model: str | None, store_path: object, named: bool,
@@ -62,7 +65,7 @@ def check_module(module: str, hook: str, model: str | None, store_path: object, 
     (--delphi-module), which vouches for a module saesteer cannot check; `exporting`: the refusal's advice is
     about the export's name (--export-delphi), not the run to import. Returns a note when it could not check."""
     fit = _fit(module, hook, model)
-    if fit in ("output", "mlp input"):
+    if fit in _SURE_FITS:
         return None
     if named and fit == "layer input":
         return f"delphi module {module!r} taken as a transcoder read at its input ({hook}), as --delphi-module says"
@@ -97,4 +100,4 @@ def module_for_hook(hook: str, model: str | None) -> str | None:
     candidates = [f"layers.{n}", f"layers.{n}.mlp"] + ([f"layers.{n - 1}"] if n > 0 else [])
     # the first that fits, trying no further: asking about an MLP's output reads the model's config, and where
     # it is not at hand says so in a note about hook_mlp_out, which a residual-stream SAE's export never reads
-    return next((m for m in candidates if _fit(m, hook, model) in ("output", "mlp input")), None)
+    return next((c for c in candidates if _fit(c, hook, model) in _SURE_FITS), None)
