@@ -25,12 +25,6 @@ __all__ = ["check_module", "fitting_modules", "module_for_hook"]
 _RESID_PRE = re.compile(r"blocks\.(\d+)\.hook_resid_pre")
 
 
-def _same_tensor(hook: str) -> set[str]:
-    """`hook` and the hook that carries the same activations (block N's input is block N-1's output)."""
-    m = _RESID_PRE.fullmatch(hook)
-    return {hook, f"blocks.{int(m[1]) - 1}.hook_resid_post"} if m and int(m[1]) > 0 else {hook}
-
-
 def _output_hook(module: str, model: str | None) -> str | None:
     """The hook of what `module` outputs on `model` (the store's model: its config decides an MLP's)."""
     from saes.formats.base import module_output_hook, tl_hook_for_module
@@ -41,10 +35,11 @@ def _output_hook(module: str, model: str | None) -> str | None:
 def _fit(module: str, hook: str, model: str | None) -> str | None:
     """'output' (an SAE at `module` reads `hook`), 'mlp input' (a transcoder on an MLP), 'layer input'
     (a transcoder on a whole layer), 'unknown' (no hook saesteer knows for the module) or None (another hook)."""
-    from saes.formats.base import tl_hook_for_module_input
+    from saes.formats.base import same_tensor_hooks, tl_hook_for_module_input
 
     out, inp = _output_hook(module, model), tl_hook_for_module_input(module)
-    if module in _same_tensor(hook) or out in _same_tensor(hook):
+    same = same_tensor_hooks(hook)
+    if module in same or out in same:
         return "output"
     if inp == hook:
         return "mlp input" if module.endswith(".mlp") else "layer input"

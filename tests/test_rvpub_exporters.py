@@ -9,6 +9,9 @@ those libraries' own loaders on a real tiny GPT-2's activations (code, accented 
   encoders apply is folded into the bias; it was refused as "a topk SAE ... only a TopK SAE computes";
 - a TopK transcoder (with and without a skip connection) as sparsify's `transcode: true` hookpoint, read
   from the hookpoint's input and predicting its output; it was refused as an SAE sparsify cannot compute;
+- an SAE on a block's input (blocks.N.hook_resid_pre, SAELens's usual residual-stream hook) as the output of
+  block N-1, the same tensor (sparsify's hookpoint `h.{N-1}`, dictionary_learning's `resid_post_layer_{N-1}`,
+  as delphi pairs them); it was refused as reading another hook;
 - what neither can hold is refused naming why (not a self-contradiction).
 """
 
@@ -127,6 +130,29 @@ def test_a_topk_transcoder_loads_in_sparsify_with_our_outputs_and_comes_back_at_
     assert back.is_transcoder and (back.W_skip is not None) == skip
     assert (back.cfg.metadata["hook_name"], back.cfg.metadata["hook_name_out"]) == (RESID_PRE, RESID_POST)
     torch.testing.assert_close(back(x).recon, tc(x).recon, **TOL)
+
+
+def test_an_sae_on_a_block_input_is_shared_as_the_previous_block_output(real_acts, tmp_path):
+    model, acts = real_acts
+    x = acts[RESID_PRE]
+    sae = random_sae("topk", x, model, hook=RESID_PRE, k=8)
+
+    coder = SparseCoder.load_from_disk(sparsify.save(sae, tmp_path / "run", "h.0"))
+    enc = coder.encode(x)
+    torch.testing.assert_close(torch.zeros(x.shape[0], sae.d_sae).scatter(1, enc.top_indices, enc.top_acts),
+                               sae.encode(x), **TOL)
+    ae, config = load_dictionary(str(dictionary_learning.save(sae, tmp_path / "dl")), "cpu")
+    assert config["trainer"]["submodule_name"] == "resid_post_layer_0"
+    check_same(sae, ae.encode, ae.decode, ae, x)
+    for folder in (tmp_path / "run" / "h.0", tmp_path / "dl"):  # back at the hook of the same tensor
+        assert resolve_sae(folder).sae.cfg.metadata["hook_name"] == "blocks.0.hook_resid_post"
+
+    first = random_sae("topk", x, model, hook="blocks.0.hook_resid_pre", k=8)  # the embeddings: no block outputs it
+    with pytest.raises(SAEFormatError, match=r"hookpoint 'h\.0' is read as blocks\.0\.hook_resid_post, but the SAE "
+                                             r"reads blocks\.0\.hook_resid_pre"):
+        sparsify.save(first, tmp_path / "run2", "h.0")
+    with pytest.raises(SAEFormatError, match="an SAE at blocks.0.hook_resid_pre cannot be saved for dictionary_learning"):
+        dictionary_learning.save(first, tmp_path / "dl2")
 
 
 def test_a_transcoder_at_another_hookpoint_is_refused_naming_both(tmp_path):

@@ -49,6 +49,7 @@ from saes.formats.base import (
     record_hf_tokenizer_bos,
     record_model_and_hook,
     require_tensors,
+    same_tensor_hooks,
     tl_hook_for_module,
     tl_hook_for_module_input,
 )
@@ -259,17 +260,20 @@ def save(sae: Any, folder: str | Path) -> Path:
     otherwise than the SAE (JumpReluAutoEncoder never subtracts b_dec; the others always do), the
     centring is folded into the encoder bias (`base.encoder_bias_for`: equal up to float rounding, so it
     reads back with another fingerprint). The hook must be a block's resid_post / mlp_out / attn_out
-    (what its buffer reads); transcoders are refused."""
+    (what its buffer reads), or resid_pre of a block after the first (the previous block's output, read
+    back as its resid_post); transcoders are refused."""
     cfg = sae_lens_config(sae)
     meta = cfg["metadata"]
     arch = meta.get("training_architecture") or cfg["architecture"]
     hook = str(meta.get("hook_name") or "")
-    site = re.match(rf"^blocks\.(\d+)\.({'|'.join(_SITES)})$", hook)
+    # block N's resid_pre is what block N-1 outputs, its buffer's resid_post_layer_{N-1}
+    sites = (re.match(rf"^blocks\.(\d+)\.({'|'.join(_SITES)})$", h) for h in same_tensor_hooks(hook))
+    site = next((m for m in sites if m), None)
     if sae.is_transcoder or not site:
         what = "a transcoder" if sae.is_transcoder else f"an SAE at {hook or 'no recorded hook'}"
         raise SAEFormatError(f"{what} cannot be saved for dictionary_learning: its buffer reads one module's output, "
-                             f"which saesteer names for blocks.N.hook_resid_post, hook_mlp_out and hook_attn_out; "
-                             f"{SHARE_FOLDER_HINT}")
+                             f"which saesteer names for blocks.N.hook_resid_post (also blocks.{{N+1}}.hook_resid_pre), "
+                             f"hook_mlp_out and hook_attn_out; {SHARE_FOLDER_HINT}")
     state = sae_state_dict(sae)
     centres = sae.cfg.apply_b_dec_to_input
     trainer: dict[str, Any] = {"activation_dim": sae.d_in, "dict_size": sae.d_sae, "lm_name": meta.get("model_name"),

@@ -50,6 +50,7 @@ from saes.formats.base import (
     record_hf_tokenizer_bos,
     record_model_and_hook,
     require_tensors,
+    same_tensor_hooks,
     tl_hook_for_module,
     tl_hook_for_module_input,
 )
@@ -176,7 +177,8 @@ def save(sae: Any, run_dir: str | Path, hookpoint: str) -> Path:
     its output for an SAE (`h.1` / `layers.1` for blocks.1.hook_resid_post, `h.1.mlp` for
     blocks.1.hook_mlp_out), its input for a transcoder, which predicts its output (`h.1`: blocks.1.hook_resid_pre
     -> blocks.1.hook_resid_post). It must be the SAE's recorded hook(s), as sparsify and our reader derive
-    them, so the SAE comes back at its hook. An SAE that does not centre its input has the centring sparsify
+    them, so the SAE comes back at its hook (an SAE at blocks.N.hook_resid_pre is read at `h.{N-1}`'s output, the
+    same tensor, and comes back at blocks.{N-1}.hook_resid_post). An SAE that does not centre its input has the centring sparsify
     applies folded into the bias (`base.encoder_bias_for`). Refused, naming why: what sparsify's top-k encoder
     cannot compute (threshold SAEs: BatchTopK and Matryoshka in their inference form, JumpReLU, gated; ReLU)
     and a transcoder whose output is not its input's size. Returns the hookpoint folder."""
@@ -225,10 +227,11 @@ def _check_hookpoint(sae: Any, hookpoint: str, meta: dict[str, Any]) -> None:
         example = "'h.N' or 'layers.N' for blocks.N.hook_resid_pre -> blocks.N.hook_resid_post"
     else:
         pairs = [("is read as", output, "reads", meta.get("hook_name"))]
-        example = ("'h.N' or 'layers.N' for blocks.N.hook_resid_post, 'h.N.mlp' for blocks.N.hook_mlp_out")
+        example = ("'h.N' or 'layers.N' for blocks.N.hook_resid_post and blocks.{N+1}.hook_resid_pre (the same "
+                   "tensor), 'h.N.mlp' for blocks.N.hook_mlp_out")
     kind = "transcoder" if sae.is_transcoder else "SAE"
     for derived_verb, derived, verb, hook in pairs:
-        if not hook or derived != hook:
+        if not hook or derived not in same_tensor_hooks(hook):
             raise SAEFormatError(f"hookpoint {hookpoint!r} {derived_verb} {derived or 'no TransformerLens hook'}, but "
                                  f"the {kind} {verb} {hook or 'no recorded hook'}; give the HF module whose "
                                  f"{'input and output are' if sae.is_transcoder else 'output is'} the {kind}'s "
