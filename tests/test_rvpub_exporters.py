@@ -12,7 +12,7 @@ those libraries' own loaders on a real tiny GPT-2's activations (code, accented 
 - an SAE on a block's input (blocks.N.hook_resid_pre, SAELens's usual residual-stream hook) as the output of
   block N-1, the same tensor (sparsify's hookpoint `h.{N-1}`, dictionary_learning's `resid_post_layer_{N-1}`,
   as delphi pairs them); it was refused as reading another hook;
-- what neither can hold is refused naming why (not a self-contradiction).
+- what neither can hold is refused naming why (not a self-contradiction); a full disk an OSError naming the file.
 """
 
 from __future__ import annotations
@@ -180,3 +180,18 @@ def test_what_they_cannot_hold_is_refused_saying_why(tmp_path):
     with pytest.raises(SAEFormatError, match="a transcoder cannot be saved for dictionary_learning"):
         dictionary_learning.save(wide, tmp_path / "dl")
     assert not list(tmp_path.iterdir())
+
+
+def test_a_full_disk_while_sharing_for_dictionary_learning_is_an_os_error_naming_the_file(tmp_path):
+    """torch.save's zip writer reported the failed write as "RuntimeError: [enforce fail at inline_container.cc]
+    unexpected pos ...", which the CLI's boundary calls a bug in saesteer."""
+    from helpers.full_disk import file_size_limit
+    from saesteer.boundary import message_for
+
+    sae = saes.create_sae("topk", 512, 128, k=8, metadata={"hook_name": RESID_POST})  # 256 KiB per matrix
+    with file_size_limit(128 * 1024), pytest.raises(OSError) as caught:
+        dictionary_learning.save(sae, tmp_path / "dl")
+    text, status = message_for(caught.value)
+    assert text.startswith(f"{tmp_path / 'dl' / 'ae.pt'}: File too large"), text
+    assert "file size limit" in text and "bug" not in text and status == 1, text
+    assert not list((tmp_path / "dl").iterdir())  # no partial or temporary file left

@@ -30,13 +30,14 @@ The classes, as `dictionary_learning.utils.load_dictionary` loads them:
 
 from __future__ import annotations
 
+import io
 import re
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from saes.fileio import atomic_open, atomic_write_json, read_json
+from saes.fileio import atomic_write_bytes, atomic_write_json, read_json
 from saes.formats.base import (
     SHARE_FOLDER_HINT,
     TRANSCODER_HINT,
@@ -298,8 +299,9 @@ def save(sae: Any, folder: str | Path) -> Path:
                              f"JumpReluAutoEncoder); {SHARE_FOLDER_HINT}")
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    with atomic_open(folder / WEIGHTS) as f:
-        torch.save({k: v.contiguous() for k, v in ae.items()}, f)
+    blob = io.BytesIO()  # torch.save's zip writer reports a failed write (a full disk) as a RuntimeError
+    torch.save({k: v.contiguous() for k, v in ae.items()}, blob)  # naming no file: the bytes are written by us
+    atomic_write_bytes(folder / WEIGHTS, blob.getvalue())
     buffer = {"io": "out", **({"ctx_len": meta["context_size"]} if meta.get("context_size") else {})}
     atomic_write_json(folder / CONFIG, {"trainer": trainer, "buffer": buffer}, indent=4)
     return folder
