@@ -26,6 +26,9 @@ The classes, as `dictionary_learning.utils.load_dictionary` loads them:
   tensors, our `saes.gated.GatedSAE` (values equal up to rounding: exp(r_mag) multiplies the
   encoder's columns there, x_enc here).
 `AutoEncoderNew` has no counterpart here and is refused.
+
+`save` writes the other way, for dictionary_learning users: TopK as `AutoEncoderTopK`, ReLU as `AutoEncoder`
+(a unit-norm decoder) and threshold SAEs as `JumpReluAutoEncoder`.
 """
 
 from __future__ import annotations

@@ -28,6 +28,9 @@ run's model config); attention's likewise `hook_attn_out` or `attn.hook_out`.
 Not representable, so refused: `activation: "groupmax"`, skip connections of SAEs (not
 transcoders), signed top-k. The hookpoint is an HF module path ("layers.3"); its TransformerLens
 hook is derived where exact (`base.tl_hook_for_module`), else the user gives `--hook`.
+
+`save` writes the other way, for sparsify users: a TopK SAE or TopK transcoder as the hookpoint folder
+above, at the hookpoint whose hook(s) are the SAE's.
 """
 
 from __future__ import annotations
