@@ -25,12 +25,6 @@ __all__ = ["check_module", "fitting_modules", "module_for_hook"]
 _RESID_PRE = re.compile(r"blocks\.(\d+)\.hook_resid_pre")
 
 
-def _same_tensor(hook: str) -> set[str]:
-    """`hook` and the hook that carries the same activations (block N's input is block N-1's output)."""
-    m = _RESID_PRE.fullmatch(hook)
-    return {hook, f"blocks.{int(m[1]) - 1}.hook_resid_post"} if m and int(m[1]) > 0 else {hook}
-
-
 def _output_hook(module: str, model: str | None) -> str | None:
     """The hook of what `module` outputs on `model` (the store's model: its config decides an MLP's)."""
     from saes.formats.base import module_output_hook, tl_hook_for_module
@@ -41,19 +35,23 @@ def _output_hook(module: str, model: str | None) -> str | None:
 def _fit(module: str, hook: str, model: str | None) -> str | None:
     """'output' (an SAE at `module` reads `hook`), 'mlp input' (a transcoder on an MLP), 'layer input'
     (a transcoder on a whole layer), 'unknown' (no hook saesteer knows for the module) or None (another hook)."""
-    from saes.formats.base import tl_hook_for_module_input
+    from saes.formats.base import same_tensor_hooks, tl_hook_for_module_input
 
     out, inp = _output_hook(module, model), tl_hook_for_module_input(module)
-    if module in _same_tensor(hook) or out in _same_tensor(hook):
+    same = same_tensor_hooks(hook)
+    if module in same or out in same:
         return "output"
     if inp == hook:
         return "mlp input" if module.endswith(".mlp") else "layer input"
     return "unknown" if out is None and inp is None else None
 
 
+_SURE_FITS = ("output", "mlp input")  # the fits of a module that surely reads the hook
+
+
 def fitting_modules(modules: list[str], hook: str, model: str | None) -> list[str]:
     """The modules that surely read `hook` on `model` (what a run's module is picked from without --delphi-module)."""
-    return [m for m in modules if _fit(m, hook, model) in ("output", "mlp input")]
+    return [m for m in modules if _fit(m, hook, model) in _SURE_FITS]
 
 
 def check_module(module: str, hook: str, model: str | None, store_path: object, named: bool,
@@ -62,7 +60,7 @@ def check_module(module: str, hook: str, model: str | None, store_path: object, 
     (--delphi-module), which vouches for a module saesteer cannot check; `exporting`: the refusal's advice is
     about the export's name (--export-delphi), not the run to import. Returns a note when it could not check."""
     fit = _fit(module, hook, model)
-    if fit in ("output", "mlp input"):
+    if fit in _SURE_FITS:
         return None
     if named and fit == "layer input":
         return f"delphi module {module!r} taken as a transcoder read at its input ({hook}), as --delphi-module says"
@@ -97,4 +95,4 @@ def module_for_hook(hook: str, model: str | None) -> str | None:
     candidates = [f"layers.{n}", f"layers.{n}.mlp"] + ([f"layers.{n - 1}"] if n > 0 else [])
     # the first that fits, trying no further: asking about an MLP's output reads the model's config, and where
     # it is not at hand says so in a note about hook_mlp_out, which a residual-stream SAE's export never reads
-    return next((m for m in candidates if _fit(m, hook, model) in ("output", "mlp input")), None)
+    return next((c for c in candidates if _fit(c, hook, model) in _SURE_FITS), None)

@@ -26,7 +26,7 @@ _EXPORTS = {
     "ReLUConfig": "config",
     "SAEConfig": "config", "TopKConfig": "config",
     "SaesteerError": "errors",
-    "SAEFormatError": "io", "load_sae": "io", "read_provenance": "io", "save_sae": "io",
+    "SAEFormatError": "io", "load_sae": "io", "read_provenance": "io", "save_sae": "io", "without_local_paths": "io",
     "auxk_loss": "losses", "explained_variance": "losses", "fvu": "losses", "mse_loss": "losses",
     "GatedSAE": "gated",
     "MatryoshkaSAE": "matryoshka",

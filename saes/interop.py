@@ -13,8 +13,7 @@ from typing import Any
 import torch
 
 from saes.base import SAE
-from saes.fileio import atomic_save_safetensors, atomic_write_json
-from saes.io import sae_from_sae_lens_dict, sae_lens_config, sae_state_dict
+from saes.io import sae_from_sae_lens_dict, save_sae
 
 
 def load_pretrained(release: str, sae_id: str, device: str = "cpu", dtype: torch.dtype | None = None) -> SAE:
@@ -69,7 +68,5 @@ def to_sae_lens(sae: SAE, device: str = "cpu") -> Any:
     """The same SAE as a `sae_lens.SAE` (e.g. for HookedSAETransformer)."""
     from sae_lens import SAE as SaeLensSAE
 
-    with tempfile.TemporaryDirectory() as tmp:  # a full disk: an OSError naming the file (atomic_save_safetensors)
-        atomic_write_json(os.path.join(tmp, "cfg.json"), sae_lens_config(sae))
-        atomic_save_safetensors(os.path.join(tmp, "sae_weights.safetensors"), sae_state_dict(sae))
-        return SaeLensSAE.load_from_disk(tmp, device=device)
+    with tempfile.TemporaryDirectory() as tmp:  # the folder SAELens users load (`save_sae`: the one writer of it)
+        return SaeLensSAE.load_from_disk(str(save_sae(sae, os.path.join(tmp, "sae"))), device=device)

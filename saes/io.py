@@ -462,3 +462,20 @@ def read_provenance(path: str | os.PathLike) -> dict[str, Any]:
     """The provenance recorded in an SAE folder's saesteer.json ({} without one; checksums left out)."""
     p = Path(path) / PROVENANCE_FILENAME
     return _without_checksums(read_json(p, "provenance file")) if p.is_file() else {}
+
+
+def without_local_paths(record: Any) -> Any:
+    """`record` (a provenance) with every absolute path (the cache folder, local dataset files, a local
+    model's folder: this machine's layout, a user name among it) cut to its last part, for an SAE folder
+    shared beyond this machine (`huggingface_hub.upload_folder` uploads saesteer.json as it is):
+
+        shared = save_sae(load_sae(folder), "to_share", provenance=without_local_paths(read_provenance(folder)))
+
+    Hub ids and relative names are kept."""
+    if isinstance(record, dict):
+        return {k: without_local_paths(v) for k, v in record.items()}
+    if isinstance(record, list):
+        return [without_local_paths(v) for v in record]
+    if isinstance(record, str) and (os.path.isabs(record) or record.startswith("~")):
+        return Path(record).name or record
+    return record

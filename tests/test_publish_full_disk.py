@@ -5,11 +5,11 @@ tests/test_publish_sparsify.py."""
 
 from __future__ import annotations
 
-import resource
 import shutil
-import signal
 
 import pytest
+
+from helpers.full_disk import file_size_limit
 
 
 @pytest.mark.parametrize("fmt", ["neuronpedia", "html"])
@@ -20,14 +20,8 @@ def test_a_full_disk_during_an_export_is_one_line_naming_the_file(tmp_path, fmt)
     store = tmp_path / "tiny.db"
     shutil.copy(shared_store().path, store)
     out = tmp_path / "out"
-    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
-    before = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails (EFBIG), not the process
-    resource.setrlimit(resource.RLIMIT_FSIZE, (40 * 1024, hard))  # the store opens (its 32 KiB WAL index), the export does not fit
-    try:
+    with file_size_limit(40 * 1024):  # the store opens (its 32 KiB WAL index), the export does not fit
         r = saesteer("features", "export", store, out, "--format", fmt, "--source-set", "res-48", "--no-progress")
-    finally:
-        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
-        signal.signal(signal.SIGXFSZ, before)
     assert r.rc != 0
     r.no_traceback()
     lines = [line for line in r.text.splitlines() if line.strip()]
@@ -44,15 +38,9 @@ def test_a_page_cut_off_by_a_full_disk_is_removed_and_named(tmp_path):
 
     page = tmp_path / "f" / "00042.html"
     page.parent.mkdir()
-    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
-    before = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-    resource.setrlimit(resource.RLIMIT_FSIZE, (1024, hard))
-    try:
+    with file_size_limit(1024):
         with pytest.raises(OSError) as caught:
             _write_page(page, b"<p>" * 4096)
-    finally:
-        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
-        signal.signal(signal.SIGXFSZ, before)
     assert caught.value.filename == str(page) and not page.exists()
 
 
@@ -64,14 +52,8 @@ def test_a_store_that_cannot_be_opened_on_a_full_disk_is_not_called_no_store(tmp
 
     store = tmp_path / "tiny.db"
     shutil.copy(shared_store().path, store)
-    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
-    before = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-    resource.setrlimit(resource.RLIMIT_FSIZE, (2048, hard))
-    try:
+    with file_size_limit(2048):
         r = saesteer("features", "export", store, tmp_path / "out", "--format", "neuronpedia", "--no-progress")
-    finally:
-        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
-        signal.signal(signal.SIGXFSZ, before)
     assert r.rc != 0
     r.no_traceback()
     assert f"could not open {store}" in r.text and "free some disk space" in r.text, r.text[-1000:]

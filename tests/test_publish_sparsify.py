@@ -6,9 +6,6 @@ error naming the file (safetensors' writer reports it as a SafetensorError: `sae
 
 from __future__ import annotations
 
-import resource
-import signal
-
 import pytest
 import torch
 
@@ -88,16 +85,11 @@ def test_a_full_disk_while_sharing_is_an_os_error_naming_the_file(tmp_path):
     """A file size limit makes safetensors' own write fail as a full disk does (EFBIG; a tmpfs needs root)."""
     from saesteer.boundary import message_for
 
+    from helpers.full_disk import file_size_limit
+
     sae = topk("blocks.1.hook_resid_post", "gpt2", d_in=512)  # 512 x 128 floats: 256 KiB per matrix
-    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
-    before = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails, not the process
-    resource.setrlimit(resource.RLIMIT_FSIZE, (128 * 1024, hard))
-    try:
-        with pytest.raises(OSError) as caught:
-            sparsify.save(sae, tmp_path / "run", "h.1")
-    finally:
-        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
-        signal.signal(signal.SIGXFSZ, before)
+    with file_size_limit(128 * 1024), pytest.raises(OSError) as caught:
+        sparsify.save(sae, tmp_path / "run", "h.1")
     text, status = message_for(caught.value)
     assert text.startswith(f"{tmp_path / 'run' / 'h.1' / 'sae.safetensors'}: File too large"), text
     assert "file size limit" in text and "bug" not in text and status == 1, text

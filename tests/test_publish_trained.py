@@ -13,7 +13,8 @@ import pytest
 import torch
 
 pytest.importorskip("sae_lens")
-pytestmark = [pytest.mark.usefixtures("offline_env", "one_thread")]
+# slow: the module caches and trains four SAEs by the CLI (about 10 s before the first test)
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("offline_env", "one_thread")]
 
 ARCHS = {"topk": "topk_k4_f128", "batchtopk": "batchtopk_k4_f128", "matryoshka": "matryoshka_batchtopk_k4_f128",
          "jumprelu": "jumprelu_f128"}

@@ -260,10 +260,22 @@ class StoreBase:
         """Refuse (StoreMismatchError) an SAE other than the one this store was built from.
         `fingerprint`: the SAE's, where the caller has hashed it already (its weights are not read again)."""
         from features.fingerprint import sae_fingerprint
+        from saes.fingerprint import dtype_of_fingerprint
 
         fp = sae if isinstance(sae, str) else fingerprint or sae_fingerprint(sae)
         if fp != self.sae_fingerprint:
             built = self.meta.get("sae", {})
+            held_as = None if isinstance(sae, str) else dtype_of_fingerprint(sae, self.sae_fingerprint)
+            if held_as is not None:  # the same weights in another precision: say so, not two fingerprints
+                given, want = (str(d).removeprefix("torch.") for d in (sae.dtype, held_as))
+                why = (" (SAELens's from_pretrained and `sae_lens:` load float32 whatever the folder holds)"
+                       if given == "float32" else "")
+                raise StoreMismatchError(
+                    f"{self.path} was built from this SAE's weights in {want}, but the SAE given holds them in "
+                    f"{given}{why}; load it as {want} (`resolve_sae(spec, dtype=torch.{want})`, "
+                    f"`sae.to(torch.{want})`), use the folder the store was built on "
+                    f"({built.get('path') or 'not recorded'}), or build a store for it "
+                    f"(`saesteer features build --sae ... --out NEW.db`)")
             raise StoreMismatchError(
                 f"{self.path} was built from another SAE (fingerprint {self.sae_fingerprint[:12]}, "
                 f"{built.get('architecture')} d_sae={built.get('d_sae')} from {built.get('path') or 'an in-memory SAE'}); "

@@ -17,6 +17,10 @@
 - `hf_model_identity`: the model identity of an HF model name a file records.
 - `record_hf_tokenizer_bos`: whether text starts with BOS for an SAE trained on HF tokenizer output.
 - `read_safetensors`, `require_tensors`: small checked readers.
+- `same_tensor_hooks`: a hook and the one holding the same tensor (block N's resid_pre, block N-1's resid_post).
+- Writing for another library (`sparsify.save`, `dictionary_learning.save`): `encoder_bias_for` (our input
+  centring folded into the bias of an encoder that centres otherwise), `SHARE_FOLDER_HINT` (what to share
+  instead of a form the library cannot hold).
 
 Only JSON, safetensors, numpy .npz (allow_pickle=False) and weights-only torch pickles of plain
 state dicts are read; nothing in a file can run code here.
@@ -356,6 +360,32 @@ def hf_model_identity(name: Any) -> ModelIdentity | None:
     if os.path.isabs(name):
         return ModelIdentity("local", Path(name).name or name, path=name)
     return ModelIdentity("hub", name) if _HF_REPO.match(name) else None
+
+
+# ---------------------------------------------------------------------------------- writing
+SHARE_FOLDER_HINT = "share its SAE folder (SAELens's layout, `saes.save_sae`) instead"
+
+
+def encoder_bias_for(state: dict[str, torch.Tensor], sae_centres: bool, writer_centres: bool) -> torch.Tensor:
+    """b_enc for another library's encoder that subtracts b_dec from its input (`writer_centres`) or not, so
+    that its pre-activations are ours: (x - s b_dec) W + b = (x - t b_dec) W + b', b' = b - (s - t) b_dec W.
+    Folded in float64 and rounded to b_enc's dtype (equal up to float rounding; unchanged when s = t)."""
+    b_enc = state["b_enc"]
+    if sae_centres == writer_centres:
+        return b_enc
+    sign = 1.0 if sae_centres else -1.0
+    return (b_enc.double() - sign * (state["b_dec"].double() @ state["W_enc"].double())).to(b_enc.dtype)
+
+
+_RESID_PRE = re.compile(r"^blocks\.(\d+)\.hook_resid_pre$")
+
+
+def same_tensor_hooks(hook: str) -> set[str]:
+    """`hook` and the hook that carries the same activations: block N's input is block N-1's output
+    (`blocks.N.hook_resid_pre` is `blocks.{N-1}.hook_resid_post`), the module whose output another
+    library's hookpoint reads for an SAE on resid_pre (delphi's, sparsify's `layers.{N-1}`)."""
+    m = _RESID_PRE.match(hook)
+    return {hook, f"blocks.{int(m[1]) - 1}.hook_resid_post"} if m and int(m[1]) > 0 else {hook}
 
 
 # what to do with a transcoder a reader cannot place (dictionary_learning io="in_and_out", a sparsify

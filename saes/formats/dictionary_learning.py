@@ -26,20 +26,26 @@ The classes, as `dictionary_learning.utils.load_dictionary` loads them:
   tensors, our `saes.gated.GatedSAE` (values equal up to rounding: exp(r_mag) multiplies the
   encoder's columns there, x_enc here).
 `AutoEncoderNew` has no counterpart here and is refused.
+
+`save` writes the other way, for dictionary_learning users: TopK as `AutoEncoderTopK`, ReLU as `AutoEncoder`
+(a unit-norm decoder) and threshold SAEs as `JumpReluAutoEncoder`.
 """
 
 from __future__ import annotations
 
+import io
 import re
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from saes.fileio import atomic_open, atomic_write_json, read_json
+from saes.fileio import atomic_write_bytes, atomic_write_json, read_json
 from saes.formats.base import (
+    SHARE_FOLDER_HINT,
     TRANSCODER_HINT,
     LoadedSAE,
+    encoder_bias_for,
     files_record,
     hf_model_identity,
     module_output_hook,
@@ -47,6 +53,7 @@ from saes.formats.base import (
     record_hf_tokenizer_bos,
     record_model_and_hook,
     require_tensors,
+    same_tensor_hooks,
     tl_hook_for_module,
     tl_hook_for_module_input,
 )
@@ -59,11 +66,9 @@ CHECKPOINTS = "checkpoints"
 _CHECKPOINT = re.compile(r"^ae_(\d+)\.pt$")  # trainSAE(save_steps=...): TRAINER/checkpoints/ae_STEP.pt
 SUPPORTED = ("AutoEncoder", "AutoEncoderTopK", "BatchTopKSAE", "MatryoshkaBatchTopKSAE", "JumpReluAutoEncoder",
              "GatedAutoEncoder")
-_SUBMODULE_HOOKS = [  # dictionary_learning's demo names: "<site>_layer_<n>"
-    (re.compile(r"^resid_post_layer_(\d+)$"), "blocks.{}.hook_resid_post"),
-    (re.compile(r"^mlp_out_layer_(\d+)$"), "blocks.{}.hook_mlp_out"),
-    (re.compile(r"^attn_out_layer_(\d+)$"), "blocks.{}.hook_attn_out"),
-]
+# dictionary_learning's demo names a block's site "<site>_layer_<n>": our hook of each, read both ways
+_SITES = {"hook_resid_post": "resid_post", "hook_mlp_out": "mlp_out", "hook_attn_out": "attn_out"}
+_SUBMODULE_HOOKS = [(re.compile(rf"^{site}_layer_(\d+)$"), f"blocks.{{}}.{hook}") for hook, site in _SITES.items()]
 
 
 def is_folder(path: Path) -> bool:
@@ -246,53 +251,66 @@ def load(
 
 
 # ---------------------------------------------------------------------------------- saving
-_SITES = {"hook_resid_post": "resid_post_layer_{}", "hook_mlp_out": "mlp_out_layer_{}",
-          "hook_attn_out": "attn_out_layer_{}"}  # _SUBMODULE_HOOKS read backwards
 
 
 def save(sae: Any, folder: str | Path) -> Path:
     """Write an SAE as dictionary_learning's `trainSAE` writes one: `folder/ae.pt` (a plain {name: tensor}
     state dict) + `config.json` (`trainer`: dict_class, sizes, k, lm_name, layer, submodule_name as its
     demo names the site; `buffer`: io "out"), which `dictionary_learning.utils.load_dictionary` loads.
-    TopK is its `AutoEncoderTopK`; a threshold SAE (BatchTopK and Matryoshka in their inference form,
-    JumpReLU) its `JumpReluAutoEncoder`, which never subtracts b_dec from the input: the centring is
-    folded into the encoder bias (b_enc - b_dec W_enc; equal up to float rounding, so it reads back as
-    a JumpReLU SAE with another fingerprint). The hook must be a block's resid_post / mlp_out /
-    attn_out (what its buffer reads); transcoders and decoder-norm-rescaled TopK are refused."""
+    TopK is its `AutoEncoderTopK`; a ReLU SAE its `AutoEncoder` where the decoder rows are unit-norm
+    (`AutoEncoder.from_pretrained` rescales any other decoder, and the latents with it); a threshold SAE
+    (BatchTopK and Matryoshka in their inference form, JumpReLU, gated) and a ReLU SAE of another
+    decoder its `JumpReluAutoEncoder` (threshold 0 computes relu). Where the class centres the input
+    otherwise than the SAE (JumpReluAutoEncoder never subtracts b_dec; the others always do), the
+    centring is folded into the encoder bias (`base.encoder_bias_for`: equal up to float rounding, so it
+    reads back with another fingerprint). The hook must be a block's resid_post / mlp_out / attn_out
+    (what its buffer reads), or resid_pre of a block after the first (the previous block's output, read
+    back as its resid_post); transcoders are refused."""
     cfg = sae_lens_config(sae)
     meta = cfg["metadata"]
     arch = meta.get("training_architecture") or cfg["architecture"]
     hook = str(meta.get("hook_name") or "")
-    site = re.match(r"^blocks\.(\d+)\.(hook_resid_post|hook_mlp_out|hook_attn_out)$", hook)
+    # block N's resid_pre is what block N-1 outputs, its buffer's resid_post_layer_{N-1}
+    sites = (re.match(rf"^blocks\.(\d+)\.({'|'.join(_SITES)})$", h) for h in same_tensor_hooks(hook))
+    site = next((m for m in sites if m), None)
     if sae.is_transcoder or not site:
         what = "a transcoder" if sae.is_transcoder else f"an SAE at {hook or 'no recorded hook'}"
-        raise SAEFormatError(f"{what} "
-                             f"cannot be saved for dictionary_learning: its buffer reads one module's output, which "
-                             f"saesteer names for blocks.N.hook_resid_post, hook_mlp_out and hook_attn_out; share "
-                             f"its SAE folder (SAELens's layout, `saes.save_sae`) instead")
+        raise SAEFormatError(f"{what} cannot be saved for dictionary_learning: its buffer reads one module's output, "
+                             f"which saesteer names for blocks.N.hook_resid_post (also blocks.{{N+1}}.hook_resid_pre), "
+                             f"hook_mlp_out and hook_attn_out; {SHARE_FOLDER_HINT}")
     state = sae_state_dict(sae)
+    centres = sae.cfg.apply_b_dec_to_input
     trainer: dict[str, Any] = {"activation_dim": sae.d_in, "dict_size": sae.d_sae, "lm_name": meta.get("model_name"),
-                               "layer": int(site.group(1)), "submodule_name": _SITES[site.group(2)].format(site.group(1))}
-    if cfg["architecture"] == "topk" and sae.cfg.apply_b_dec_to_input and not cfg.get("rescale_acts_by_decoder_norm"):
+                               "layer": int(site.group(1)), "submodule_name": f"{_SITES[site.group(2)]}_layer_{site.group(1)}"}
+    encoder = {"encoder.weight": state["W_enc"].T, "encoder.bias": encoder_bias_for(state, centres, True),
+               "decoder.weight": state["W_dec"].T}
+    if cfg["architecture"] == "topk":
         trainer.update(dict_class="AutoEncoderTopK", trainer_class="TopKTrainer", k=int(cfg["k"]))
-        ae = {"encoder.weight": state["W_enc"].T.contiguous(), "encoder.bias": state["b_enc"],
-              "decoder.weight": state["W_dec"].T.contiguous(), "b_dec": state["b_dec"],
-              "k": torch.tensor(int(cfg["k"]), dtype=torch.int), "threshold": torch.tensor(-1.0)}
-    elif cfg["architecture"] == "jumprelu":
+        ae = {**encoder, "b_dec": state["b_dec"], "k": torch.tensor(int(cfg["k"]), dtype=torch.int),
+              "threshold": torch.tensor(-1.0)}
+    elif cfg["architecture"] == "standard" and _unit_rows(state["W_dec"]):
+        trainer.update(dict_class="AutoEncoder", trainer_class="StandardTrainer")
+        ae = {**encoder, "bias": state["b_dec"]}
+    elif cfg["architecture"] in ("jumprelu", "standard"):
         trainer.update(dict_class="JumpReluAutoEncoder", trainer_class="JumpReluTrainer")
-        b_enc = state["b_enc"]
-        if sae.cfg.apply_b_dec_to_input:  # its encode has no centring: fold it into the bias
-            b_enc = (b_enc.double() - state["b_dec"].double() @ state["W_enc"].double()).to(b_enc.dtype)
-        ae = {"W_enc": state["W_enc"], "b_enc": b_enc, "W_dec": state["W_dec"], "b_dec": state["b_dec"],
-              "threshold": state["threshold"].clamp_min(0)}  # ours fires above max(threshold, 0), as relu(...) does
+        threshold = state.get("threshold", torch.zeros(sae.d_sae, dtype=state["b_enc"].dtype))
+        ae = {"W_enc": state["W_enc"], "b_enc": encoder_bias_for(state, centres, False), "W_dec": state["W_dec"],
+              "b_dec": state["b_dec"], "threshold": threshold.clamp_min(0)}  # ours fires above max(threshold, 0)
     else:
         raise SAEFormatError(f"a {arch} SAE cannot be saved for dictionary_learning: it has no class computing it "
-                             f"(saesteer writes TopK as AutoEncoderTopK and threshold SAEs as JumpReluAutoEncoder); "
-                             f"share its SAE folder (SAELens's layout, `saes.save_sae`) instead")
+                             f"(saesteer writes TopK as AutoEncoderTopK, ReLU as AutoEncoder and threshold SAEs as "
+                             f"JumpReluAutoEncoder); {SHARE_FOLDER_HINT}")
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    with atomic_open(folder / WEIGHTS) as f:
-        torch.save({k: v.contiguous() for k, v in ae.items()}, f)
+    blob = io.BytesIO()  # torch.save's zip writer reports a failed write (a full disk) as a RuntimeError
+    torch.save({k: v.contiguous() for k, v in ae.items()}, blob)  # naming no file: the bytes are written by us
+    atomic_write_bytes(folder / WEIGHTS, blob.getvalue())
     buffer = {"io": "out", **({"ctx_len": meta["context_size"]} if meta.get("context_size") else {})}
     atomic_write_json(folder / CONFIG, {"trainer": trainer, "buffer": buffer}, indent=4)
     return folder
+
+
+def _unit_rows(W_dec_FD: torch.Tensor) -> bool:
+    """Whether `AutoEncoder.from_pretrained` leaves this decoder as it is (its check, on float32 weights)."""
+    norms_F = W_dec_FD.float().norm(dim=1)
+    return bool(torch.allclose(norms_F, torch.ones_like(norms_F)))

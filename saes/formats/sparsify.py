@@ -28,6 +28,9 @@ run's model config); attention's likewise `hook_attn_out` or `attn.hook_out`.
 Not representable, so refused: `activation: "groupmax"`, skip connections of SAEs (not
 transcoders), signed top-k. The hookpoint is an HF module path ("layers.3"); its TransformerLens
 hook is derived where exact (`base.tl_hook_for_module`), else the user gives `--hook`.
+
+`save` writes the other way, for sparsify users: a TopK SAE or TopK transcoder as the hookpoint folder
+above, at the hookpoint whose hook(s) are the SAE's.
 """
 
 from __future__ import annotations
@@ -39,8 +42,10 @@ import torch
 
 from saes.fileio import atomic_save_safetensors, atomic_write_json, read_json
 from saes.formats.base import (
+    SHARE_FOLDER_HINT,
     TRANSCODER_HINT,
     LoadedSAE,
+    encoder_bias_for,
     files_record,
     hf_model_identity,
     module_output_hook,
@@ -48,6 +53,7 @@ from saes.formats.base import (
     record_hf_tokenizer_bos,
     record_model_and_hook,
     require_tensors,
+    same_tensor_hooks,
     tl_hook_for_module,
     tl_hook_for_module_input,
 )
@@ -168,27 +174,28 @@ def load(
 
 # ---------------------------------------------------------------------------------- saving
 def save(sae: Any, run_dir: str | Path, hookpoint: str) -> Path:
-    """Write a TopK SAE as sparsify writes one: `run_dir/hookpoint/` with `cfg.json` + `sae.safetensors`
-    (what `SparseCoder.load_from_disk` and `SparseCoder.load_many(run_dir)` read) and the run's
-    `config.json` naming the model and the hookpoints. `hookpoint` is the HF module whose output the SAE
-    reads (`h.1` / `layers.1` for blocks.1.hook_resid_post, `h.1.mlp` for blocks.1.hook_mlp_out): it must
-    be the SAE's recorded hook, as sparsify and our reader derive it, so the SAE comes back at its hook.
-    Refused: what sparsify's top-k encoder cannot compute (threshold SAEs: BatchTopK and Matryoshka in
-    their inference form, JumpReLU; transcoders; a decoder-norm-rescaled TopK). Returns the hookpoint folder."""
+    """Write a TopK SAE or transcoder as sparsify writes one: `run_dir/hookpoint/` with `cfg.json` +
+    `sae.safetensors` (what `SparseCoder.load_from_disk` and `SparseCoder.load_many(run_dir)` read) and the
+    run's `config.json` naming the model and the hookpoints. `hookpoint` is the HF module the SAE reads:
+    its output for an SAE (`h.1` / `layers.1` for blocks.1.hook_resid_post, `h.1.mlp` for
+    blocks.1.hook_mlp_out), its input for a transcoder, which predicts its output (`h.1`: blocks.1.hook_resid_pre
+    -> blocks.1.hook_resid_post). It must be the SAE's recorded hook(s), as sparsify and our reader derive
+    them, so the SAE comes back at its hook (an SAE at blocks.N.hook_resid_pre is read at `h.{N-1}`'s output, the
+    same tensor, and comes back at blocks.{N-1}.hook_resid_post). An SAE that does not centre its input has the centring sparsify
+    applies folded into the bias (`base.encoder_bias_for`). Refused, naming why: what sparsify's top-k encoder
+    cannot compute (threshold SAEs: BatchTopK and Matryoshka in their inference form, JumpReLU, gated; ReLU)
+    and a transcoder whose output is not its input's size. Returns the hookpoint folder."""
     cfg = sae_lens_config(sae)
     meta = cfg["metadata"]
-    arch = meta.get("training_architecture") or cfg["architecture"]
-    if cfg["architecture"] != "topk" or cfg.get("rescale_acts_by_decoder_norm") or not sae.cfg.apply_b_dec_to_input:
-        raise SAEFormatError(f"a {arch} SAE cannot be saved for sparsify: its SparseCoder encodes with a per-token "
-                             f"top-k of relu((x - b_dec) W + b), which only a TopK SAE computes; share its SAE folder "
-                             f"(SAELens's layout, `saes.save_sae`) instead")
-    hook = meta.get("hook_name")
-    derived = module_output_hook(tl_hook_for_module(hookpoint), meta.get("model_name"))
-    if not hook or derived != hook:
-        raise SAEFormatError(f"hookpoint {hookpoint!r} is read as {derived or 'no TransformerLens hook'}, but the SAE "
-                             f"reads {hook or 'no recorded hook'}; give the HF module whose output is that hook "
-                             f"(e.g. 'h.N' or 'layers.N' for blocks.N.hook_resid_post, 'h.N.mlp' for "
-                             f"blocks.N.hook_mlp_out)")
+    arch = meta.get("training_architecture") or sae.architecture
+    if sae.saved_architecture() != "topk":
+        raise SAEFormatError(f"a {arch} {'transcoder' if sae.is_transcoder else 'SAE'} cannot be saved for sparsify: "
+                             f"its SparseCoder encodes with a per-token top-k, which only a TopK SAE computes; "
+                             f"{SHARE_FOLDER_HINT}")
+    if sae.is_transcoder and sae.d_out != sae.d_in:
+        raise SAEFormatError(f"a transcoder of d_in {sae.d_in} and d_out {sae.d_out} cannot be saved for sparsify: its "
+                             f"transcoders predict a module's output of the input's size; {SHARE_FOLDER_HINT}")
+    _check_hookpoint(sae, hookpoint, meta)
     run_cfg = Path(run_dir) / RUN_CONFIG
     hookpoints = [hookpoint]
     if run_cfg.is_file():  # another hookpoint of the same run: kept, the model must be the same
@@ -198,13 +205,37 @@ def save(sae: Any, run_dir: str | Path, hookpoint: str) -> Path:
                                  f"{meta.get('model_name')!r}; save it into another folder")
         hookpoints = sorted({*(earlier.get("hookpoints") or []), hookpoint}) if isinstance(earlier, dict) else hookpoints
     state = sae_state_dict(sae)
+    # SparseCoder.encode subtracts b_dec from an SAE's input, never from a transcoder's (whose b_dec is the output's)
+    b_enc = encoder_bias_for(state, sae.cfg.apply_b_dec_to_input, not sae.is_transcoder)
+    tensors = {"encoder.weight": state["W_enc"].T.contiguous(), "encoder.bias": b_enc, "W_dec": state["W_dec"],
+               "b_dec": state["b_dec"], **({"W_skip": state["W_skip"]} if "W_skip" in state else {})}
     folder = Path(run_dir) / hookpoint
     folder.mkdir(parents=True, exist_ok=True)
-    atomic_save_safetensors(folder / WEIGHTS, {"encoder.weight": state["W_enc"].T.contiguous(),
-                                               "encoder.bias": state["b_enc"], "W_dec": state["W_dec"],
-                                               "b_dec": state["b_dec"]})
+    atomic_save_safetensors(folder / WEIGHTS, tensors)
     atomic_write_json(folder / CFG, {"activation": "topk", "expansion_factor": 32, "normalize_decoder": True,
                                      "num_latents": sae.d_sae, "k": int(cfg["k"]), "multi_topk": False,
-                                     "skip_connection": False, "transcode": False, "d_in": sae.d_in})
+                                     "skip_connection": "W_skip" in state, "transcode": sae.is_transcoder,
+                                     "d_in": sae.d_in})
     atomic_write_json(run_cfg, {"model": meta.get("model_name"), "hookpoints": hookpoints})
     return folder
+
+
+def _check_hookpoint(sae: Any, hookpoint: str, meta: dict[str, Any]) -> None:
+    """Refuse a hookpoint whose hook(s), as sparsify's trainer and our reader derive them, are not the SAE's."""
+    model = meta.get("model_name")
+    output = module_output_hook(tl_hook_for_module(hookpoint), model)
+    if sae.is_transcoder:  # its trainer hooks the module's input and output
+        pairs = [("is read as", tl_hook_for_module_input(hookpoint), "reads", meta.get("hook_name")),
+                 ("predicts", output, "predicts", meta.get("hook_name_out"))]
+        example = "'h.N' or 'layers.N' for blocks.N.hook_resid_pre -> blocks.N.hook_resid_post"
+    else:
+        pairs = [("is read as", output, "reads", meta.get("hook_name"))]
+        example = ("'h.N' or 'layers.N' for blocks.N.hook_resid_post and blocks.{N+1}.hook_resid_pre (the same "
+                   "tensor), 'h.N.mlp' for blocks.N.hook_mlp_out")
+    kind = "transcoder" if sae.is_transcoder else "SAE"
+    for derived_verb, derived, verb, hook in pairs:
+        if not hook or derived not in same_tensor_hooks(hook):
+            raise SAEFormatError(f"hookpoint {hookpoint!r} {derived_verb} {derived or 'no TransformerLens hook'}, but "
+                                 f"the {kind} {verb} {hook or 'no recorded hook'}; give the HF module whose "
+                                 f"{'input and output are' if sae.is_transcoder else 'output is'} the {kind}'s "
+                                 f"(e.g. {example})")
