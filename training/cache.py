@@ -286,7 +286,8 @@ def _open_prefetcher(plan: CachePlan, text: TextConfig, cfg: CacheConfig, tokeni
     start = TextPointer(*done[-1].text_end) if done else TextPointer(0, 0)
     ctx = sum(s.contexts for s in done)
     target = None if cfg.max_tokens is None else cfg.max_tokens // text.context_length
-    packer = open_packer(text, tokenizer, start, plan.source, eos_next_bos=plan.settings.get("eos_is_next_bos"))
+    packer = open_packer(text, tokenizer, start, plan.source, eos_next_bos=plan.settings.get("eos_is_next_bos"),
+                         literal_specials=plan.settings.get("literal_special_tokens", True))
     return Prefetcher(packer, int(plan.settings["shard_contexts"]), ctx, target, threaded=threaded)
 
 

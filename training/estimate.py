@@ -166,17 +166,18 @@ def estimate_plan(plan: CachePlan, text: TextConfig, cfg: CacheConfig, tokenizer
     # packed as the build packs: a resumed cache by the rule it records (an older cache: EOS and BOS
     # between documents even where the current rule writes one token), which refuse_mismatch put in plan.settings
     next_bos = plan.settings.get("eos_is_next_bos")
+    literal = plan.settings.get("literal_special_tokens", True)
     if source.pretokenized:
         packer = RowPacker(iter([docs.texts]), text)
     else:
-        packer = ContextPacker(iter([docs.texts]), make_tokenize(tokenizer), text, special_tokens(tokenizer),
+        packer = ContextPacker(iter([docs.texts]), make_tokenize(tokenizer, literal), text, special_tokens(tokenizer),
                                eos_next_bos=next_bos)
     sample, _ = packer.take(64)
     if len(sample):
         rows_per_context = float((~np.isin(sample, plan.excluded)).sum()) / len(sample)
     else:
         rows_per_context = float(L)
-    stream = estimate_stream_tokens(text, tokenizer, source, docs, eos_next_bos=next_bos)
+    stream = estimate_stream_tokens(text, tokenizer, source, docs, eos_next_bos=next_bos, literal_specials=literal)
     K = packer.K
     data_contexts = None if stream is None else stream // K
     exact = False

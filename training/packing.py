@@ -26,6 +26,7 @@ Shape key: N contexts, L context_length.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import hashlib
 import itertools
@@ -86,17 +87,27 @@ def tokenizer_fingerprint(tokenizer) -> dict[str, Any]:
     }
 
 
-def make_tokenize(tokenizer) -> Callable[[list[str]], list[list[int]]]:
+def make_tokenize(tokenizer, literal_specials: bool = True) -> Callable[[list[str]], list[list[int]]]:
     """A function mapping a list of texts to lists of token ids, adding no special tokens.
 
+    `literal_specials` (the default): a special token written out in a
+    document ("<|endoftext|>", "<s>", "<|im_start|>" in scraped web pages or in code) is tokenized
+    as the characters it is, as HF's `split_special_tokens=True`, tiktoken's `encode_ordinary`
+    (nanoGPT's data preparation) and SentencePiece do; matched as the special token it names (HF's
+    default, SAELens's and sparsify's tokenization), it would put a fake document boundary or a BOS
+    in the middle of a document. False: matched, as caches made before this rule were packed.
+
     For HF fast tokenizers it calls the Rust backend's `encode_batch_fast` directly (about 1.5x
-    less CPU than `tokenizer(...)`), after checking on the first batch that it gives exactly the
-    ids `tokenizer(...)` gives; on any difference it uses `tokenizer(...)` throughout."""
+    less CPU than `tokenizer(...)`), on a copy of the backend of its own (transformers sets
+    `encode_special_tokens` on the shared one at every call), after checking on the first batch
+    that it gives exactly the ids `tokenizer(...)` gives; on any difference it uses
+    `tokenizer(...)` throughout."""
 
     def slow(texts: list[str]) -> list[list[int]]:
         out = tokenizer(
             texts,
             add_special_tokens=False,
+            split_special_tokens=literal_specials,
             return_attention_mask=False,
             return_token_type_ids=False,
             verbose=False,
@@ -104,16 +115,20 @@ def make_tokenize(tokenizer) -> Callable[[list[str]], list[list[int]]]:
         return out["input_ids"]
 
     backend = getattr(tokenizer, "backend_tokenizer", None)
-    fast_fn = getattr(backend, "encode_batch_fast", None)
-    if fast_fn is None:
+    if getattr(backend, "encode_batch_fast", None) is None:
         return slow
-    # the check's verdict is remembered on the tokenizer object (one check per tokenizer)
-    state = tokenizer.__dict__.setdefault("_saesteer_fast_tokenize", {"checked": False, "use_fast": True})
+    # the backend copy and the check's verdict are remembered on the tokenizer object (one check per tokenizer and rule)
+    states = tokenizer.__dict__.setdefault("_saesteer_fast_tokenize", {})
+    state = states.get(literal_specials)
+    if state is None:
+        own = copy.deepcopy(backend)
+        own.encode_special_tokens = literal_specials
+        state = states[literal_specials] = {"checked": False, "use_fast": True, "backend": own}
 
     def tokenize(texts: list[str]) -> list[list[int]]:
         if not state["use_fast"]:
             return slow(texts)
-        ids = [e.ids for e in fast_fn(texts, add_special_tokens=False)]
+        ids = [e.ids for e in state["backend"].encode_batch_fast(texts, add_special_tokens=False)]
         if not state["checked"] and texts:
             ref = slow(texts)
             state["checked"] = True
@@ -280,11 +295,12 @@ class ContextPacker:
 
 def open_packer(
     cfg: TextConfig, tokenizer, start: TextPointer = START, source: DocumentSource | None = None,
-    eos_next_bos: bool | None = None,
+    eos_next_bos: bool | None = None, literal_specials: bool = True,
 ) -> ContextPacker | RowPacker:
     """A `ContextPacker` over `cfg`'s documents, from `start` (`eos_next_bos`: a resumed cache's
-    recorded `eos_is_next_bos`; default: the rule's). A pretokenized dataset's rows are checked
-    against the tokenizer and read as they are (`training.pretokenized`)."""
+    recorded `eos_is_next_bos`; default: the rule's; `literal_specials`: `make_tokenize`'s, a resumed
+    cache's recorded `literal_special_tokens`). A pretokenized dataset's rows are checked against the
+    tokenizer and read as they are (`training.pretokenized`)."""
     source = source or DocumentSource(cfg)
     if source.pretokenized:
         from training.pretokenized import RowPacker, checked_rows
@@ -292,14 +308,15 @@ def open_packer(
         checked_rows(source, tokenizer)
         return RowPacker(source.chunks(RowPacker.first_row(start)), cfg, start)
     return ContextPacker(
-        source.chunks(start.doc), make_tokenize(tokenizer), cfg, special_tokens(tokenizer), start, eos_next_bos
+        source.chunks(start.doc), make_tokenize(tokenizer, literal_specials), cfg, special_tokens(tokenizer), start,
+        eos_next_bos
     )
 
 
 def estimate_stream_tokens(cfg: TextConfig, tokenizer, source: DocumentSource, sample: DocumentSample,
-                           eos_next_bos: bool | None = None) -> int | None:
+                           eos_next_bos: bool | None = None, literal_specials: bool = True) -> int | None:
     """Rough number of stream tokens in the whole dataset from `sample`, its first documents (from
-    `sample_documents`), packed as the build packs them (`eos_next_bos`: as `open_packer`'s). None
+    `sample_documents`), packed as the build packs them (`eos_next_bos`, `literal_specials`: as `open_packer`'s). None
     when it cannot be guessed (e.g. a streamed hub dataset). Scales by the text's bytes where they are
     known (non-streaming: Arrow's offsets; parquet: the column's bytes in the footers), else by the
     document count (non-streaming, parquet) or by file bytes (local JSON and text files)."""
@@ -311,7 +328,7 @@ def estimate_stream_tokens(cfg: TextConfig, tokenizer, source: DocumentSource, s
         if rows is None and source.data.is_local and source.data.builder == "parquet":
             rows = _parquet_rows(source.data.files)
         return None if rows is None else rows * cfg.context_length
-    ids = make_tokenize(tokenizer)(texts)
+    ids = make_tokenize(tokenizer, literal_specials)(texts)
     extra = sum(_item_extra(cfg, special_tokens(tokenizer), eos_next_bos))
     sample_tokens = sum(len(x) + extra for x in ids if x)
     if sample.complete:

@@ -102,6 +102,7 @@ def cache_settings(
         "bos_policy": text.bos_policy,
         "separator": text.separator,
         "eos_is_next_bos": eos_is_next_bos(text, special_tokens(tokenizer)),
+        "literal_special_tokens": True,  # training.packing.make_tokenize
         "exclude_tokens": cfg.exclude_tokens,
         "excluded_token_ids": excl,
         "tokenizer": tokenizer_fingerprint(tokenizer),
@@ -147,11 +148,14 @@ def excluded_ids(tokenizer, mode: ExcludeTokens) -> list[int]:
 
 def refuse_mismatch(out: Path, existing: Manifest, settings: dict[str, Any]) -> None:
     """Refuse to resume (or estimate against) a cache made with other settings, naming each.
-    The packing rule the cache was made with (`eos_is_next_bos`, absent in caches made before it:
-    an EOS after every document) is first taken into `settings`: no flag chooses it, and a resume
-    continues exactly as the cache was packed (the packer is opened with `settings`' value)."""
-    if "eos_is_next_bos" in settings:
-        settings["eos_is_next_bos"] = bool(existing.settings.get("eos_is_next_bos", SETTING_DEFAULTS["eos_is_next_bos"]))
+    The packing rules the cache was made with (`eos_is_next_bos`, absent in caches made before it:
+    an EOS after every document; `literal_special_tokens`, absent in caches made before it: special
+    tokens written out in the text matched as those tokens) are first taken into `settings`: no flag
+    chooses them, and a resume continues exactly as the cache was packed (the packer is opened with
+    `settings`' values)."""
+    for rule in ("eos_is_next_bos", "literal_special_tokens"):
+        if rule in settings:
+            settings[rule] = bool(existing.settings.get(rule, SETTING_DEFAULTS[rule]))
     diffs = setting_differences(existing.settings, settings)
     if diffs:
         raise CacheMismatchError(
