@@ -48,7 +48,8 @@ def test_cache_of_scraped_text_has_no_fake_document_boundaries(real_models, tmp_
     text, one EOS after each, and records the rule."""
     model = real_models.path("gpt2")
     data = tmp_path / "scraped.jsonl"
-    data.write_text("".join(json.dumps({"text": d}) + "\n" for d in DOCS * 4), encoding="utf-8")
+    docs = DOCS + list(real_models.corpus.train_docs[:12])  # a few documents of a corpus mention them
+    data.write_text("".join(json.dumps({"text": d}) + "\n" for d in docs), encoding="utf-8")
     out = tmp_path / "cache"
     saesteer("cache", "--model", str(model), "--dataset", str(data), "--hooks", "blocks.0.hook_resid_post",
              "--context-length", "32", "--max-tokens", "320", "--out", str(out), "--no-progress").ok()
@@ -60,7 +61,7 @@ def test_cache_of_scraped_text_has_no_fake_document_boundaries(real_models, tmp_
 
     tok = AutoTokenizer.from_pretrained(model)
     eot = tok.eos_token_id
-    stream = [i for d in DOCS * 4 for i in tok(d, add_special_tokens=False, split_special_tokens=True)["input_ids"] + [eot]]
+    stream = [i for d in docs for i in tok(d, add_special_tokens=False, split_special_tokens=True)["input_ids"] + [eot]]
     contexts = np.concatenate([sd.context_tokens.numpy() for sd in iter_shards(out)])
     assert (contexts[:, 0] == eot).all()  # BOS prepended to every context
     assert contexts[:, 1:].reshape(-1).tolist() == stream[:contexts[:, 1:].size]
@@ -68,24 +69,95 @@ def test_cache_of_scraped_text_has_no_fake_document_boundaries(real_models, tmp_
 
 
 def test_a_cache_made_before_the_rule_resumes_matching_special_tokens(real_models, tmp_path):
-    """A cache whose manifest records no rule was packed matching written-out special tokens: a resume
-    (and its estimate) continues that way rather than mixing two readings of the same text."""
-    from transformers import AutoTokenizer
-
+    """A cache whose manifest records no rule was packed matching written-out special tokens: its
+    resume under --special-tokens auto continues that way rather than mixing two readings of one
+    text; a reading given that is not the cache's is refused, naming it."""
+    from training.cache_config import CacheConfig
     from training.manifest import read_manifest
-    from training.plan import refuse_mismatch
+    from training.plan import plan_cache
+    from training.text import TextConfig
+    from saesteer.models import load_model
 
     model = real_models.path("gpt2")
     data = tmp_path / "scraped.jsonl"
-    data.write_text("".join(json.dumps({"text": d}) + "\n" for d in DOCS * 2), encoding="utf-8")
+    data.write_text("".join(json.dumps({"text": d}) + "\n" for d in DOCS + list(real_models.corpus.train_docs[:12])),
+                    encoding="utf-8")
     out = tmp_path / "cache"
-    saesteer("cache", "--model", str(model), "--dataset", str(data), "--hooks", "blocks.0.hook_resid_post",
-             "--context-length", "32", "--max-tokens", "64", "--out", str(out), "--no-progress").ok()
-    settings = dict(read_manifest(out).settings)
+    argv = ("cache", "--model", str(model), "--dataset", str(data), "--hooks", "blocks.0.hook_resid_post",
+            "--context-length", "32", "--max-tokens", "64", "--out", str(out), "--no-progress")
+    saesteer(*argv).ok()
     man = json.loads((out / "manifest.json").read_text())
-    del man["literal_special_tokens"]
-    (out / "manifest.json").write_text(json.dumps(man))
-    refuse_mismatch(out, read_manifest(out), settings)  # no difference to refuse
-    assert settings["literal_special_tokens"] is False
-    tok = AutoTokenizer.from_pretrained(model)
-    assert tok.eos_token_id in make_tokenize(tok, settings["literal_special_tokens"])([DOCS[0]])[0]
+    assert man.pop("literal_special_tokens") is True
+    (out / "manifest.json").write_text(json.dumps(man))  # as a cache made before the rule
+    saesteer(*argv).ok()  # the same command: nothing refused
+    text = TextConfig(dataset=str(data), context_length=32)
+    plan = plan_cache(load_model(str(model)), text, CacheConfig(out=str(out), hooks=["blocks.0.hook_resid_post"]),
+                      None, None, None)
+    assert plan.settings["literal_special_tokens"] is False  # what the build's packer is opened with
+    r = saesteer(*argv, "--special-tokens", "text").no_traceback()
+    assert r.rc != 0 and "literal_special_tokens: cache has False, this run asks for True" in r.text
+    assert "literal_special_tokens" not in json.loads((out / "manifest.json").read_text())
+
+
+def _chatml(i: int) -> str:
+    return (f"<|im_start|>system\nYou are terse.<|im_end|>\n<|im_start|>user\nWhat is {i} squared?<|im_end|>\n"
+            f"<|im_start|>assistant\n{i * i}.<|im_end|>\n")
+
+
+def test_auto_matches_special_tokens_in_text_rendered_by_a_chat_template(real_corpus):
+    """A dataset whose rows a chat template rendered ("<|im_start|>user ..." in every one) was written
+    for the tokenizer to match its markers; a web or code corpus mentions them in a few documents."""
+    from training.packing import literal_specials_for
+    from training.text import TextConfig
+
+    tok = build_family_tokenizer("qwen2", real_corpus.train_docs, 600)
+    chats = [_chatml(i) for i in range(12)] + DOCS[:2]
+    web = list(real_corpus.train_docs[:12]) + DOCS  # 4 of 16 hold one
+    auto, text, match = (TextConfig(dataset="x", special_tokens=s) for s in ("auto", "text", "match"))
+    assert literal_specials_for(auto, tok, chats) is False
+    assert literal_specials_for(auto, tok, web) is True
+    assert literal_specials_for(text, tok, chats) is True and literal_specials_for(match, tok, web) is False
+    ids = make_tokenize(tok, literal_specials=False)([_chatml(3)])[0]
+    assert ids.count(tok.convert_tokens_to_ids("<|im_start|>")) == 3
+
+
+def test_cache_of_chat_rendered_text_matches_its_markers_and_the_flag_decides(real_models, tmp_path):
+    model = real_models.path("qwen2")
+    data = tmp_path / "chats.jsonl"
+    data.write_text("".join(json.dumps({"text": _chatml(i)}) + "\n" for i in range(40)), encoding="utf-8")
+    from training.manifest import read_manifest
+    from training.shardset import iter_shards
+
+    common = ("--model", str(model), "--dataset", str(data), "--hooks", "blocks.0.hook_resid_post",
+              "--bos-policy", "none", "--context-length", "32", "--max-tokens", "128", "--no-progress")
+    r = saesteer("cache", *common, "--out", str(tmp_path / "auto")).ok()
+    assert "read as those tokens" in r.text
+    assert read_manifest(tmp_path / "auto").settings["literal_special_tokens"] is False
+    from transformers import AutoTokenizer
+
+    im_start = AutoTokenizer.from_pretrained(model).convert_tokens_to_ids("<|im_start|>")
+    ctx = np.concatenate([sd.context_tokens.numpy() for sd in iter_shards(tmp_path / "auto")])
+    assert (ctx == im_start).sum() >= 4
+    saesteer("cache", *common, "--special-tokens", "text", "--out", str(tmp_path / "text")).ok()
+    assert read_manifest(tmp_path / "text").settings["literal_special_tokens"] is True
+    r = saesteer("cache", *common, "--special-tokens", "text", "--out", str(tmp_path / "auto")).no_traceback()
+    assert r.rc != 0 and "literal_special_tokens" in r.text  # a resume with the other reading is refused
+
+
+def test_training_from_the_model_reads_written_out_special_tokens_as_text(real_corpus):
+    """`train --from-model` and eval's held-out text pack through `open_packer`, as the cache does."""
+    from training.packing import open_packer
+    from training.text import TextConfig
+
+    tok = build_family_tokenizer("gpt2", real_corpus.train_docs, 600)
+    import tempfile
+    from pathlib import Path
+
+    with tempfile.TemporaryDirectory() as d:
+        data = Path(d) / "scraped.jsonl"
+        docs = DOCS + list(real_corpus.train_docs[:12])
+        data.write_text("".join(json.dumps({"text": t}) + "\n" for t in docs), encoding="utf-8")
+        ctx = open_packer(TextConfig(dataset=str(data), context_length=32), tok).take(100)[0]
+    stream = [i for t in docs for i in tok(t, add_special_tokens=False, split_special_tokens=True)["input_ids"]
+              + [tok.eos_token_id]]
+    assert ctx[:, 1:].reshape(-1).tolist() == stream[:ctx[:, 1:].size]

@@ -31,12 +31,13 @@ import dataclasses
 import hashlib
 import itertools
 import json
+import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
 import numpy as np
 
-from training.text import START, DocumentSample, DocumentSource, TextConfig, TextPointer
+from training.text import START, DocumentSample, DocumentSource, TextConfig, TextPointer, sample_documents
 
 if TYPE_CHECKING:
     from training.pretokenized import RowPacker
@@ -138,6 +139,21 @@ def make_tokenize(tokenizer, literal_specials: bool = True) -> Callable[[list[st
         return ids
 
     return tokenize
+
+
+def literal_specials_for(cfg: TextConfig, tokenizer, texts: Sequence) -> bool:
+    """Whether `make_tokenize` reads a special token written out in `cfg`'s documents as its
+    characters (`TextConfig.special_tokens`): "auto" decides from `texts`, the first documents:
+    matched (False) when at least half of the non-empty ones hold one (a corpus rendered by a chat
+    template, "<|im_start|>user..." in every row, was written for the tokenizer to match), else text."""
+    if cfg.special_tokens != "auto":
+        return cfg.special_tokens == "text"
+    written = sorted({s for s in (getattr(tokenizer, "all_special_tokens", None) or []) if s}, key=len, reverse=True)
+    docs = [t for t in texts if isinstance(t, str) and t]
+    if not written or not docs:
+        return True
+    marker = re.compile("|".join(map(re.escape, written)))
+    return 2 * sum(marker.search(t) is not None for t in docs) < len(docs)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -295,11 +311,11 @@ class ContextPacker:
 
 def open_packer(
     cfg: TextConfig, tokenizer, start: TextPointer = START, source: DocumentSource | None = None,
-    eos_next_bos: bool | None = None, literal_specials: bool = True,
+    eos_next_bos: bool | None = None, literal_specials: bool | None = None,
 ) -> ContextPacker | RowPacker:
     """A `ContextPacker` over `cfg`'s documents, from `start` (`eos_next_bos`: a resumed cache's
     recorded `eos_is_next_bos`; default: the rule's; `literal_specials`: `make_tokenize`'s, a resumed
-    cache's recorded `literal_special_tokens`). A pretokenized dataset's rows are checked against the
+    cache's recorded `literal_special_tokens`; default: `literal_specials_for` the first documents). A pretokenized dataset's rows are checked against the
     tokenizer and read as they are (`training.pretokenized`)."""
     source = source or DocumentSource(cfg)
     if source.pretokenized:
@@ -307,6 +323,8 @@ def open_packer(
 
         checked_rows(source, tokenizer)
         return RowPacker(source.chunks(RowPacker.first_row(start)), cfg, start)
+    if literal_specials is None:
+        literal_specials = literal_specials_for(cfg, tokenizer, sample_documents(source).texts)
     return ContextPacker(
         source.chunks(start.doc), make_tokenize(tokenizer, literal_specials), cfg, special_tokens(tokenizer), start,
         eos_next_bos

@@ -49,6 +49,11 @@ def separators_for(bos_policy: str) -> tuple[str, ...]:
     return tuple(s for s in SEPARATORS if not (bos_policy == "doc" and s == "bos"))
 
 
+# a special token written out in a document ("<|endoftext|>", "<s>"): its characters, or that token;
+# auto: its characters, unless most of the first documents hold one (text rendered by a chat template)
+SpecialTokenText = Literal["auto", "text", "match"]
+SPECIAL_TOKEN_TEXT: tuple[str, ...] = get_args(SpecialTokenText)
+
 TxtDocuments = Literal["file", "line"]
 TXT_SAMPLE_BY = {"file": "document", "line": "line"}  # our name -> HF datasets' text builder `sample_by`
 
@@ -102,6 +107,14 @@ class TextConfig:
                           "rows (then text is packed for its SAEs only with --separator given)"},
     )
 
+    special_tokens: SpecialTokenText = field(
+        default="auto",
+        metadata={"help": "a special token written out in a document (<|endoftext|>, <s>, <|im_start|> in web pages or "
+                          "code): text = tokenized as its characters, as the model's pretraining read text; match = as "
+                          "that token (text rendered by a chat template); auto = text, unless most of the first "
+                          "documents hold one (then match). The cache records which"},
+    )
+
     def __post_init__(self) -> None:
         if not isinstance(self.dataset, str) or not self.dataset.strip():
             raise ValueError("TextConfig.dataset is empty: give 'toy', a local file/directory, or a hub name")
@@ -112,6 +125,8 @@ class TextConfig:
         if self.separator not in separators_for(self.bos_policy):
             raise ValueError(f"TextConfig.separator {self.separator}: under bos-policy {self.bos_policy} BOS starts "
                              f"every document already, and it would put a second BOS before each; use none")
+        if self.special_tokens not in SPECIAL_TOKEN_TEXT:
+            raise ValueError(f"TextConfig.special_tokens must be auto, text or match; got {self.special_tokens!r}")
         if self.txt_documents not in TXT_SAMPLE_BY:
             raise ValueError(f"TextConfig.txt_documents must be file or line; got {self.txt_documents!r}")
         if not isinstance(self.context_length, int) or self.context_length < 2:
