@@ -309,6 +309,38 @@ class ContextPacker:
         return np.ascontiguousarray(block), self._last
 
 
+def warn_bos_left_out(cfg: TextConfig, tokenizer) -> None:
+    """Warn when contexts go without BOS (`bos_policy="none"`) for a model whose own tokenizer starts
+    every text with it (Llama's, Gemma's, Mistral's add it; GPT-2's, NeoX's and Qwen2's add none):
+    the model was trained and is used with it, and without it every activation after it differs
+    (Gemma's far off). A warning, not a refusal: leaving it out can be meant."""
+    bos = getattr(tokenizer, "bos_token_id", None)
+    if cfg.bos_policy != "none" or bos is None or not _adds_bos_as_published(tokenizer, bos):
+        return
+    import warnings
+
+    warnings.warn(f"bos-policy none: the contexts start without BOS, but this model's tokenizer ({tokenizer_name(tokenizer)}) "
+                  f"starts every text with BOS {tokenizer.bos_token!r} (id {bos}), as the model is trained and used; "
+                  f"without it every activation differs (Gemma's are far off). Use --bos-policy prepend (the default) "
+                  f"or doc unless you mean it", UserWarning, stacklevel=3)
+
+
+def _adds_bos_as_published(tokenizer, bos: int) -> bool:
+    """Whether the tokenizer as its model publishes it (loaded again from where it came from:
+    TransformerLens sets add_bos_token on every one it loads) starts a text with BOS; False when
+    that cannot be told."""
+    probe = "A probe of what the tokenizer adds."
+    try:
+        from transformers import AutoTokenizer
+
+        published = AutoTokenizer.from_pretrained(tokenizer.name_or_path)
+        full = published(probe, verbose=False)["input_ids"]
+        plain = published(probe, add_special_tokens=False, verbose=False)["input_ids"]
+    except Exception:  # not loadable from its name (the toy tokenizer, an object built in memory)
+        return False
+    return full[:1] == [bos] and plain[:1] != [bos]
+
+
 def open_packer(
     cfg: TextConfig, tokenizer, start: TextPointer = START, source: DocumentSource | None = None,
     eos_next_bos: bool | None = None, literal_specials: bool | None = None,
@@ -323,6 +355,7 @@ def open_packer(
 
         checked_rows(source, tokenizer)
         return RowPacker(source.chunks(RowPacker.first_row(start)), cfg, start)
+    warn_bos_left_out(cfg, tokenizer)
     if literal_specials is None:
         literal_specials = literal_specials_for(cfg, tokenizer, sample_documents(source).texts)
     return ContextPacker(
