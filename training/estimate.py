@@ -26,7 +26,7 @@ from training.manifest import MANIFEST_NAME, read_manifest, read_progress
 from training.pretokenized import RowPacker
 from training.plan import CachePlan, bytes_per_row, plan_cache, refuse_mismatch
 from training.shards import DTYPES
-from training.packing import ContextPacker, estimate_stream_tokens, make_tokenize, special_tokens
+from training.packing import ContextPacker, document_tokenize, estimate_stream_tokens, special_tokens
 from training.text import DocumentSource, TextConfig, sample_documents
 from training.writer import ShardBuffer, fill_batch, fmt_bytes, free_bytes
 
@@ -170,7 +170,7 @@ def estimate_plan(plan: CachePlan, text: TextConfig, cfg: CacheConfig, tokenizer
     if source.pretokenized:
         packer = RowPacker(iter([docs.texts]), text)
     else:
-        packer = ContextPacker(iter([docs.texts]), make_tokenize(tokenizer, literal), text, special_tokens(tokenizer),
+        packer = ContextPacker(iter([docs.texts]), document_tokenize(tokenizer, text, literal), text, special_tokens(tokenizer),
                                eos_next_bos=next_bos)
     sample, _ = packer.take(64)
     if len(sample):

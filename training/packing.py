@@ -141,6 +141,48 @@ def make_tokenize(tokenizer, literal_specials: bool = True) -> Callable[[list[st
     return tokenize
 
 
+def document_tokenize(tokenizer, cfg: TextConfig, literal_specials: bool = True
+                      ) -> Callable[[list], list[list[int]]]:
+    """`make_tokenize`, for documents that may also be conversations (a `messages` column: lists of
+    {role, content}, `training.text.is_conversation`): each is written by the tokenizer's own chat
+    template, its markers the special tokens they name and the messages' text read as text
+    (transformers' `sanitize_control_tokens`), less the BOS a template writes first where packing
+    puts BOS itself (`bos_policy` prepend or doc). A tokenizer without a chat template is refused:
+    a chat dataset is for a chat model."""
+    from training.text import is_conversation
+
+    plain = make_tokenize(tokenizer, literal_specials)
+    bos = getattr(tokenizer, "bos_token_id", None)
+    drop_bos = cfg.bos_policy in ("prepend", "doc") and bos is not None
+
+    def chat(conversation: list) -> list[int]:
+        if not getattr(tokenizer, "chat_template", None):
+            raise ValueError(f"column {cfg.text_column!r} of {cfg.dataset!r} holds chat conversations (lists of role and "
+                             f"content), but the tokenizer {tokenizer_name(tokenizer)} has no chat template: it is not a "
+                             f"chat model's. Cache a chat model on it, or pass --text-column with a column of text")
+        ids = tokenizer.apply_chat_template(conversation, tokenize=True, sanitize_control_tokens=True)
+        ids = list(ids["input_ids"] if not isinstance(ids, list) else ids)
+        return ids[1:] if drop_bos and ids[:1] == [bos] else ids
+
+    def tokenize(docs: list) -> list[list[int]]:
+        texts = [i for i, d in enumerate(docs) if not is_conversation(d)]
+        if len(texts) == len(docs):
+            return plain(docs)
+        out: list[list[int]] = [chat(d) if is_conversation(d) else [] for d in docs]
+        for i, ids in zip(texts, plain([docs[i] for i in texts]) if texts else []):
+            out[i] = ids
+        return out
+
+    return tokenize
+
+
+def document_bytes(doc) -> int:
+    """UTF-8 bytes of a document (a conversation: of its messages' text)."""
+    if isinstance(doc, str):
+        return len(doc.encode())
+    return sum(len(str(m.get("content", "")).encode()) for m in doc if isinstance(m, dict))
+
+
 def literal_specials_for(cfg: TextConfig, tokenizer, texts: Sequence) -> bool:
     """Whether `make_tokenize` reads a special token written out in `cfg`'s documents as its
     characters (`TextConfig.special_tokens`): "auto" decides from `texts`, the first documents:
@@ -359,7 +401,7 @@ def open_packer(
     if literal_specials is None:
         literal_specials = literal_specials_for(cfg, tokenizer, sample_documents(source).texts)
     return ContextPacker(
-        source.chunks(start.doc), make_tokenize(tokenizer, literal_specials), cfg, special_tokens(tokenizer), start,
+        source.chunks(start.doc), document_tokenize(tokenizer, cfg, literal_specials), cfg, special_tokens(tokenizer), start,
         eos_next_bos
     )
 
@@ -379,7 +421,7 @@ def estimate_stream_tokens(cfg: TextConfig, tokenizer, source: DocumentSource, s
         if rows is None and source.data.is_local and source.data.builder == "parquet":
             rows = _parquet_rows(source.data.files)
         return None if rows is None else rows * cfg.context_length
-    ids = make_tokenize(tokenizer, literal_specials)(texts)
+    ids = document_tokenize(tokenizer, cfg, literal_specials)(texts)
     extra = sum(_item_extra(cfg, special_tokens(tokenizer), eos_next_bos))
     sample_tokens = sum(len(x) + extra for x in ids if x)
     if sample.complete:
@@ -398,7 +440,7 @@ def estimate_stream_tokens(cfg: TextConfig, tokenizer, source: DocumentSource, s
             with open(first, "rb") as f:
                 sample_bytes = sum(len(next(f, b"")) for _ in range(len(texts)))
         else:
-            sample_bytes = sum(len(t.encode()) for t in texts)
+            sample_bytes = sum(map(document_bytes, texts))
         return int(sample_tokens * total_bytes / max(1, sample_bytes))
     if source.data.is_local and source.data.builder == "parquet":
         # by the text column's bytes (from the footers), not its rows: the first rows are often not typical;
@@ -421,7 +463,7 @@ def _scaled_by_bytes(ids, texts, sample_tokens: int, total_bytes: int, total_doc
     separators with the documents. (Scaled by documents alone, a sample of short first rows, as in a
     file sorted by length, put a dataset at ~1% of its size.)"""
     text_tokens = sum(len(x) for x in ids)
-    tokens_per_byte = text_tokens / max(1, sum(len(t.encode()) for t in texts))
+    tokens_per_byte = text_tokens / max(1, sum(map(document_bytes, texts)))
     return int(tokens_per_byte * total_bytes + (sample_tokens - text_tokens) * total_docs / max(1, len(texts)))
 
 

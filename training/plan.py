@@ -25,7 +25,7 @@ from training.manifest import (FORMAT_NAME, FORMAT_VERSION, MANIFEST_NAME, SETTI
 from training.runner import ActivationRunner
 from training.shards import DTYPES
 from training.packing import eos_is_next_bos, literal_specials_for, special_tokens, tokenizer_fingerprint
-from training.text import DocumentSource, TextConfig, dataset_spec, sample_documents
+from training.text import DocumentSource, TextConfig, dataset_spec, is_conversation, sample_documents
 
 DEFAULT_SHARD_BYTES = 128 << 20
 
@@ -75,14 +75,18 @@ def plan_cache(model, text: TextConfig, cfg: CacheConfig, tokenizer, model_id, m
     ident = identity_of_model(model)
     if ident is not None:  # a model loaded by saesteer.models knows who it is
         model_id, model_revision = model_id or ident.id, model_revision or ident.revision
-    literal = source.pretokenized or _literal_specials(text, tokenizer, source, cfg.out)
+    first = [] if source.pretokenized else sample_documents(source).texts
+    if any(map(is_conversation, first)):  # written by the chat template: another template, other tokens
+        spec["chat_template_sha256"] = hashlib.sha256(str(getattr(tokenizer, "chat_template", None) or "").encode()).hexdigest()
+    literal = source.pretokenized or _literal_specials(text, tokenizer, first, cfg.out)
     settings = cache_settings(model, runner, d_in, text, cfg, tokenizer, model_id, model_revision, spec, literal)
     files = [str(p) for p in source.data.files] if source.data.is_local else None
     return CachePlan(runner, d_in, settings, source, np.asarray(settings["excluded_token_ids"], dtype=np.int64), files)
 
 
-def _literal_specials(text: TextConfig, tokenizer, source: DocumentSource, out) -> bool:
-    """How special tokens written out in the documents are read (`literal_specials_for`); under
+def _literal_specials(text: TextConfig, tokenizer, first: list, out) -> bool:
+    """How special tokens written out in the documents (`first`: the first ones) are read
+    (`literal_specials_for`); under
     "auto", a resume reads them as the cache records (absent: matched, as caches made before the
     rule were packed), so that it continues as it was packed; a choice given is compared with it."""
     if text.special_tokens == "auto" and out and (Path(out) / MANIFEST_NAME).is_file():
@@ -90,7 +94,7 @@ def _literal_specials(text: TextConfig, tokenizer, source: DocumentSource, out) 
             return bool(read_manifest(out).settings["literal_special_tokens"])
         except (OSError, ValueError):  # not a readable cache: the build says so
             pass
-    return literal_specials_for(text, tokenizer, sample_documents(source).texts)
+    return literal_specials_for(text, tokenizer, first)
 
 
 def cache_settings(

@@ -409,13 +409,15 @@ class DocumentSource:
         return ValueError(f"could not read dataset {self.cfg.dataset!r} (split {self.cfg.split!r}){where}: {error}")
 
     def _texts(self, values: list, first_doc: int) -> list:
-        """One chunk's documents: a missing value (null) is an empty document; a value that is not
-        text (numbers, a chat's list of messages) is refused, as it would be cached as nothing.
-        Pretokenized rows are returned as they are (`training.pretokenized` reads them)."""
+        """One chunk's documents: a missing value (null) is an empty document; a conversation (a
+        list of {role, content} messages, as a `messages` column holds) is kept as it is, for the
+        model's chat template (`training.packing.document_tokenize`); another value that is not text
+        (numbers) is refused, as it would be cached as nothing. Pretokenized rows are returned as
+        they are (`training.pretokenized` reads them)."""
         if self.pretokenized:
             return list(values)
         for j, v in enumerate(values):
-            if v is not None and not isinstance(v, str):
+            if v is not None and not isinstance(v, str) and not is_conversation(v):
                 shown = repr(v)
                 shown = shown if len(shown) <= 60 else shown[:57] + "..."
                 raise TextColumnError(
@@ -423,6 +425,12 @@ class DocumentSource:
                     f"{type(v).__name__}, not text ({shown})", "pass --text-column with the column that holds the "
                     "documents' text (or fix that document)")
         return ["" if v is None else v for v in values]
+
+
+def is_conversation(value) -> bool:
+    """A chat's list of messages: dicts with a role and a content (OpenAI's and HF's chat format)."""
+    return (isinstance(value, list) and bool(value)
+            and all(isinstance(m, dict) and "role" in m and "content" in m for m in value))
 
 
 def text_as_read(cfg: TextConfig, tokenizer=None, separator_given: bool = True) -> TextConfig:
