@@ -113,9 +113,11 @@ def _build_cache(model, text: TextConfig, cfg: CacheConfig, *, tokenizer, model_
     with lock_cache_dir(out):
         forward = _start_or_resume(plan, model, cfg, text.context_length, out, say)
         done = _finished_shards(out)
-        shards_in = _open_prefetcher(plan, text, cfg, tokenizer, done, writer_thread)  # tokenizes during the estimate
+        # the estimate's rate probe first, alone: run beside the prefetcher's tokenizing, its small batches stalled
+        # (a probe of 4 contexts measured 442 tokens/s on benchmarks/user_scale.py's model, 10x too slow)
+        est = _check_estimate(plan, text, cfg, tokenizer, out, done, say)
+        shards_in = _open_prefetcher(plan, text, cfg, tokenizer, done, writer_thread)
         try:
-            est = _check_estimate(plan, text, cfg, tokenizer, out, done, say)
             t_loop = time.perf_counter()
             written = _run_build(plan, text, cfg, out, done, est, progress, writer_thread, shards_in)
             t_loop = time.perf_counter() - t_loop
