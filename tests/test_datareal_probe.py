@@ -42,3 +42,25 @@ def test_probe_ramps_to_the_build_batch_size_past_a_setup_and_a_stall(monkeypatc
     rate = estimate.measure_rate(plan, cfg, np.zeros((4, 8), np.int64), 8, 100)
     assert rate.contexts_per_batch == 32
     assert abs(rate.tokens_per_s - 32 * 8 / (0.01 * 32)) < 1e-6  # the rate of the build's batches
+
+
+def test_a_build_measures_its_rate_before_the_prefetcher_tokenizes(monkeypatch, tmp_path):
+    """Beside the prefetcher's tokenizing (a thread of Python and the tokenizer's own threads), the
+    probe's small batches stalled: 442 tokens/s at 4 contexts, a 37-minute estimate for a build of a
+    few minutes (benchmarks/RESULTS.md). The estimate runs first, with no tokenizer thread alive."""
+    import threading
+
+    import training.cache as cache
+    from helpers.real_cli import saesteer
+
+    seen: list[list[str]] = []
+    check = cache._check_estimate
+
+    def recording(*args, **kwargs):
+        seen.append([t.name for t in threading.enumerate()])
+        return check(*args, **kwargs)
+
+    monkeypatch.setattr(cache, "_check_estimate", recording)
+    saesteer("cache", "--model", "toy", "--dataset", "toy", "--hooks", "blocks.0.hook_resid_post", "--max-tokens", "1024",
+             "--shard-contexts", "4", "--out", str(tmp_path / "c"), "--no-progress").ok()
+    assert len(seen) == 1 and "cache-tokenizer" not in seen[0]
