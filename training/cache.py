@@ -113,9 +113,11 @@ def _build_cache(model, text: TextConfig, cfg: CacheConfig, *, tokenizer, model_
     with lock_cache_dir(out):
         forward = _start_or_resume(plan, model, cfg, text.context_length, out, say)
         done = _finished_shards(out)
-        shards_in = _open_prefetcher(plan, text, cfg, tokenizer, done, writer_thread)  # tokenizes during the estimate
+        # the estimate's rate probe first, alone: run beside the prefetcher's tokenizing, its small batches stalled
+        # (a probe of 4 contexts measured 442 tokens/s on benchmarks/user_scale.py's model, 10x too slow)
+        est = _check_estimate(plan, text, cfg, tokenizer, out, done, say)
+        shards_in = _open_prefetcher(plan, text, cfg, tokenizer, done, writer_thread)
         try:
-            est = _check_estimate(plan, text, cfg, tokenizer, out, done, say)
             t_loop = time.perf_counter()
             written = _run_build(plan, text, cfg, out, done, est, progress, writer_thread, shards_in)
             t_loop = time.perf_counter() - t_loop
@@ -183,6 +185,9 @@ def _check_estimate(plan: CachePlan, text: TextConfig, cfg: CacheConfig, tokeniz
     contexts_done = sum(s.contexts for s in done)
     est = estimate_plan(plan, text, cfg, tokenizer, out, contexts_done)
     say(est.describe())
+    if not plan.settings.get("literal_special_tokens", True) and not plan.source.pretokenized:
+        say("  text:    special tokens written out in the documents are read as those tokens (--special-tokens "
+            f"{text.special_tokens}{': most of the first documents hold one' if text.special_tokens == 'auto' else ''})")
     if done:
         say(f"  resuming after {len(done)} finished shard(s) ({contexts_done:,} contexts)")
     if cfg.check_disk and est.bytes_needed is not None and est.bytes_needed > est.bytes_free:
@@ -286,7 +291,8 @@ def _open_prefetcher(plan: CachePlan, text: TextConfig, cfg: CacheConfig, tokeni
     start = TextPointer(*done[-1].text_end) if done else TextPointer(0, 0)
     ctx = sum(s.contexts for s in done)
     target = None if cfg.max_tokens is None else cfg.max_tokens // text.context_length
-    packer = open_packer(text, tokenizer, start, plan.source, eos_next_bos=plan.settings.get("eos_is_next_bos"))
+    packer = open_packer(text, tokenizer, start, plan.source, eos_next_bos=plan.settings.get("eos_is_next_bos"),
+                         literal_specials=plan.settings.get("literal_special_tokens", True))
     return Prefetcher(packer, int(plan.settings["shard_contexts"]), ctx, target, threaded=threaded)
 
 

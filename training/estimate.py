@@ -26,7 +26,7 @@ from training.manifest import MANIFEST_NAME, read_manifest, read_progress
 from training.pretokenized import RowPacker
 from training.plan import CachePlan, bytes_per_row, plan_cache, refuse_mismatch
 from training.shards import DTYPES
-from training.packing import ContextPacker, estimate_stream_tokens, make_tokenize, special_tokens
+from training.packing import ContextPacker, document_tokenize, estimate_stream_tokens, special_tokens
 from training.text import DocumentSource, TextConfig, sample_documents
 from training.writer import ShardBuffer, fill_batch, fmt_bytes, free_bytes
 
@@ -109,7 +109,8 @@ def measure_rate(plan: CachePlan, cfg: CacheConfig, sample_NL: np.ndarray, L: in
     1 context to `cfg.batch_size` while the next size still fits in PROBE_SECONDS, judged by the
     time the current size took (a GPU or a small model reaches the build's batch size; a large
     model on a CPU stops at a batch that already takes a second or more, where its rate no longer
-    grows). Each size runs once untimed (allocations) and once timed; the rate is the median of 3
+    grows). Each size runs twice, the faster run counting (the first pays for allocations, and on a
+    busy machine one run can stall: judged by it, the ramp stopped at 2 contexts); the rate is the median of 3
     to 7 timed batches at the last size (as many as fit in a fifth of PROBE_SECONDS: on a busy
     machine single batches swing several-fold)."""
     B = cfg.batch_size
@@ -119,13 +120,15 @@ def measure_rate(plan: CachePlan, cfg: CacheConfig, sample_NL: np.ndarray, L: in
         tokens_BL = torch.randint(0, max(1, vocab), (B, L), generator=torch.Generator().manual_seed(0)).numpy()
     plan.runner.forward_used(L)  # the fast-forward check, outside the timing
     probe = _ProbeBatches(plan, cfg, tokens_BL)
-    start = time.perf_counter()
-    b = 1
+    spent, b = 0.0, 1
     while True:
-        probe.seconds(b)  # the first call at this size pays for allocations
-        secs = probe.seconds(b)
+        # the first call at a size pays for allocations (the very first, for the forward's one-off setup: seconds
+        # on a busy machine); the faster of the two is the size's time, so neither that nor one stalled batch
+        # stops the ramp at a batch of 2, where the rate is a small fraction of the build's (seen: 17x)
+        secs = min(probe.seconds(b), probe.seconds(b))
+        spent += 2 * secs
         # the next size: two runs of about twice this one, then three or more timed runs
-        if b >= B or time.perf_counter() - start + 8 * secs > PROBE_SECONDS:
+        if b >= B or spent + 8 * secs > PROBE_SECONDS:
             break
         b = min(2 * b, B)
     walls = [secs]
@@ -166,17 +169,18 @@ def estimate_plan(plan: CachePlan, text: TextConfig, cfg: CacheConfig, tokenizer
     # packed as the build packs: a resumed cache by the rule it records (an older cache: EOS and BOS
     # between documents even where the current rule writes one token), which refuse_mismatch put in plan.settings
     next_bos = plan.settings.get("eos_is_next_bos")
+    literal = plan.settings.get("literal_special_tokens", True)
     if source.pretokenized:
         packer = RowPacker(iter([docs.texts]), text)
     else:
-        packer = ContextPacker(iter([docs.texts]), make_tokenize(tokenizer), text, special_tokens(tokenizer),
+        packer = ContextPacker(iter([docs.texts]), document_tokenize(tokenizer, text, literal), text, special_tokens(tokenizer),
                                eos_next_bos=next_bos)
     sample, _ = packer.take(64)
     if len(sample):
         rows_per_context = float((~np.isin(sample, plan.excluded)).sum()) / len(sample)
     else:
         rows_per_context = float(L)
-    stream = estimate_stream_tokens(text, tokenizer, source, docs, eos_next_bos=next_bos)
+    stream = estimate_stream_tokens(text, tokenizer, source, docs, eos_next_bos=next_bos, literal_specials=literal)
     K = packer.K
     data_contexts = None if stream is None else stream // K
     exact = False

@@ -25,9 +25,12 @@ Manifest fields (format_version 1):
   context_length, bos_policy, separator ("eos"|"bos"|"none"; a pretokenized dataset's: what its rows
   hold between documents, "rows" when unknown: training.pretokenized), eos_is_next_bos (bool: no EOS after a document, as
   the next one's BOS is the same token; training.packing; false when absent, as in older caches),
+  literal_special_tokens (bool: a special token written out in a document is tokenized as its
+  characters, not as that token; training.packing.make_tokenize; false when absent, as in older caches),
   exclude_tokens, excluded_token_ids [ints],
   tokenizer {name, vocab_size, bos_id, eos_id, pad_id, sha256},
-  dataset {name, config, split (the split read), text_column, files?: [[path below the data folder, bytes]]},
+  dataset {name, config, split (the split read), text_column, files?: [[path below the data folder, bytes]],
+    chat_template_sha256? (conversations written by the tokenizer's chat template: training.packing.document_tokenize)},
   dataset_files? [absolute paths of the local files read] (provenance, not compared on resume),
   max_tokens (int|null), shard_contexts (int),
   totals {shards, contexts, tokens, rows, bytes},
@@ -60,11 +63,11 @@ LOCK_NAME = ".lock"
 # Fields that define a cache; resuming with any of them different is refused.
 SETTING_FIELDS = (
     "format", "format_version", "model", "hooks", "d_in", "dtype", "context_length", "bos_policy",
-    "separator", "eos_is_next_bos", "exclude_tokens", "excluded_token_ids", "tokenizer", "dataset", "max_tokens",
+    "separator", "eos_is_next_bos", "literal_special_tokens", "exclude_tokens", "excluded_token_ids", "tokenizer", "dataset", "max_tokens",
     "shard_contexts",
 )
 # settings added after format_version 1 was out, with the value that caches made before them had
-SETTING_DEFAULTS = {"eos_is_next_bos": False}
+SETTING_DEFAULTS = {"eos_is_next_bos": False, "literal_special_tokens": False}
 
 
 class CacheMismatchError(SaesteerError, ValueError):

@@ -26,16 +26,18 @@ Shape key: N contexts, L context_length.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import hashlib
 import itertools
 import json
+import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
 import numpy as np
 
-from training.text import START, DocumentSample, DocumentSource, TextConfig, TextPointer
+from training.text import START, DocumentSample, DocumentSource, TextConfig, TextPointer, sample_documents
 
 if TYPE_CHECKING:
     from training.pretokenized import RowPacker
@@ -86,17 +88,27 @@ def tokenizer_fingerprint(tokenizer) -> dict[str, Any]:
     }
 
 
-def make_tokenize(tokenizer) -> Callable[[list[str]], list[list[int]]]:
+def make_tokenize(tokenizer, literal_specials: bool = True) -> Callable[[list[str]], list[list[int]]]:
     """A function mapping a list of texts to lists of token ids, adding no special tokens.
 
+    `literal_specials` (the default): a special token written out in a
+    document ("<|endoftext|>", "<s>", "<|im_start|>" in scraped web pages or in code) is tokenized
+    as the characters it is, as HF's `split_special_tokens=True`, tiktoken's `encode_ordinary`
+    (nanoGPT's data preparation) and SentencePiece do; matched as the special token it names (HF's
+    default, SAELens's and sparsify's tokenization), it would put a fake document boundary or a BOS
+    in the middle of a document. False: matched, as caches made before this rule were packed.
+
     For HF fast tokenizers it calls the Rust backend's `encode_batch_fast` directly (about 1.5x
-    less CPU than `tokenizer(...)`), after checking on the first batch that it gives exactly the
-    ids `tokenizer(...)` gives; on any difference it uses `tokenizer(...)` throughout."""
+    less CPU than `tokenizer(...)`), on a copy of the backend of its own (transformers sets
+    `encode_special_tokens` on the shared one at every call), after checking on the first batch
+    that it gives exactly the ids `tokenizer(...)` gives; on any difference it uses
+    `tokenizer(...)` throughout."""
 
     def slow(texts: list[str]) -> list[list[int]]:
         out = tokenizer(
             texts,
             add_special_tokens=False,
+            split_special_tokens=literal_specials,
             return_attention_mask=False,
             return_token_type_ids=False,
             verbose=False,
@@ -104,16 +116,20 @@ def make_tokenize(tokenizer) -> Callable[[list[str]], list[list[int]]]:
         return out["input_ids"]
 
     backend = getattr(tokenizer, "backend_tokenizer", None)
-    fast_fn = getattr(backend, "encode_batch_fast", None)
-    if fast_fn is None:
+    if getattr(backend, "encode_batch_fast", None) is None:
         return slow
-    # the check's verdict is remembered on the tokenizer object (one check per tokenizer)
-    state = tokenizer.__dict__.setdefault("_saesteer_fast_tokenize", {"checked": False, "use_fast": True})
+    # the backend copy and the check's verdict are remembered on the tokenizer object (one check per tokenizer and rule)
+    states = tokenizer.__dict__.setdefault("_saesteer_fast_tokenize", {})
+    state = states.get(literal_specials)
+    if state is None:
+        own = copy.deepcopy(backend)
+        own.encode_special_tokens = literal_specials
+        state = states[literal_specials] = {"checked": False, "use_fast": True, "backend": own}
 
     def tokenize(texts: list[str]) -> list[list[int]]:
         if not state["use_fast"]:
             return slow(texts)
-        ids = [e.ids for e in fast_fn(texts, add_special_tokens=False)]
+        ids = [e.ids for e in state["backend"].encode_batch_fast(texts, add_special_tokens=False)]
         if not state["checked"] and texts:
             ref = slow(texts)
             state["checked"] = True
@@ -123,6 +139,63 @@ def make_tokenize(tokenizer) -> Callable[[list[str]], list[list[int]]]:
         return ids
 
     return tokenize
+
+
+def document_tokenize(tokenizer, cfg: TextConfig, literal_specials: bool = True
+                      ) -> Callable[[list], list[list[int]]]:
+    """`make_tokenize`, for documents that may also be conversations (a `messages` column: lists of
+    {role, content}, `training.text.is_conversation`): each is written by the tokenizer's own chat
+    template, its markers the special tokens they name and the messages' text read as text
+    (transformers' `sanitize_control_tokens`), less the BOS a template writes first where packing
+    puts BOS itself (`bos_policy` prepend or doc). A tokenizer without a chat template is refused:
+    a chat dataset is for a chat model."""
+    from training.text import is_conversation
+
+    plain = make_tokenize(tokenizer, literal_specials)
+    bos = getattr(tokenizer, "bos_token_id", None)
+    drop_bos = cfg.bos_policy in ("prepend", "doc") and bos is not None
+
+    def chat(conversation: list) -> list[int]:
+        if not getattr(tokenizer, "chat_template", None):
+            raise ValueError(f"column {cfg.text_column!r} of {cfg.dataset!r} holds chat conversations (lists of role and "
+                             f"content), but the tokenizer {tokenizer_name(tokenizer)} has no chat template: it is not a "
+                             f"chat model's. Cache a chat model on it, or pass --text-column with a column of text")
+        ids = tokenizer.apply_chat_template(conversation, tokenize=True, sanitize_control_tokens=True)
+        ids = list(ids["input_ids"] if not isinstance(ids, list) else ids)
+        return ids[1:] if drop_bos and ids[:1] == [bos] else ids
+
+    def tokenize(docs: list) -> list[list[int]]:
+        texts = [i for i, d in enumerate(docs) if not is_conversation(d)]
+        if len(texts) == len(docs):
+            return plain(docs)
+        out: list[list[int]] = [chat(d) if is_conversation(d) else [] for d in docs]
+        for i, ids in zip(texts, plain([docs[i] for i in texts]) if texts else []):
+            out[i] = ids
+        return out
+
+    return tokenize
+
+
+def document_bytes(doc) -> int:
+    """UTF-8 bytes of a document (a conversation: of its messages' text)."""
+    if isinstance(doc, str):
+        return len(doc.encode())
+    return sum(len(str(m.get("content", "")).encode()) for m in doc if isinstance(m, dict))
+
+
+def literal_specials_for(cfg: TextConfig, tokenizer, texts: Sequence) -> bool:
+    """Whether `make_tokenize` reads a special token written out in `cfg`'s documents as its
+    characters (`TextConfig.special_tokens`): "auto" decides from `texts`, the first documents:
+    matched (False) when at least half of the non-empty ones hold one (a corpus rendered by a chat
+    template, "<|im_start|>user..." in every row, was written for the tokenizer to match), else text."""
+    if cfg.special_tokens != "auto":
+        return cfg.special_tokens == "text"
+    written = sorted({s for s in (getattr(tokenizer, "all_special_tokens", None) or []) if s}, key=len, reverse=True)
+    docs = [t for t in texts if isinstance(t, str) and t]
+    if not written or not docs:
+        return True
+    marker = re.compile("|".join(map(re.escape, written)))
+    return 2 * sum(marker.search(t) is not None for t in docs) < len(docs)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -278,28 +351,65 @@ class ContextPacker:
         return np.ascontiguousarray(block), self._last
 
 
+def warn_bos_left_out(cfg: TextConfig, tokenizer) -> None:
+    """Warn when contexts go without BOS (`bos_policy="none"`) for a model whose own tokenizer starts
+    every text with it (Llama's, Gemma's, Mistral's add it; GPT-2's, NeoX's and Qwen2's add none):
+    the model was trained and is used with it, and without it every activation after it differs
+    (Gemma's far off). A warning, not a refusal: leaving it out can be meant."""
+    bos = getattr(tokenizer, "bos_token_id", None)
+    if cfg.bos_policy != "none" or bos is None or not _adds_bos_as_published(tokenizer, bos):
+        return
+    import warnings
+
+    warnings.warn(f"bos-policy none: the contexts start without BOS, but this model's tokenizer ({tokenizer_name(tokenizer)}) "
+                  f"starts every text with BOS {tokenizer.bos_token!r} (id {bos}), as the model is trained and used; "
+                  f"without it every activation differs (Gemma's are far off). Use --bos-policy prepend (the default) "
+                  f"or doc unless you mean it", UserWarning, stacklevel=3)
+
+
+def _adds_bos_as_published(tokenizer, bos: int) -> bool:
+    """Whether the tokenizer as its model publishes it (loaded again from where it came from:
+    TransformerLens sets add_bos_token on every one it loads) starts a text with BOS; False when
+    that cannot be told."""
+    probe = "A probe of what the tokenizer adds."
+    try:
+        from transformers import AutoTokenizer
+
+        published = AutoTokenizer.from_pretrained(tokenizer.name_or_path)
+        full = published(probe, verbose=False)["input_ids"]
+        plain = published(probe, add_special_tokens=False, verbose=False)["input_ids"]
+    except Exception:  # not loadable from its name (the toy tokenizer, an object built in memory)
+        return False
+    return full[:1] == [bos] and plain[:1] != [bos]
+
+
 def open_packer(
     cfg: TextConfig, tokenizer, start: TextPointer = START, source: DocumentSource | None = None,
-    eos_next_bos: bool | None = None,
+    eos_next_bos: bool | None = None, literal_specials: bool | None = None,
 ) -> ContextPacker | RowPacker:
     """A `ContextPacker` over `cfg`'s documents, from `start` (`eos_next_bos`: a resumed cache's
-    recorded `eos_is_next_bos`; default: the rule's). A pretokenized dataset's rows are checked
-    against the tokenizer and read as they are (`training.pretokenized`)."""
+    recorded `eos_is_next_bos`; default: the rule's; `literal_specials`: `make_tokenize`'s, a resumed
+    cache's recorded `literal_special_tokens`; default: `literal_specials_for` the first documents). A pretokenized dataset's rows are checked against the
+    tokenizer and read as they are (`training.pretokenized`)."""
     source = source or DocumentSource(cfg)
     if source.pretokenized:
         from training.pretokenized import RowPacker, checked_rows
 
         checked_rows(source, tokenizer)
         return RowPacker(source.chunks(RowPacker.first_row(start)), cfg, start)
+    warn_bos_left_out(cfg, tokenizer)
+    if literal_specials is None:
+        literal_specials = literal_specials_for(cfg, tokenizer, sample_documents(source).texts)
     return ContextPacker(
-        source.chunks(start.doc), make_tokenize(tokenizer), cfg, special_tokens(tokenizer), start, eos_next_bos
+        source.chunks(start.doc), document_tokenize(tokenizer, cfg, literal_specials), cfg, special_tokens(tokenizer), start,
+        eos_next_bos
     )
 
 
 def estimate_stream_tokens(cfg: TextConfig, tokenizer, source: DocumentSource, sample: DocumentSample,
-                           eos_next_bos: bool | None = None) -> int | None:
+                           eos_next_bos: bool | None = None, literal_specials: bool = True) -> int | None:
     """Rough number of stream tokens in the whole dataset from `sample`, its first documents (from
-    `sample_documents`), packed as the build packs them (`eos_next_bos`: as `open_packer`'s). None
+    `sample_documents`), packed as the build packs them (`eos_next_bos`, `literal_specials`: as `open_packer`'s). None
     when it cannot be guessed (e.g. a streamed hub dataset). Scales by the text's bytes where they are
     known (non-streaming: Arrow's offsets; parquet: the column's bytes in the footers), else by the
     document count (non-streaming, parquet) or by file bytes (local JSON and text files)."""
@@ -311,7 +421,7 @@ def estimate_stream_tokens(cfg: TextConfig, tokenizer, source: DocumentSource, s
         if rows is None and source.data.is_local and source.data.builder == "parquet":
             rows = _parquet_rows(source.data.files)
         return None if rows is None else rows * cfg.context_length
-    ids = make_tokenize(tokenizer)(texts)
+    ids = document_tokenize(tokenizer, cfg, literal_specials)(texts)
     extra = sum(_item_extra(cfg, special_tokens(tokenizer), eos_next_bos))
     sample_tokens = sum(len(x) + extra for x in ids if x)
     if sample.complete:
@@ -330,7 +440,7 @@ def estimate_stream_tokens(cfg: TextConfig, tokenizer, source: DocumentSource, s
             with open(first, "rb") as f:
                 sample_bytes = sum(len(next(f, b"")) for _ in range(len(texts)))
         else:
-            sample_bytes = sum(len(t.encode()) for t in texts)
+            sample_bytes = sum(map(document_bytes, texts))
         return int(sample_tokens * total_bytes / max(1, sample_bytes))
     if source.data.is_local and source.data.builder == "parquet":
         # by the text column's bytes (from the footers), not its rows: the first rows are often not typical;
@@ -353,7 +463,7 @@ def _scaled_by_bytes(ids, texts, sample_tokens: int, total_bytes: int, total_doc
     separators with the documents. (Scaled by documents alone, a sample of short first rows, as in a
     file sorted by length, put a dataset at ~1% of its size.)"""
     text_tokens = sum(len(x) for x in ids)
-    tokens_per_byte = text_tokens / max(1, sum(len(t.encode()) for t in texts))
+    tokens_per_byte = text_tokens / max(1, sum(map(document_bytes, texts)))
     return int(tokens_per_byte * total_bytes + (sample_tokens - text_tokens) * total_docs / max(1, len(texts)))
 
 

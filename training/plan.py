@@ -20,11 +20,12 @@ import torch
 from saes.identity import identity_of_model
 from saes.validators import require
 from training.cache_config import CacheConfig, ExcludeTokens
-from training.manifest import FORMAT_NAME, FORMAT_VERSION, SETTING_DEFAULTS, CacheMismatchError, Manifest, setting_differences
+from training.manifest import (FORMAT_NAME, FORMAT_VERSION, MANIFEST_NAME, SETTING_DEFAULTS, CacheMismatchError, Manifest,
+                               read_manifest, setting_differences)
 from training.runner import ActivationRunner
 from training.shards import DTYPES
-from training.packing import eos_is_next_bos, special_tokens, tokenizer_fingerprint
-from training.text import DocumentSource, TextConfig, dataset_spec
+from training.packing import eos_is_next_bos, literal_specials_for, special_tokens, tokenizer_fingerprint
+from training.text import DocumentSource, TextConfig, dataset_spec, is_conversation, sample_documents
 
 DEFAULT_SHARD_BYTES = 128 << 20
 
@@ -74,16 +75,34 @@ def plan_cache(model, text: TextConfig, cfg: CacheConfig, tokenizer, model_id, m
     ident = identity_of_model(model)
     if ident is not None:  # a model loaded by saesteer.models knows who it is
         model_id, model_revision = model_id or ident.id, model_revision or ident.revision
-    settings = cache_settings(model, runner, d_in, text, cfg, tokenizer, model_id, model_revision, spec)
+    first = [] if source.pretokenized else sample_documents(source).texts
+    if any(map(is_conversation, first)):  # written by the chat template: another template, other tokens
+        spec["chat_template_sha256"] = hashlib.sha256(str(getattr(tokenizer, "chat_template", None) or "").encode()).hexdigest()
+    literal = source.pretokenized or _literal_specials(text, tokenizer, first, cfg.out)
+    settings = cache_settings(model, runner, d_in, text, cfg, tokenizer, model_id, model_revision, spec, literal)
     files = [str(p) for p in source.data.files] if source.data.is_local else None
     return CachePlan(runner, d_in, settings, source, np.asarray(settings["excluded_token_ids"], dtype=np.int64), files)
 
 
+def _literal_specials(text: TextConfig, tokenizer, first: list, out) -> bool:
+    """How special tokens written out in the documents (`first`: the first ones) are read
+    (`literal_specials_for`); under
+    "auto", a resume reads them as the cache records (absent: matched, as caches made before the
+    rule were packed), so that it continues as it was packed; a choice given is compared with it."""
+    if text.special_tokens == "auto" and out and (Path(out) / MANIFEST_NAME).is_file():
+        try:
+            return bool(read_manifest(out).settings["literal_special_tokens"])
+        except (OSError, ValueError):  # not a readable cache: the build says so
+            pass
+    return literal_specials_for(text, tokenizer, first)
+
+
 def cache_settings(
     model, runner: ActivationRunner, d_in: dict[str, int], text: TextConfig, cfg: CacheConfig, tokenizer,
-    model_id: str | None, model_revision: str | None, dataset: dict[str, Any],
+    model_id: str | None, model_revision: str | None, dataset: dict[str, Any], literal_specials: bool = True,
 ) -> dict[str, Any]:
-    """The manifest's SETTING_FIELDS for this build (what must match to resume)."""
+    """The manifest's SETTING_FIELDS for this build (what must match to resume); `literal_specials`:
+    `training.packing.literal_specials_for` the first documents."""
     excl = excluded_ids(tokenizer, cfg.exclude_tokens)
     return {
         "format": FORMAT_NAME,
@@ -102,6 +121,7 @@ def cache_settings(
         "bos_policy": text.bos_policy,
         "separator": text.separator,
         "eos_is_next_bos": eos_is_next_bos(text, special_tokens(tokenizer)),
+        "literal_special_tokens": literal_specials,  # training.packing.make_tokenize
         "exclude_tokens": cfg.exclude_tokens,
         "excluded_token_ids": excl,
         "tokenizer": tokenizer_fingerprint(tokenizer),

@@ -49,6 +49,11 @@ def separators_for(bos_policy: str) -> tuple[str, ...]:
     return tuple(s for s in SEPARATORS if not (bos_policy == "doc" and s == "bos"))
 
 
+# a special token written out in a document ("<|endoftext|>", "<s>"): its characters, or that token;
+# auto: its characters, unless most of the first documents hold one (text rendered by a chat template)
+SpecialTokenText = Literal["auto", "text", "match"]
+SPECIAL_TOKEN_TEXT: tuple[str, ...] = get_args(SpecialTokenText)
+
 TxtDocuments = Literal["file", "line"]
 TXT_SAMPLE_BY = {"file": "document", "line": "line"}  # our name -> HF datasets' text builder `sample_by`
 
@@ -102,6 +107,14 @@ class TextConfig:
                           "rows (then text is packed for its SAEs only with --separator given)"},
     )
 
+    special_tokens: SpecialTokenText = field(
+        default="auto",
+        metadata={"help": "a special token written out in a document (<|endoftext|>, <s>, <|im_start|> in web pages or "
+                          "code): text = tokenized as its characters, as the model's pretraining read text; match = as "
+                          "that token (text rendered by a chat template); auto = text, unless most of the first "
+                          "documents hold one (then match). The cache records which"},
+    )
+
     def __post_init__(self) -> None:
         if not isinstance(self.dataset, str) or not self.dataset.strip():
             raise ValueError("TextConfig.dataset is empty: give 'toy', a local file/directory, or a hub name")
@@ -112,6 +125,8 @@ class TextConfig:
         if self.separator not in separators_for(self.bos_policy):
             raise ValueError(f"TextConfig.separator {self.separator}: under bos-policy {self.bos_policy} BOS starts "
                              f"every document already, and it would put a second BOS before each; use none")
+        if self.special_tokens not in SPECIAL_TOKEN_TEXT:
+            raise ValueError(f"TextConfig.special_tokens must be auto, text or match; got {self.special_tokens!r}")
         if self.txt_documents not in TXT_SAMPLE_BY:
             raise ValueError(f"TextConfig.txt_documents must be file or line; got {self.txt_documents!r}")
         if not isinstance(self.context_length, int) or self.context_length < 2:
@@ -394,13 +409,15 @@ class DocumentSource:
         return ValueError(f"could not read dataset {self.cfg.dataset!r} (split {self.cfg.split!r}){where}: {error}")
 
     def _texts(self, values: list, first_doc: int) -> list:
-        """One chunk's documents: a missing value (null) is an empty document; a value that is not
-        text (numbers, a chat's list of messages) is refused, as it would be cached as nothing.
-        Pretokenized rows are returned as they are (`training.pretokenized` reads them)."""
+        """One chunk's documents: a missing value (null) is an empty document; a conversation (a
+        list of {role, content} messages, as a `messages` column holds) is kept as it is, for the
+        model's chat template (`training.packing.document_tokenize`); another value that is not text
+        (numbers) is refused, as it would be cached as nothing. Pretokenized rows are returned as
+        they are (`training.pretokenized` reads them)."""
         if self.pretokenized:
             return list(values)
         for j, v in enumerate(values):
-            if v is not None and not isinstance(v, str):
+            if v is not None and not isinstance(v, str) and not is_conversation(v):
                 shown = repr(v)
                 shown = shown if len(shown) <= 60 else shown[:57] + "..."
                 raise TextColumnError(
@@ -408,6 +425,12 @@ class DocumentSource:
                     f"{type(v).__name__}, not text ({shown})", "pass --text-column with the column that holds the "
                     "documents' text (or fix that document)")
         return ["" if v is None else v for v in values]
+
+
+def is_conversation(value) -> bool:
+    """A chat's list of messages: dicts with a role and a content (OpenAI's and HF's chat format)."""
+    return (isinstance(value, list) and bool(value)
+            and all(isinstance(m, dict) and "role" in m and "content" in m for m in value))
 
 
 def text_as_read(cfg: TextConfig, tokenizer=None, separator_given: bool = True) -> TextConfig:
