@@ -356,7 +356,8 @@ class Judge:
             if hit is not None:
                 tally.cached += 1
                 self.ledger.count(cached=1)
-                return ChatResponse(hit.text, 0, 0, hit.refusal, hit.finish_reason, settings_sent=hit.settings_sent)
+                return ChatResponse(hit.text, 0, 0, hit.refusal, hit.finish_reason, settings_sent=hit.settings_sent,
+                                    reasoning_tokens=hit.reasoning_tokens, reasoned=hit.reasoned)
         reservation = await self._reserve(request)
         try:
             retry = 0
@@ -409,7 +410,7 @@ class Judge:
                 key,
                 self.model,
                 CachedResponse(resp.text, resp.refusal, resp.finish_reason, resp.prompt_tokens, resp.completion_tokens,
-                               resp.settings_sent),
+                               resp.settings_sent, reasoned=resp.reasoned, reasoning_tokens=resp.reasoning_tokens),
             )
         return resp
 
