@@ -18,7 +18,7 @@ unreadable bodies) and `PermanentError` for the rest (other 4xx). The `Judge` ad
   still does not fit, so the budget is never crossed; a reply without token counts is counted at
   that bound (said once), never as free;
 - retries with jittered exponential backoff; a 429's Retry-After (or retry-after-ms; without them
-  OpenAI's x-ratelimit-reset-*, else the wait its message names) is honoured
+  the wait its message names, else OpenAI's x-ratelimit-reset-*) is honoured
   and pauses *all* requests of this judge until it has passed, since a rate limit is shared: the
   pause is checked after a request gets its concurrency slot, right before it is sent, so calls
   that were queued for a slot during the pause wait for it too;

@@ -9,7 +9,7 @@ as a whole, and an HTTP error status as the judge's failure.
   under them alone. A timeout or a connection error is worth retrying.
 - `status_failure` (`failure_for`, also the rule for an error inside a 200 body): 401 refuses the credentials and 402 / 429 `insufficient_quota` an account
   without credit (the run stops), 408, 429 and 5xx are retried (honouring retry-after, else on a 429
-  OpenAI's `x-ratelimit-reset-*`), other statuses are not; a server's `x-should-retry` header
+  the wait its message names, else OpenAI's `x-ratelimit-reset-*`), other statuses are not; a server's `x-should-retry` header
   overrules the status, as it does in both SDKs. A refusal for a prompt over the model's context
   says what to shorten.
 """
@@ -98,9 +98,10 @@ def failure_for(status: int | None, said: str, *, code: str | None = None, heade
     told = str(headers.get("x-should-retry", "")).lower()  # the server's own word, which both SDKs obey first
     if told == "true" or (is_retryable(status) and told != "false"):
         wait = parse_retry_after(headers)
-        if wait is None and status == 429:  # OpenAI's reset headers, else the wait its message names
-            wait = parse_rate_limit_reset(headers)
-            wait = wait_in_message(said) if wait is None else wait
+        if wait is None and status == 429:  # the wait its message names (for the limit this request met:
+            # the reset headers of a limit not spent to 0 may be the other one's), else OpenAI's reset headers
+            wait = wait_in_message(said)
+            wait = parse_rate_limit_reset(headers) if wait is None else wait
         return TransientError(said, status=status, retry_after=wait)
     return PermanentError(said + context_hint(said) if status in (400, 413) else said, status=status)
 

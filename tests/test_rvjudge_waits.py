@@ -53,3 +53,27 @@ def test_a_429_asking_for_hours_pauses_the_judge_at_most_max_retry_after_s():
     (_, delay), = j.retry_log
     assert 120.0 <= delay <= 132.0  # the cap (plus its 10% jitter), not 7 hours
     assert slept and max(slept) <= 132.0
+
+
+def test_a_tokens_per_minute_429_waits_as_its_message_says_not_for_the_request_limits_reset():
+    """OpenAI sends every x-ratelimit header with a 429; a request too big for the tokens left this minute
+    finds neither limit at 0 (the request was not counted), and the requests limit resets in milliseconds:
+    the wait is the one the message names for the limit met, not a retry 12 ms later that meets it again."""
+    headers = {"x-ratelimit-limit-requests": "5000", "x-ratelimit-remaining-requests": "4999",
+               "x-ratelimit-reset-requests": "12ms", "x-ratelimit-limit-tokens": "30000",
+               "x-ratelimit-remaining-tokens": "28850", "x-ratelimit-reset-tokens": "2.3s"}
+    replies = iter([openai_error(429, "Rate limit reached for gpt-4o in organization org-x on tokens per min (TPM): "
+                                 "Limit 30000, Used 28850, Requested 2400. Please try again in 2.5s. Visit "
+                                 "https://platform.openai.com/account/rate-limits to learn more.", "tokens",
+                                 "rate_limit_exceeded", headers)])
+
+    async def sleep(s):
+        pass
+
+    with JudgeServer(fake_llm_answer, reply=lambda ex: next(replies, None)
+                     or chat_completion('{"label": "sea"}', usage=USAGE)) as srv:
+        j = make_judge(JudgeConfig(model="gpt-4o", base_url=srv.url, api_key="k", use_cache=False), cache_path=None,
+                       sleep=sleep)
+        assert j.complete_sync(ASK, schema=LABEL).value == {"label": "sea"}
+    (_, delay), = j.retry_log
+    assert 2.5 <= delay <= 2.75
