@@ -32,7 +32,7 @@ from .openai_replies import error_message, html_title, looks_like_html
 from .sdk_attempt import ClientPerLoop, attempt, status_failure
 from .wire import ChatRequest, ChatResponse, PermanentError, TransientError
 
-__all__ = ["AnthropicBackend", "EFFORTS", "THINKING", "ENV_API_KEY", "ENV_BASE_URL", "message_response", "anthropic_auth",
+__all__ = ["AnthropicBackend", "EFFORTS", "THINKING", "ENV_API_KEY", "ENV_BASE_URL", "message_response", "anthropic_endpoint",
            "check_settings"]
 
 ENV_API_KEY = "ANTHROPIC_API_KEY"
@@ -100,8 +100,7 @@ class AnthropicBackend:
         if not model:
             raise ValueError("AnthropicBackend: model is empty; give --judge-model (e.g. claude-haiku-4-5)")
         self.model = model
-        self.base_url = _base_url(base_url or env.get(ENV_BASE_URL) or None)
-        self._auth = anthropic_auth(api_key, self.base_url, env)
+        self.base_url, self._auth = anthropic_endpoint(base_url, api_key, env)
         self.timeout_s = float(timeout_s)
         self.body_extra = thinking_settings(reasoning_effort, thinking, thinking_budget)
         self.reasoning_effort = (reasoning_effort or "").strip().lower() or None
@@ -151,17 +150,20 @@ class AnthropicBackend:
         await self._client.aclose()
 
 
-def anthropic_auth(api_key: str | None, base_url: str | None, env: Mapping[str, str]) -> dict[str, str]:
-    """The client's credentials: the key (`api_key`, else $ANTHROPIC_API_KEY), else a bearer token
-    ($ANTHROPIC_AUTH_TOKEN), else a placeholder for a server of one's own (`base_url` given: it may
-    check none); Anthropic's own API without any is refused."""
+def anthropic_endpoint(base_url: str | None, api_key: str | None,
+                       env: Mapping[str, str]) -> tuple[str | None, dict[str, str]]:
+    """(the base URL, the client's credentials): `base_url`, else $ANTHROPIC_BASE_URL (None: Anthropic's);
+    the key (`api_key`, else $ANTHROPIC_API_KEY), else a bearer token ($ANTHROPIC_AUTH_TOKEN), else a
+    placeholder for a server of one's own (a base URL given: it may check none); Anthropic's own API
+    without any is refused. The one lookup, for `check_settings` and `AnthropicBackend` alike."""
+    url = _base_url(base_url or env.get(ENV_BASE_URL) or None)
     key = api_key or env.get(ENV_API_KEY)
     if key:
-        return {"api_key": key}
+        return url, {"api_key": key}
     if env.get(ENV_AUTH_TOKEN):
-        return {"auth_token": env[ENV_AUTH_TOKEN]}
-    if base_url is not None:
-        return {"api_key": "not-needed"}
+        return url, {"auth_token": env[ENV_AUTH_TOKEN]}
+    if url is not None:
+        return url, {"api_key": "not-needed"}
     raise ValueError(f"no Anthropic API key: set {ENV_API_KEY} (or give --judge-api-key)")
 
 
@@ -170,7 +172,7 @@ def check_settings(*, base_url: str | None, api_key: str | None, reasoning_effor
     """What `AnthropicBackend(...)` would refuse, checked without making it: the SDK, the base URL,
     the credentials and the thinking settings."""
     _check_sdk()
-    anthropic_auth(api_key, _base_url(base_url or env.get(ENV_BASE_URL) or None), env)
+    anthropic_endpoint(base_url, api_key, env)
     thinking_settings(reasoning_effort, thinking, thinking_budget)
 
 

@@ -13,36 +13,40 @@ import os
 import threading
 from typing import Any, Mapping
 
-from .base_url import not_found_hint, parse_base_url
+from .base_url import BaseURL, not_found_hint, parse_base_url
 from .openai_replies import chat_response, error_message, html_title, looks_like_html, unsupported_param
 from .sdk_attempt import ClientPerLoop, attempt, status_failure
 from .wire import (RETRYABLE_STATUS, ChatRequest, ChatResponse, PermanentError, TransientError, fold_system,
                    refuses_system_role, thinking_opened)
 
-__all__ = ["OpenAIBackend", "TransformersBackend", "RETRYABLE_STATUS", "openai_api_key"]
+__all__ = ["OpenAIBackend", "TransformersBackend", "RETRYABLE_STATUS", "openai_endpoint"]
 
 
-def openai_api_key(key: str | None, base_url: str | None, *, azure: bool = False,
-                   env: Mapping[str, str] | None = None) -> str:
-    """The key an OpenAI-protocol request sends: `key`, else for an Azure OpenAI deployment URL
-    $AZURE_OPENAI_API_KEY (where Azure's own client looks), else a placeholder for a server of one's
-    own (a base URL given: local servers check none); OpenAI's own API without one is refused."""
+def openai_endpoint(base_url: str | None, api_key: str | None,
+                    env: Mapping[str, str] | None = None) -> tuple[BaseURL, str]:
+    """(where, with which key) an OpenAI-protocol judge sends its requests, from the settings given and
+    the environment `env` (default the process's): the base URL (`base_url`, else $OPENAI_BASE_URL;
+    `parse_base_url`) and the key (`api_key`, else $OPENAI_API_KEY, else for an Azure OpenAI deployment
+    URL $AZURE_OPENAI_API_KEY, where Azure's own client looks, else a placeholder for a server of one's
+    own: local servers check none). OpenAI's own API without a key is refused. The one lookup, for
+    `check_judge` (before anything loads) and `OpenAIBackend` alike."""
+    env = os.environ if env is None else env
+    base = parse_base_url(base_url or env.get("OPENAI_BASE_URL") or None, env)
+    key = api_key or env.get("OPENAI_API_KEY") or (env.get("AZURE_OPENAI_API_KEY") if base.azure_deployment else None)
     if key:
-        return key
-    azure_key = (os.environ if env is None else env).get("AZURE_OPENAI_API_KEY") if azure else None
-    if azure_key:
-        return azure_key
-    if base_url is None:
+        return base, key
+    if base.url is None:
         raise ValueError("no API key: set OPENAI_API_KEY (or give --judge-api-key; --judge-base-url for a local server "
                          "that needs none)")
-    return "not-needed"
+    return base, "not-needed"
 
 
 class OpenAIBackend:
     """Any server speaking OpenAI chat completions (OpenAI, vLLM, Ollama, llama.cpp server...).
 
     `base_url` defaults to $OPENAI_BASE_URL (else OpenAI's), `api_key` to $OPENAI_API_KEY (a
-    placeholder is sent to servers that need none when a base URL is given). The client's own
+    placeholder is sent to servers that need none when a base URL is given), read from `env` (default
+    the process's environment; `openai_endpoint`). The client's own
     retries are off (`max_retries=0`): the `Judge` retries, counts and honours Retry-After.
 
     `timeout_s` is the deadline of one attempt as a whole (connect, send, wait, read the answer):
@@ -70,6 +74,7 @@ class OpenAIBackend:
         max_tokens_param: str = "max_tokens",
         extra_body: dict[str, Any] | None = None,
         reasoning_effort: str | None = None,
+        env: Mapping[str, str] | None = None,
     ) -> None:
         import openai  # noqa: F401  (fail early with a clear error if missing)
 
@@ -78,10 +83,8 @@ class OpenAIBackend:
         if max_tokens_param not in ("max_tokens", "max_completion_tokens"):
             raise ValueError("max_tokens_param must be 'max_tokens' or 'max_completion_tokens'")
         self.model = model
-        self._base = parse_base_url(base_url or os.environ.get("OPENAI_BASE_URL") or None)
+        self._base, self._api_key = openai_endpoint(base_url, api_key, env)
         self.base_url = self._base.url
-        self._api_key = openai_api_key(api_key or os.environ.get("OPENAI_API_KEY"), self.base_url,
-                                       azure=self._base.azure_deployment)
         self.timeout_s = float(timeout_s)
         self.max_tokens_param = max_tokens_param
         self.send_temperature = True  # False once the model refused any but its default temperature

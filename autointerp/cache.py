@@ -7,7 +7,14 @@ in its own transaction, so after a crash (even SIGKILL) only requests still in f
 again. Invalid answers are cached too: re-asking is a new request (the conversation grows), so
 re-running reproduces the same path through the cache without paying again. Each entry also keeps
 the settings its request went with beyond the key (a reasoning model's switch to
-max_completion_tokens and no temperature), so a re-run's provenance says how its answers were asked.
+max_completion_tokens and no temperature), so a re-run's provenance says how its answers were asked,
+and whether the server sent reasoning beside the answer (and how many tokens it said were thinking),
+so a cached reply is read as the fresh one was (`Judge.complete`: a reply cut at the limit after
+sent reasoning is an answer, not a draft inside thinking).
+
+What each entry keeps beyond the first schema lives in tables of its own beside `responses`, added
+when a file is opened: a cache written before reads on (its entries have none: read as they were
+then), and an older saesteer reads and writes a newer cache as before (no format bump to refuse).
 """
 
 from __future__ import annotations
@@ -41,6 +48,10 @@ class CachedResponse:
     # the settings the request went with beyond its key (`Judge.settings_for`: a reasoning model's
     # switches); None in an entry stored before they were recorded
     settings_sent: dict[str, Any] | None = None
+    # the server sent reasoning beside the answer / said this many output tokens were thinking
+    # (`wire.ChatResponse`); False / 0 in an entry stored before they were recorded
+    reasoned: bool = False
+    reasoning_tokens: int = 0
 
 
 _SCHEMA = """
@@ -57,6 +68,8 @@ CREATE TABLE IF NOT EXISTS responses (
 -- beside `responses`, not a column of it: a cache from before has none, and an older saesteer still
 -- writes `responses` rows as it did
 CREATE TABLE IF NOT EXISTS settings_sent (key TEXT PRIMARY KEY, settings TEXT NOT NULL);
+-- a row only for a reply with reasoning (sent apart, or counted): none reads as none
+CREATE TABLE IF NOT EXISTS reasoning (key TEXT PRIMARY KEY, reasoned INTEGER NOT NULL, tokens INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v TEXT NOT NULL);
 """
 _FORMAT = "saesteer-judge-cache-1"
@@ -130,15 +143,17 @@ class ResponseCache:
     def get(self, key: str) -> CachedResponse | None:
         with self._lock:
             row = self._db.execute(
-                "SELECT text, refusal, finish_reason, prompt_tokens, completion_tokens, s.settings "
-                "FROM responses LEFT JOIN settings_sent AS s USING (key) WHERE key=?",
+                "SELECT text, refusal, finish_reason, prompt_tokens, completion_tokens, s.settings, r.reasoned, r.tokens "
+                "FROM responses LEFT JOIN settings_sent AS s USING (key) LEFT JOIN reasoning AS r USING (key) "
+                "WHERE key=?",
                 (key,),
             ).fetchone()
             if row is None:
                 self.misses += 1
                 return None
             self.hits += 1
-            return CachedResponse(*row[:5], json.loads(row[5]) if row[5] else None)
+            return CachedResponse(*row[:5], json.loads(row[5]) if row[5] else None,
+                                  reasoned=bool(row[6]), reasoning_tokens=int(row[7] or 0))
 
     def contains(self, key: str) -> bool:
         with self._lock:
@@ -154,6 +169,10 @@ class ResponseCache:
             self._db.execute("DELETE FROM settings_sent WHERE key=?", (key,))
             if resp.settings_sent is not None:
                 self._db.execute("INSERT INTO settings_sent VALUES (?,?)", (key, json.dumps(resp.settings_sent)))
+            self._db.execute("DELETE FROM reasoning WHERE key=?", (key,))
+            if resp.reasoned or resp.reasoning_tokens:
+                self._db.execute("INSERT INTO reasoning VALUES (?,?,?)",
+                                 (key, int(bool(resp.reasoned)), int(resp.reasoning_tokens)))
 
     def __len__(self) -> int:
         with self._lock:

@@ -253,11 +253,9 @@ def check_judge(cfg: JudgeConfig, env: Mapping[str, str] | None = None) -> tuple
         check_settings(base_url=cfg.base_url, api_key=cfg.api_key, reasoning_effort=cfg.reasoning_effort,
                        thinking=cfg.thinking, thinking_budget=cfg.reasoning_tokens, env=env)
     elif backend_name == "openai":
-        from .backends import openai_api_key
-        from .base_url import parse_base_url
+        from .backends import openai_endpoint
 
-        base = parse_base_url(cfg.base_url or env.get(ENV_BASE_URL) or None, env)
-        openai_api_key(cfg.api_key or env.get(ENV_API_KEY) or None, base.url, azure=base.azure_deployment, env=env)
+        openai_endpoint(cfg.base_url, cfg.api_key, env)
     elif backend_name == "transformers":
         from saes.devices import check_device
         from saesteer.models import resolve_spec
@@ -289,11 +287,12 @@ def make_judge(cfg: JudgeConfig, *, cache_path: Path | None, budget=None, env: M
     if backend_name == "openai":
         backend = OpenAIBackend(
             model,
-            base_url=cfg.base_url or env.get(ENV_BASE_URL) or None,
-            api_key=cfg.api_key or env.get(ENV_API_KEY) or None,
+            base_url=cfg.base_url,
+            api_key=cfg.api_key,
             timeout_s=cfg.timeout_s,
             max_tokens_param=cfg.max_tokens_param,
             reasoning_effort=cfg.reasoning_effort or None,
+            env=env,
         )
     elif backend_name == "anthropic":
         from .anthropic_messages import AnthropicBackend

@@ -18,7 +18,7 @@ unreadable bodies) and `PermanentError` for the rest (other 4xx). The `Judge` ad
   still does not fit, so the budget is never crossed; a reply without token counts is counted at
   that bound (said once), never as free;
 - retries with jittered exponential backoff; a 429's Retry-After (or retry-after-ms; without them
-  OpenAI's x-ratelimit-reset-*, else the wait its message names) is honoured
+  the wait its message names, else OpenAI's x-ratelimit-reset-*) is honoured
   and pauses *all* requests of this judge until it has passed, since a rate limit is shared: the
   pause is checked after a request gets its concurrency slot, right before it is sent, so calls
   that were queued for a slot during the pause wait for it too;
@@ -234,7 +234,7 @@ class Judge:
         self._output_excess = 0  # completion tokens beyond max_tokens the server was seen to charge
         self.retry_log: list[tuple[str, float]] = []  # (reason, delay) of every retry, for tests/logs
         self._refused: str | None = None  # why the server refused the key; then nothing more is sent
-        self._usage_noted = False  # said once that the server reports no token usage
+        self._usage_noted: set[str] = set()  # what usage the server was said (once each) to leave out
 
     # -- identity -------------------------------------------------------------------------------
 
@@ -309,17 +309,22 @@ class Judge:
     def _bound_usage(self, request: ChatRequest, resp: ChatResponse) -> ChatResponse:
         """A reply without token counts counted at its bound (the reservation's prompt, the answer's
         bytes up to max_tokens, all of them when it was cut there): the run's figures and its budget
-        are then over the truth, never under it (as 0 tokens would be: a budget that never binds)."""
-        if not self._usage_noted:
-            self._usage_noted = True
+        are then over the truth, never under it (as 0 tokens would be: a budget that never binds).
+        A count of 0 prompt tokens is none (no prompt is empty; Ollama's /v1 said 0 for a prompt its
+        KV cache held): the prompt is bounded alike, the output as reported."""
+        prompt = prompt_token_bound(list(request.messages), self._extra_framing)
+        unreported = "no token usage" if not resp.usage_reported else "0 prompt tokens"
+        if unreported not in self._usage_noted:
+            self._usage_noted.add(unreported)
             from saes.errors import note
 
-            note(f"the judge server ({self.describe()}) reports no token usage; tokens are counted as an upper "
-                 "bound (one per byte of prompt and answer), so the run's token and cost figures and a budget are "
-                 "over, never under")
+            note(f"the judge server ({self.describe()}) reports {unreported}; tokens it does not count are counted "
+                 "as an upper bound (one per byte of prompt and answer), so the run's token and cost figures and a "
+                 "budget are over, never under")
+        if resp.usage_reported:
+            return replace(resp, prompt_tokens=prompt, cached_prompt_tokens=0)
         out = request.max_tokens if resp.finish_reason == "length" else min(resp.completion_tokens, request.max_tokens)
-        return replace(resp, prompt_tokens=prompt_token_bound(list(request.messages), self._extra_framing),
-                       completion_tokens=out)
+        return replace(resp, prompt_tokens=prompt, completion_tokens=out)
 
     async def _wait_out_pause(self) -> None:
         """Sleep until the shared 429 pause has passed (again if it was extended meanwhile)."""
@@ -356,7 +361,8 @@ class Judge:
             if hit is not None:
                 tally.cached += 1
                 self.ledger.count(cached=1)
-                return ChatResponse(hit.text, 0, 0, hit.refusal, hit.finish_reason, settings_sent=hit.settings_sent)
+                return ChatResponse(hit.text, 0, 0, hit.refusal, hit.finish_reason, settings_sent=hit.settings_sent,
+                                    reasoning_tokens=hit.reasoning_tokens, reasoned=hit.reasoned)
         reservation = await self._reserve(request)
         try:
             retry = 0
@@ -394,7 +400,7 @@ class Judge:
                 self.ledger.count(retries=1)
                 retry += 1
                 await self._sleep(delay)
-            if not resp.usage_reported:
+            if not resp.usage_reported or resp.prompt_tokens <= 0:
                 resp = self._bound_usage(request, resp)
             cost = self.ledger.settle(reservation, resp.prompt_tokens, resp.completion_tokens, resp.cached_prompt_tokens)
             self._learn_usage(request, resp)
@@ -409,7 +415,7 @@ class Judge:
                 key,
                 self.model,
                 CachedResponse(resp.text, resp.refusal, resp.finish_reason, resp.prompt_tokens, resp.completion_tokens,
-                               resp.settings_sent),
+                               resp.settings_sent, reasoned=resp.reasoned, reasoning_tokens=resp.reasoning_tokens),
             )
         return resp
 

@@ -9,7 +9,7 @@ import json
 import re
 from typing import Any
 
-from .wire import ChatResponse, PermanentError, TransientError, is_retryable, refuses_system_role
+from .wire import ChatResponse, PermanentError, TransientError, refuses_system_role
 
 __all__ = ["chat_response", "error_message", "html_title", "looks_like_html", "unsupported_param"]
 
@@ -89,7 +89,11 @@ def _provider_said(err: dict) -> str:
 
 def _body_error(err: Any) -> Exception:
     """The failure that an error object inside a 200 body stands for (OpenRouter reports errors met
-    while generating this way, with `code` the HTTP status it would have had)."""
+    while generating this way, with `code` the HTTP status it would have had; a proxy may pass an
+    upstream error on with OpenAI's string `code`), by the rule for an HTTP status (`failure_for`):
+    no credit or a refused key stop the run here too."""
+    from .sdk_attempt import error_code, failure_for
+
     if isinstance(err, dict):
         msg = str(err.get("message") or err)[:300] + _provider_said(err)
         code = err.get("code")
@@ -99,12 +103,11 @@ def _body_error(err: Any) -> Exception:
         status = int(code)
     except (TypeError, ValueError):
         status = None
+    status = status if status is not None and 400 <= status < 600 else None  # else no status it names
     reason = f"the server answered 200 with an error: {msg}" + (f" (code {status})" if status else "")
     if msg.startswith("Unexpected endpoint or method"):  # LM Studio's answer to a route it lacks, sent as a 200
         return PermanentError(reason, status=404)
-    if status is not None and 400 <= status < 500 and not is_retryable(status):
-        return PermanentError(reason, status=status)
-    return TransientError(reason, status=status)
+    return failure_for(status, reason, code=error_code(err))
 
 
 def chat_response(data: Any) -> ChatResponse:

@@ -7,9 +7,9 @@ as a whole, and an HTTP error status as the judge's failure.
 - `attempt`: `timeout_s` is the deadline of the attempt in all (connect, send, wait, read): httpx's
   timeouts are per read, so a server sending a byte now and then would hold a request forever
   under them alone. A timeout or a connection error is worth retrying.
-- `status_failure`: 401 refuses the credentials and 402 / 429 `insufficient_quota` an account
+- `status_failure` (`failure_for`, also the rule for an error inside a 200 body): 401 refuses the credentials and 402 / 429 `insufficient_quota` an account
   without credit (the run stops), 408, 429 and 5xx are retried (honouring retry-after, else on a 429
-  OpenAI's `x-ratelimit-reset-*`), other statuses are not; a server's `x-should-retry` header
+  the wait its message names, else OpenAI's `x-ratelimit-reset-*`), other statuses are not; a server's `x-should-retry` header
   overrules the status, as it does in both SDKs. A refusal for a prompt over the model's context
   says what to shorten.
 """
@@ -24,7 +24,7 @@ from .judge import CredentialsRejected
 from .wire import (PermanentError, TransientError, is_retryable, parse_rate_limit_reset, parse_retry_after,
                    wait_in_message)
 
-__all__ = ["ClientPerLoop", "attempt", "status_failure"]
+__all__ = ["ClientPerLoop", "attempt", "error_code", "failure_for", "status_failure"]
 
 T = TypeVar("T")
 
@@ -71,23 +71,37 @@ async def attempt(call: Awaitable[T], *, timeout_s: float, sdk: Any, where: str)
 
 def status_failure(e: Any, said: str, *, credentials: str) -> Exception:
     """The judge's failure for an SDK's `APIStatusError` `e`, described by `said` ("HTTP 429: ...");
-    `credentials` says what to set when the server refused the key. An account with no credit left
+    `credentials` says what to set when the server refused the key (`failure_for`)."""
+    return failure_for(e.status_code, said, code=_error_code(e), headers=e.response.headers, credentials=credentials)
+
+
+_KEY_HINT = "check the judge's API key (--judge-api-key)"
+
+
+def failure_for(status: int | None, said: str, *, code: str | None = None, headers: Any = None,
+                credentials: str = _KEY_HINT) -> Exception:
+    """The judge's failure for an error with HTTP `status` (None: a server's error that names none,
+    worth retrying), described by `said`, the error body's `code` and the reply's `headers`: the one
+    rule for an HTTP error status and for an error inside a 200 body (OpenRouter's, a proxy's).
+    401 refuses the credentials (`credentials` says what to set). An account with no credit left
     (OpenAI's 429 `insufficient_quota`, a 402 from OpenRouter, DeepSeek or Anthropic, Anthropic's 400
-    "Your credit balance is too low") refuses every
-    request alike, however long one waits: the run stops there too, never retried as a rate limit."""
-    status = e.status_code
+    "Your credit balance is too low") refuses every request alike, however long one waits: the run
+    stops there too, never retried as a rate limit."""
     if status == 401:  # every request of the run would be refused alike: it stops, saying what to set
         return CredentialsRejected(f"{said}: {credentials}")
-    if status == 402 or _error_code(e) == "insufficient_quota" or "credit balance is too low" in said:
+    if status == 402 or code == "insufficient_quota" or "credit balance is too low" in said:
         return CredentialsRejected(f"{said}: the account behind the key has no credit left; add credit (or raise its "
                                    "spending limit) with the provider, or use another key (--judge-api-key)")
-    headers = e.response.headers
+    if status is None:
+        return TransientError(said)
+    headers = {} if headers is None else headers
     told = str(headers.get("x-should-retry", "")).lower()  # the server's own word, which both SDKs obey first
     if told == "true" or (is_retryable(status) and told != "false"):
         wait = parse_retry_after(headers)
-        if wait is None and status == 429:  # OpenAI's reset headers, else the wait its message names
-            wait = parse_rate_limit_reset(headers)
-            wait = wait_in_message(said) if wait is None else wait
+        if wait is None and status == 429:  # the wait its message names (for the limit this request met:
+            # the reset headers of a limit not spent to 0 may be the other one's), else OpenAI's reset headers
+            wait = wait_in_message(said)
+            wait = parse_rate_limit_reset(headers) if wait is None else wait
         return TransientError(said, status=status, retry_after=wait)
     return PermanentError(said + context_hint(said) if status in (400, 413) else said, status=status)
 
@@ -108,10 +122,14 @@ def context_hint(said: str) -> str:
 
 
 def _error_code(e: Any) -> str | None:
-    """The `code` (else `type`) of an OpenAI-shaped error body (the SDK hands over its `error` object)."""
+    """The `code` of an SDK error's OpenAI-shaped body (the SDK hands over its `error` object)."""
     body = getattr(e, "body", None)
-    err = body.get("error", body) if isinstance(body, dict) else None
+    return error_code(body.get("error", body) if isinstance(body, dict) else None)
+
+
+def error_code(err: Any) -> str | None:
+    """The `code` (else `type`) of an OpenAI-shaped error object, where it is a word
+    ("insufficient_quota"; OpenRouter's numeric codes are statuses)."""
     if not isinstance(err, dict):
         return None
-    code = err.get("code") or err.get("type")
-    return code if isinstance(code, str) else None
+    return next((v for v in (err.get("code"), err.get("type")) if isinstance(v, str) and v), None)

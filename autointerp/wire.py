@@ -65,7 +65,9 @@ def split_thinking(text: str | None) -> tuple[str, str]:
     Seed-OSS's `<seed:think>...</seed:think>`. The second value is "closed" (the answer follows
     a finished thinking block), "cut" (a block that never closes, Harmony without a final channel:
     all thinking, the answer is empty) or "none" (no thinking markup: the text as it is, which may
-    still be thinking when the template opened the block and the reply was cut off before closing it)."""
+    still be thinking when the template opened the block and the reply was cut off before closing it).
+    A reply, or the rest after a close, that is one JSON answer is that answer whatever markup its
+    strings name (a label of a latent that fires on `</think>`)."""
     if not text:
         return "", "none"
     finals = list(_HARMONY_FINAL.finditer(text))
@@ -74,11 +76,28 @@ def split_thinking(text: str | None) -> tuple[str, str]:
     if text.lstrip().startswith(("<|channel|>", "<|start|>")):
         return "", "cut"
     closes = list(_THINK_CLOSE.finditer(text))
-    if closes:
-        return text[closes[-1].end():].strip(), "closed"
+    if closes and not _whole_json(text):  # a JSON answer's words (a label of a latent firing on </think>)
+        # the answer follows the last close, unless all after an earlier one is one JSON answer: the
+        # answer then names the markup itself, and the last close lies inside it
+        # (the first 16 closes tried: bounded work on a reply of markup)
+        whole = next((rest for c in closes[:16] if _whole_json(rest := text[c.end():])), None)
+        return (text[closes[-1].end():] if whole is None else whole).strip(), "closed"
     if _THINK_OPEN.match(text.lstrip()):
         return "", "cut"
     return text, "none"
+
+
+def _whole_json(text: str) -> bool:
+    """Whether `text` is one JSON answer, bare or ```-fenced, and nothing else."""
+    from .schema import InvalidAnswer, parse_json_answer
+
+    if not text.lstrip().startswith(("{", "[", '"', "```")):  # most text: no parse tried
+        return False
+    try:
+        parse_json_answer(text, amid_prose=False)
+    except InvalidAnswer:
+        return False
+    return True
 
 
 def fold_system(messages) -> tuple[dict[str, str], ...]:
