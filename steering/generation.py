@@ -210,13 +210,13 @@ def generate(
         use_past_kv_cache=config.use_past_kv_cache,
         return_type="tokens",
         verbose=False,
-        **_padding(model, prompts, tokens_BP, lengths, config.prepend_bos),
     )
     stops = stop_token_ids(model) if config.stop_at_eos else ()
     if stops:
         kwargs["eos_token_id"] = list(stops)
     if config.prepend_bos is not None:
         kwargs["prepend_bos"] = config.prepend_bos
+    kwargs.update(_padding(model, prompts, tokens_BP, lengths, config.prepend_bos))  # may set prepend_bos: see there
     devices = [tokens_BP.device] if tokens_BP.device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices, enabled=config.seed is not None):
         if config.seed is not None:
@@ -239,43 +239,56 @@ def _padding(model: Model, prompts: list[str], tokens_BP: Tensor, lengths: Seque
     prompt's real leading tokens that share the pad's id (GPT-2's and Llama-3's end-of-text, their
     pad, at the start of a prompt that has no other BOS, or a second one after it) were taken for
     pads and hidden, so `saesteer steer` continued another text than the API's engine, which knows
-    each row's length. A HookedTransformer's `generate` takes no mask and reads the pads off the
-    tokens: such a prompt is warned about (`_warn_leading_pads`)."""
-    if "attention_mask" not in inspect.signature(model.generate).parameters:
-        _warn_leading_pads(model, prompts, tokens_BP, lengths, prepend_bos)
-        return {"padding_side": "left"}
+    each row's length. A HookedTransformer's `generate` takes no mask: see `_hooked_padding`."""
     B, P = tokens_BP.shape
-    if all(n == P for n in lengths):
-        return {}  # nothing padded: every token attended, as the model reads a prompt alone
     mask_BP = torch.zeros(B, P, dtype=torch.long, device=tokens_BP.device)
     for b, n in enumerate(lengths):
         mask_BP[b, P - n:] = 1
+    if "attention_mask" not in inspect.signature(model.generate).parameters:
+        return _hooked_padding(model, prompts, tokens_BP, mask_BP, prepend_bos)
+    if bool(mask_BP.all()):
+        return {}  # nothing padded: every token attended, as the model reads a prompt alone
     return {"attention_mask": mask_BP}
 
 
-def _warn_leading_pads(model: Model, prompts: list[str], tokens_BP: Tensor, lengths: Sequence[int],
-                       prepend_bos: bool | None) -> None:
-    """Warn (SteeringWarning) about prompts whose leading tokens a HookedTransformer's `generate` will
-    hide as padding: the run of tokens with the pad's id at a prompt's start, less the one BOS it
-    keeps where BOS is the pad and is prepended (TransformerLens's `get_attention_mask`)."""
+def _hooked_padding(model: Model, prompts: list[str], tokens_BP: Tensor, mask_BP: Tensor,
+                    prepend_bos: bool | None) -> dict[str, Any]:
+    """A HookedTransformer's `generate` reads the pads off the tokens (TransformerLens's
+    `get_attention_mask`): the leading run of the pad's id in each row, less its last token where
+    `prepend_bos` says a BOS that is the pad starts every row. Given tokens, `prepend_bos` means that
+    rule alone, so it is picked to match the rows' real lengths (`mask_BP`): GPT-2 with a prompt that
+    starts with its BOS = pad under prepend_bos=False (an empty prompt, which starts from BOS anyway,
+    or one that writes <|endoftext|> out) had that token hidden, a row of no token at all. Where no
+    choice matches (two leading end-of-text tokens; a batch mixing such rows with padded ones that
+    start otherwise), the prompts whose start is hidden are warned about (SteeringWarning)."""
     import warnings
 
+    from transformer_lens.utilities.tokenize_utils import get_attention_mask
+
     tok = model.tokenizer
-    pad = getattr(tok, "pad_token_id", None)
-    if pad is None:
-        return
-    prepend = bool(getattr(model.cfg, "default_prepend_bos", True)) if prepend_bos is None else prepend_bos
-    kept = 1 if prepend and tok.bos_token_id == pad else 0
-    P = int(tokens_BP.shape[1])
-    for i, n in enumerate(lengths):
-        row = tokens_BP[i, P - n:].tolist()
-        lead = next((k for k, t in enumerate(row) if t != pad), len(row))
-        if lead > kept:
+    if getattr(tok, "pad_token_id", None) is None:
+        return {"padding_side": "left"}
+    default = bool(getattr(model.cfg, "default_prepend_bos", True)) if prepend_bos is None else bool(prepend_bos)
+    read = {}
+    for bos in (default, not default):
+        read[bos] = get_attention_mask(tok, tokens_BP, bos, padding_side="left").to(mask_BP.device)
+        if torch.equal(read[bos], mask_BP):
+            return {"padding_side": "left", "prepend_bos": bos}
+    for i, (got, want) in enumerate(zip(read[default].tolist(), mask_BP.tolist())):
+        hidden = sum(w and not g for g, w in zip(got, want))
+        if hidden:
+            n = sum(want)
+            row = tokens_BP[i, len(want) - n:].tolist()
+            lead = next((k for k, t in enumerate(row) if t != tok.pad_token_id), len(row))
+            alone_whole = lead == 1 and tok.bos_token_id == tok.pad_token_id  # read whole in a batch of its own
             warnings.warn(SteeringWarning(
-                f"prompt {i + 1} of {len(prompts)} starts with {lead} {tok.convert_ids_to_tokens(pad)!r} token(s), the "
-                f"pad token's id: this model's generate (TransformerLens) reads {lead - kept} of them as padding and "
-                f"does not attend to them; load the model with saesteer.models.load_model (a TransformerBridge), or "
-                f"start the prompt otherwise"), stacklevel=4)
+                f"prompt {i + 1} of {len(prompts)} starts with {lead} {tok.convert_ids_to_tokens(tok.pad_token_id)!r} "
+                f"token(s), the pad token's id: this model's generate (TransformerLens) reads {hidden} of them as "
+                f"padding and does not attend to them; load the model with saesteer.models.load_model (a "
+                f"TransformerBridge), or " + ("generate it apart from prompts that start otherwise" if alone_whole
+                                              else "start it otherwise")),
+                stacklevel=4)
+    return {"padding_side": "left", "prepend_bos": default}
 
 
 def continuation_text(tokenizer: Any, prompt_ids: Sequence[int], new_ids: Sequence[int],

@@ -406,3 +406,40 @@ def test_hooked_transformer_prompts_whose_start_it_reads_as_padding_are_warned_a
                 f"reads {unread} of them as padding" in said[0] and "load_model" in said[0], said
         else:
             assert not said, said
+
+
+def test_hooked_gpt2_reads_a_leading_bos_whole_under_an_sae_trained_without_bos(eos_pad_models, real_corpus):
+    """`compare` with an SAE recorded prepend_bos=False (as SAELens records its SAEs: plain slices of the
+    stream) on SAELens's HookedSAETransformer, GPT-2: the empty prompt (which starts from BOS, there
+    being no other token) and one that writes <|endoftext|> out continue what transformers continues
+    from their tokens, alone and batched, without a warning; steered at token 0, they read as the
+    TransformerBridge of the same checkpoint reads them (told by a mask). Told prepend_bos=False,
+    TransformerLens hid that BOS as a pad: the empty prompt's row attended to nothing."""
+    import warnings
+
+    from helpers.real_models import hooked_sae_transformer
+    from transformers import AutoModelForCausalLM
+
+    from steering import GenerationConfig, compare, generate
+    from steering.spec import SteeringWarning
+
+    path, bridge = eos_pad_models["gpt2"]
+    hooked = hooked_sae_transformer(path)
+    hf = AutoModelForCausalLM.from_pretrained(str(path)).eval()
+    eos = hooked.tokenizer.eos_token
+    code = real_corpus.test_docs[0][:50]
+    cfg = GenerationConfig(max_new_tokens=N_NEW, do_sample=False, stop_at_eos=False)
+    sae = _sae(hooked)
+    sae.cfg.metadata["prepend_bos"] = False
+    edits = ["3:add=40@0", "5:add=-30@1"]
+    for prompts in ([""], [eos + code], ["", eos + "Café 東京, naïve " + code]):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", SteeringWarning)
+            got = compare(hooked, sae, edits, prompts, cfg)
+            for i, p in enumerate(prompts):
+                alone = generate(hooked, [p], cfg, prepend_bos=False)
+                own = alone.tokens[0, :alone.prompt_len].tolist()
+                assert own[0] == hooked.tokenizer.pad_token_id  # the case at hand: a real token with the pad's id
+                assert alone.new_tokens[0].tolist() == _hf_greedy(hf, own), (prompts, i)
+                assert got.unsteered[i] == alone.texts[0], (prompts, i)
+        assert got.steered == compare(bridge, sae, edits, prompts, cfg).steered, prompts
