@@ -240,10 +240,14 @@ def test_prompts_starting_with_the_pad_tokens_id_are_read_whole(eos_pad_models, 
         want = _hf_greedy(hf, own)
         assert alone.new_tokens[0].tolist() == want, (family, i)
         assert together.tokens[i, P - len(own):].tolist() == own + want, (family, i)
+    # without the KV cache each step rereads the whole sequence: the mask, grown per token, still says which are pads
+    uncached = generate(model, texts, cfg, use_past_kv_cache=False)
+    assert torch.equal(uncached.tokens, together.tokens), family
     sae = _sae(model)
     edits = ["3:add=40@0", "5:add=-30@1"]
     with steer(model, {"s": sae}, edits) as s:
         steered = s.generate(texts, cfg)
+        assert torch.equal(s.generate(texts, cfg, use_past_kv_cache=False).tokens, steered.tokens), family
     for i, t in enumerate(texts):
         n = len(generate(model, [t], cfg, max_new_tokens=1).tokens[0]) - 1
         own = steered.tokens[i, P - n:P].tolist()
