@@ -192,7 +192,8 @@ def generate(
     Keyword overrides replace fields of `config` (e.g. max_new_tokens=10, seed=3). Greedy text does
     not depend on the other prompts (left padding, masks and positions keep each row its own);
     sampled text does: `config.seed` seeds one stream for the whole batch (the API's engine,
-    `steering.engine`, seeds each row)."""
+    `steering.engine`, seeds each row), drawn from by the prompts of each length in turn where a
+    frequency penalty samples them apart (see below)."""
     config = dataclasses.replace(config or GenerationConfig(), **overrides)
     prompts = _as_prompts(prompts)
     tokens_BP = check_prompts_fit(model, prompts, config)

@@ -47,17 +47,32 @@ def _arch_params():
 
 
 @pytest.fixture(scope="module")
-def arch_path(tmp_path_factory, real_corpus):
-    from helpers.real_models import arch_models, build_family_tokenizer
+def family_tokenizer(real_corpus):
+    """`tok(family)`: the family's tokenizer trained on `real_corpus`, built once for the module."""
+    from helpers.real_models import build_family_tokenizer
+
+    toks = {}
+
+    def tok(family: str):
+        if family not in toks:
+            toks[family] = build_family_tokenizer(family, real_corpus.train_docs, 512)
+        return toks[family]
+
+    return tok
+
+
+@pytest.fixture(scope="module")
+def arch_path(tmp_path_factory, family_tokenizer):
+    from helpers.real_models import arch_models
 
     root = tmp_path_factory.mktemp("batchpad-archs")
-    toks = {}
+    made = {}
 
     def path(arch: str):
         family = "gemma" if arch.startswith("gemma") else "llama" if arch.startswith(("llama", "phi")) else "qwen2"
-        if family not in toks:
-            toks[family] = arch_models(root / family, build_family_tokenizer(family, real_corpus.train_docs, 512))
-        return toks[family](arch)
+        if family not in made:
+            made[family] = arch_models(root / family, family_tokenizer(family))
+        return made[family](arch)
 
     return path
 
@@ -197,16 +212,16 @@ def test_steered_session_batch_equals_each_prompt_alone(load, real_corpus, arch)
 
 
 @pytest.fixture(scope="module")
-def eos_pad_models(tmp_path_factory, real_corpus):
+def eos_pad_models(tmp_path_factory, family_tokenizer):
     """GPT-2 (BOS = EOS = pad) and Llama-3 (pad = EOS, BOS its own) as saved by transformers, (path, model)
     (untrained, with wide initial weights: what comes next depends on every token)."""
-    from helpers.real_models import build_family_tokenizer, save_arch_model
+    from helpers.real_models import save_arch_model
     from saesteer.models import load_model
 
     root = tmp_path_factory.mktemp("batchpad-eospad")
     out = {}
     for fam, arch in (("gpt2", "gpt2"), ("llama", "llama3_1")):
-        path = save_arch_model(root / arch, arch, build_family_tokenizer(fam, real_corpus.train_docs, 512))
+        path = save_arch_model(root / arch, arch, family_tokenizer(fam))
         out[fam] = (path, load_model(str(path), device="cpu"))
     return out
 
