@@ -61,13 +61,13 @@ def compare(
         with steer(model, saes, edits, typical_max=typical_max, limits=limits,
                    allow_model_mismatch=allow_model_mismatch) as s:
             hooks = [h for h, _ in s.plan.fwd_hooks]
-            with _ticks(model, hooks, bar, n_prompts, until=per_pass):
+            with _ticks(model, hooks, bar, until=per_pass):
                 steered = s.generate(prompts, config)
             described = s.describe()
         _end_pass(bar, steered, 0, per_pass)
         bar.set_description("generating unsteered")
         start = bar.n
-        with opt_in_hooks(model, hooks, "comparison"), _ticks(model, hooks, bar, n_prompts, until=start + per_pass):
+        with opt_in_hooks(model, hooks, "comparison"), _ticks(model, hooks, bar, until=start + per_pass):
             base = generate(model, prompts, config)
         _end_pass(bar, base, start, per_pass)
     return Comparison(base.prompts, steered.texts, base.texts, described)
@@ -83,16 +83,17 @@ def _end_pass(bar: Any, made: Generation, start: int, per_pass: int) -> None:
     bar.update(start + n - bar.n)
 
 
-def _ticks(model: Model, hooks: list[str], bar: Any, n_prompts: int, until: int):
-    """Advance `bar` by one token of every prompt at each forward pass of generation, up to `until`
-    (read at the first hook point the edits use, which each forward pass runs once); nothing
-    without a hook point or with the bar off."""
+def _ticks(model: Model, hooks: list[str], bar: Any, until: int):
+    """Advance `bar` by one token of every row at each forward pass of generation, up to `until`
+    (read at the first hook point the edits use, which each forward pass runs once; its batch: the
+    prompts, or those of one length where `generate` samples them by length); nothing without a
+    hook point or with the bar off."""
     import contextlib
 
     if not hooks or bar.disable:
         return contextlib.nullcontext()
 
     def tick(act, hook):  # reads nothing, changes nothing
-        bar.update(min(n_prompts, until - bar.n))
+        bar.update(min(int(act.shape[0]), until - bar.n))
 
     return model.hooks(fwd_hooks=[(hooks[0], tick)])

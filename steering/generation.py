@@ -12,6 +12,7 @@ the session); this module does not import the session: it asks of it only what
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import inspect
 from collections.abc import Sequence
@@ -191,7 +192,8 @@ def generate(
     Keyword overrides replace fields of `config` (e.g. max_new_tokens=10, seed=3). Greedy text does
     not depend on the other prompts (left padding, masks and positions keep each row its own);
     sampled text does: `config.seed` seeds one stream for the whole batch (the API's engine,
-    `steering.engine`, seeds each row)."""
+    `steering.engine`, seeds each row), drawn from by the prompts of each length in turn where a
+    frequency penalty samples them apart (see below)."""
     config = dataclasses.replace(config or GenerationConfig(), **overrides)
     prompts = _as_prompts(prompts)
     tokens_BP = check_prompts_fit(model, prompts, config)
@@ -210,72 +212,115 @@ def generate(
         use_past_kv_cache=config.use_past_kv_cache,
         return_type="tokens",
         verbose=False,
-        **_padding(model, prompts, tokens_BP, lengths, config.prepend_bos),
     )
     stops = stop_token_ids(model) if config.stop_at_eos else ()
     if stops:
         kwargs["eos_token_id"] = list(stops)
     if config.prepend_bos is not None:
         kwargs["prepend_bos"] = config.prepend_bos
+    # TransformerLens's frequency penalty counts every token of a row, its pads too: a padded row's pad
+    # (GPT-2's, Llama-3's end-of-text) was penalised once per pad, so that row ended less often than alone.
+    # Rows of one length are sampled together, unpadded, each length after the other from the one stream.
+    groups = _by_length(lengths) if config.do_sample and config.freq_penalty > 0 else [list(range(len(prompts)))]
     devices = [tokens_BP.device] if tokens_BP.device.type == "cuda" else []
+    parts = []
     with torch.random.fork_rng(devices=devices, enabled=config.seed is not None):
         if config.seed is not None:
             torch.manual_seed(config.seed)
-        if session is not None:
-            if not session.active:
-                raise SteeringError("this steering session has ended; generate inside the `with steer(...)` block")
-            with session.prompt_length(P):
-                out_BT = model.generate(tokens_BP, **kwargs)
-        else:
-            out_BT = model.generate(tokens_BP, **kwargs)
+        if session is not None and not session.active:
+            raise SteeringError("this steering session has ended; generate inside the `with steer(...)` block")
+        for rows in groups:
+            n = P if len(groups) == 1 else lengths[rows[0]]
+            tokens = tokens_BP if len(groups) == 1 else tokens_BP[rows, P - n:]
+            # `_padding` may set prepend_bos: see there
+            kw = dict(kwargs, **_padding(model, prompts, tokens, [lengths[r] for r in rows], config.prepend_bos, rows))
+            with session.prompt_length(n) if session is not None else contextlib.nullcontext():
+                parts.append(model.generate(tokens, **kw))
+    out_BT = parts[0] if len(groups) == 1 else _joined(parts, groups, tokens_BP, lengths, stops[0] if stops else 0)
     texts = [continuation_text(model.tokenizer, row[:P].tolist(), row[P:].tolist(), stops) for row in out_BT]
     return Generation(prompts, texts, out_BT, P)
 
 
+def _by_length(lengths: Sequence[int]) -> list[list[int]]:
+    """The rows' indices grouped by length, each group in the rows' order, the groups in order of first row."""
+    groups: dict[int, list[int]] = {}
+    for i, n in enumerate(lengths):
+        groups.setdefault(n, []).append(i)
+    return list(groups.values())
+
+
+def _joined(parts: list[Tensor], groups: list[list[int]], tokens_BP: Tensor, lengths: Sequence[int],
+            fill: int) -> Tensor:
+    """The groups' outputs [b, n + T_g] (n: the group's prompt length) as one left-padded batch [B, P + T]:
+    a group that ended early (every row at its end of text) is filled on with `fill`, as TransformerLens
+    fills a finished row."""
+    new = [part[:, lengths[rows[0]]:] for part, rows in zip(parts, groups)]
+    out_BT = torch.full((tokens_BP.shape[0], tokens_BP.shape[1] + max(int(t.shape[1]) for t in new)), fill,
+                        dtype=tokens_BP.dtype, device=tokens_BP.device)
+    out_BT[:, :tokens_BP.shape[1]] = tokens_BP
+    for t, rows in zip(new, groups):
+        out_BT[rows, tokens_BP.shape[1]:tokens_BP.shape[1] + t.shape[1]] = t.to(out_BT.device)
+    return out_BT
+
+
 def _padding(model: Model, prompts: list[str], tokens_BP: Tensor, lengths: Sequence[int],
-             prepend_bos: bool | None) -> dict[str, Any]:
+             prepend_bos: bool | None, rows: Sequence[int]) -> dict[str, Any]:
     """How `model.generate` learns which of the left-padded `tokens_BP` are pads. A TransformerBridge
     is told by a mask built from each prompt's own length: read off the tokens (`padding_side`), a
     prompt's real leading tokens that share the pad's id (GPT-2's and Llama-3's end-of-text, their
     pad, at the start of a prompt that has no other BOS, or a second one after it) were taken for
     pads and hidden, so `saesteer steer` continued another text than the API's engine, which knows
-    each row's length. A HookedTransformer's `generate` takes no mask and reads the pads off the
-    tokens: such a prompt is warned about (`_warn_leading_pads`)."""
-    if "attention_mask" not in inspect.signature(model.generate).parameters:
-        _warn_leading_pads(model, prompts, tokens_BP, lengths, prepend_bos)
-        return {"padding_side": "left"}
+    each row's length. A HookedTransformer's `generate` takes no mask: see `_hooked_padding`. `rows`: the
+    rows' numbers among `prompts` (a warning names them)."""
     B, P = tokens_BP.shape
-    if all(n == P for n in lengths):
-        return {}  # nothing padded: every token attended, as the model reads a prompt alone
     mask_BP = torch.zeros(B, P, dtype=torch.long, device=tokens_BP.device)
     for b, n in enumerate(lengths):
         mask_BP[b, P - n:] = 1
+    if "attention_mask" not in inspect.signature(model.generate).parameters:
+        return _hooked_padding(model, prompts, tokens_BP, mask_BP, prepend_bos, rows)
+    if bool(mask_BP.all()):
+        return {}  # nothing padded: every token attended, as the model reads a prompt alone
     return {"attention_mask": mask_BP}
 
 
-def _warn_leading_pads(model: Model, prompts: list[str], tokens_BP: Tensor, lengths: Sequence[int],
-                       prepend_bos: bool | None) -> None:
-    """Warn (SteeringWarning) about prompts whose leading tokens a HookedTransformer's `generate` will
-    hide as padding: the run of tokens with the pad's id at a prompt's start, less the one BOS it
-    keeps where BOS is the pad and is prepended (TransformerLens's `get_attention_mask`)."""
+def _hooked_padding(model: Model, prompts: list[str], tokens_BP: Tensor, mask_BP: Tensor,
+                    prepend_bos: bool | None, rows: Sequence[int]) -> dict[str, Any]:
+    """A HookedTransformer's `generate` reads the pads off the tokens (TransformerLens's
+    `get_attention_mask`): the leading run of the pad's id in each row, less its last token where
+    `prepend_bos` says a BOS that is the pad starts every row. Given tokens, `prepend_bos` means that
+    rule alone, so it is picked to match the rows' real lengths (`mask_BP`): GPT-2 with a prompt that
+    starts with its BOS = pad under prepend_bos=False (an empty prompt, which starts from BOS anyway,
+    or one that writes <|endoftext|> out) had that token hidden, a row of no token at all. Where no
+    choice matches (two leading end-of-text tokens; a batch mixing such rows with padded ones that
+    start otherwise), the prompts whose start is hidden are warned about (SteeringWarning)."""
     import warnings
 
+    from transformer_lens.utilities.tokenize_utils import get_attention_mask
+
     tok = model.tokenizer
-    pad = getattr(tok, "pad_token_id", None)
-    if pad is None:
-        return
-    prepend = bool(getattr(model.cfg, "default_prepend_bos", True)) if prepend_bos is None else prepend_bos
-    kept = 1 if prepend and tok.bos_token_id == pad else 0
-    P = int(tokens_BP.shape[1])
-    for i, n in enumerate(lengths):
-        row = tokens_BP[i, P - n:].tolist()
-        lead = next((k for k, t in enumerate(row) if t != pad), len(row))
-        if lead > kept:
+    if getattr(tok, "pad_token_id", None) is None:
+        return {"padding_side": "left"}
+    default = bool(getattr(model.cfg, "default_prepend_bos", True)) if prepend_bos is None else bool(prepend_bos)
+    read = {}
+    for bos in (default, not default):
+        read[bos] = get_attention_mask(tok, tokens_BP, bos, padding_side="left").to(mask_BP.device)
+        if torch.equal(read[bos], mask_BP):
+            return {"padding_side": "left", "prepend_bos": bos}
+    for i, (got, want) in enumerate(zip(read[default].tolist(), mask_BP.tolist())):
+        hidden = sum(w and not g for g, w in zip(got, want))
+        if hidden:
+            n = sum(want)
+            row = tokens_BP[i, len(want) - n:].tolist()
+            lead = next((k for k, t in enumerate(row) if t != tok.pad_token_id), len(row))
+            alone_whole = lead == 1 and tok.bos_token_id == tok.pad_token_id  # read whole in a batch of its own
             warnings.warn(SteeringWarning(
-                f"prompt {i + 1} of {len(prompts)} starts with {lead} {tok.convert_ids_to_tokens(pad)!r} token(s), the "
-                f"pad token's id: this model's generate (TransformerLens) reads {lead - kept} of them as padding and "
-                f"does not attend to them; load the model with saesteer.models.load_model (a TransformerBridge), or "
-                f"start the prompt otherwise"), stacklevel=4)
+                f"prompt {rows[i] + 1} of {len(prompts)} starts with {lead} {tok.convert_ids_to_tokens(tok.pad_token_id)!r} "
+                f"token(s), the pad token's id: this model's generate (TransformerLens) reads {hidden} of them as "
+                f"padding and does not attend to them; load the model with saesteer.models.load_model (a "
+                f"TransformerBridge), or " + ("generate it apart from prompts that start otherwise" if alone_whole
+                                              else "start it otherwise")),
+                stacklevel=4)
+    return {"padding_side": "left", "prepend_bos": default}
 
 
 def continuation_text(tokenizer: Any, prompt_ids: Sequence[int], new_ids: Sequence[int],

@@ -47,17 +47,32 @@ def _arch_params():
 
 
 @pytest.fixture(scope="module")
-def arch_path(tmp_path_factory, real_corpus):
-    from helpers.real_models import arch_models, build_family_tokenizer
+def family_tokenizer(real_corpus):
+    """`tok(family)`: the family's tokenizer trained on `real_corpus`, built once for the module."""
+    from helpers.real_models import build_family_tokenizer
+
+    toks = {}
+
+    def tok(family: str):
+        if family not in toks:
+            toks[family] = build_family_tokenizer(family, real_corpus.train_docs, 512)
+        return toks[family]
+
+    return tok
+
+
+@pytest.fixture(scope="module")
+def arch_path(tmp_path_factory, family_tokenizer):
+    from helpers.real_models import arch_models
 
     root = tmp_path_factory.mktemp("batchpad-archs")
-    toks = {}
+    made = {}
 
     def path(arch: str):
         family = "gemma" if arch.startswith("gemma") else "llama" if arch.startswith(("llama", "phi")) else "qwen2"
-        if family not in toks:
-            toks[family] = arch_models(root / family, build_family_tokenizer(family, real_corpus.train_docs, 512))
-        return toks[family](arch)
+        if family not in made:
+            made[family] = arch_models(root / family, family_tokenizer(family))
+        return made[family](arch)
 
     return path
 
@@ -197,16 +212,16 @@ def test_steered_session_batch_equals_each_prompt_alone(load, real_corpus, arch)
 
 
 @pytest.fixture(scope="module")
-def eos_pad_models(tmp_path_factory, real_corpus):
+def eos_pad_models(tmp_path_factory, family_tokenizer):
     """GPT-2 (BOS = EOS = pad) and Llama-3 (pad = EOS, BOS its own) as saved by transformers, (path, model)
     (untrained, with wide initial weights: what comes next depends on every token)."""
-    from helpers.real_models import build_family_tokenizer, save_arch_model
+    from helpers.real_models import save_arch_model
     from saesteer.models import load_model
 
     root = tmp_path_factory.mktemp("batchpad-eospad")
     out = {}
     for fam, arch in (("gpt2", "gpt2"), ("llama", "llama3_1")):
-        path = save_arch_model(root / arch, arch, build_family_tokenizer(fam, real_corpus.train_docs, 512))
+        path = save_arch_model(root / arch, arch, family_tokenizer(fam))
         out[fam] = (path, load_model(str(path), device="cpu"))
     return out
 
@@ -240,10 +255,14 @@ def test_prompts_starting_with_the_pad_tokens_id_are_read_whole(eos_pad_models, 
         want = _hf_greedy(hf, own)
         assert alone.new_tokens[0].tolist() == want, (family, i)
         assert together.tokens[i, P - len(own):].tolist() == own + want, (family, i)
+    # without the KV cache each step rereads the whole sequence: the mask, grown per token, still says which are pads
+    uncached = generate(model, texts, cfg, use_past_kv_cache=False)
+    assert torch.equal(uncached.tokens, together.tokens), family
     sae = _sae(model)
     edits = ["3:add=40@0", "5:add=-30@1"]
     with steer(model, {"s": sae}, edits) as s:
         steered = s.generate(texts, cfg)
+        assert torch.equal(s.generate(texts, cfg, use_past_kv_cache=False).tokens, steered.tokens), family
     for i, t in enumerate(texts):
         n = len(generate(model, [t], cfg, max_new_tokens=1).tokens[0]) - 1
         own = steered.tokens[i, P - n:P].tolist()
@@ -406,3 +425,40 @@ def test_hooked_transformer_prompts_whose_start_it_reads_as_padding_are_warned_a
                 f"reads {unread} of them as padding" in said[0] and "load_model" in said[0], said
         else:
             assert not said, said
+
+
+def test_hooked_gpt2_reads_a_leading_bos_whole_under_an_sae_trained_without_bos(eos_pad_models, real_corpus):
+    """`compare` with an SAE recorded prepend_bos=False (as SAELens records its SAEs: plain slices of the
+    stream) on SAELens's HookedSAETransformer, GPT-2: the empty prompt (which starts from BOS, there
+    being no other token) and one that writes <|endoftext|> out continue what transformers continues
+    from their tokens, alone and batched, without a warning; steered at token 0, they read as the
+    TransformerBridge of the same checkpoint reads them (told by a mask). Told prepend_bos=False,
+    TransformerLens hid that BOS as a pad: the empty prompt's row attended to nothing."""
+    import warnings
+
+    from helpers.real_models import hooked_sae_transformer
+    from transformers import AutoModelForCausalLM
+
+    from steering import GenerationConfig, compare, generate
+    from steering.spec import SteeringWarning
+
+    path, bridge = eos_pad_models["gpt2"]
+    hooked = hooked_sae_transformer(path)
+    hf = AutoModelForCausalLM.from_pretrained(str(path)).eval()
+    eos = hooked.tokenizer.eos_token
+    code = real_corpus.test_docs[0][:50]
+    cfg = GenerationConfig(max_new_tokens=N_NEW, do_sample=False, stop_at_eos=False)
+    sae = _sae(hooked)
+    sae.cfg.metadata["prepend_bos"] = False
+    edits = ["3:add=40@0", "5:add=-30@1"]
+    for prompts in ([""], [eos + code], ["", eos + "Café 東京, naïve " + code]):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", SteeringWarning)
+            got = compare(hooked, sae, edits, prompts, cfg)
+            for i, p in enumerate(prompts):
+                alone = generate(hooked, [p], cfg, prepend_bos=False)
+                own = alone.tokens[0, :alone.prompt_len].tolist()
+                assert own[0] == hooked.tokenizer.pad_token_id  # the case at hand: a real token with the pad's id
+                assert alone.new_tokens[0].tolist() == _hf_greedy(hf, own), (prompts, i)
+                assert got.unsteered[i] == alone.texts[0], (prompts, i)
+        assert got.steered == compare(bridge, sae, edits, prompts, cfg).steered, prompts

@@ -299,14 +299,23 @@ def _found_edits(found: list[dict], link, args) -> list:
     return out
 
 
+def _seed_caption(gen_cfg, n_prompts: int) -> str:
+    """The seed as the table states it: sampled together, the prompts draw from that one stream
+    (TransformerLens's generate), so a prompt's text changes with the prompts beside it (unlike
+    `saesteer api`, which seeds each row); steered and unsteered draw alike, so they compare."""
+    if gen_cfg.do_sample and gen_cfg.seed is not None and n_prompts > 1:
+        return f"seed {gen_cfg.seed}, one stream for the {n_prompts} prompts together: a prompt's text depends on the others"
+    return f"seed {gen_cfg.seed}"
+
+
 def _print_table(cmp, gen_cfg) -> None:
     from rich.console import Console
     from rich.table import Table
 
     from saesteer.terminal import plain
 
-    table = Table(title=plain(f"steering: {cmp.edits}"), caption=f"seed {gen_cfg.seed}, {gen_cfg.max_new_tokens} new tokens"
-                  + ("" if gen_cfg.do_sample else ", greedy"), show_lines=True)
+    table = Table(title=plain(f"steering: {cmp.edits}"), caption=_seed_caption(gen_cfg, len(cmp.prompts))
+                  + f", {gen_cfg.max_new_tokens} new tokens" + ("" if gen_cfg.do_sample else ", greedy"), show_lines=True)
     table.add_column("prompt", style="bold", overflow="fold", ratio=1)
     table.add_column("unsteered", overflow="fold", ratio=2)
     table.add_column("steered", style="green", overflow="fold", ratio=2)
