@@ -26,10 +26,11 @@ def stage_cache(cfg: DemoConfig, paths: DemoPaths, model, progress: bool, info: 
                            progress=progress, log=say)
 
     held = TextConfig(dataset="toy", split="validation")
+    L = held.context_length
     try:
         res = cache(paths.cache, TextConfig(dataset="toy"), cfg.cache_tokens)
         # whole contexts, BOS not cached: enough of them for the held-out rows
-        held_res = cache(paths.heldout_cache, held, -(-holdout_rows(cfg) // (held.context_length - 1)) * held.context_length)
+        held_res = cache(paths.heldout_cache, held, -(-holdout_rows(cfg) // (L - 1)) * L)
     except CacheMismatchError as e:
         raise DemoError(f"{e}\n(the demo's cache settings changed: run `saesteer demo --fresh` to start over)") from None
     if res.shards_written == 0 and held_res.shards_written == 0:
@@ -58,7 +59,8 @@ def stage_train(cfg: DemoConfig, paths: DemoPaths, model, progress: bool, info: 
         saved = m.get("config") or {}
         same = not config_differences(saved, json.loads(json.dumps(run_cfg.to_dict())))  # log/eval/... may differ
         apart = (m.get("data") or {}).get("holdout_trained_on") is False  # older demos held out rows of the cache
-        if same and apart and (saved.get("train") or {}).get("total_tokens") == cfg.train_tokens and not m.get("stopped_early"):
+        tokens = (saved.get("train") or {}).get("total_tokens")
+        if same and apart and tokens == cfg.train_tokens and not m.get("stopped_early"):
             info["status"] = "reused"
             info["note"] = f"{name}, {m['tokens_trained']:,} tokens"
             return name, sae_dir, m["saes"][name], _train_info(m)
