@@ -95,7 +95,7 @@ def train(
         rank), checkpoints the step it is at and raises `RunStopped`: a preempted run loses no step.
     holdout: batches (as `data`'s, e.g. a `CacheReader` of a separate held-out cache, epochs=1) the
         held-out rows are drawn from instead of `data`'s start: `data` is then all trained on, and
-        the held-out rows never, on any pass over it.
+        the held-out rows never, on any pass over it. Data parallel: this rank's share, as `data`.
     """
     t_start = time.perf_counter()
     coll = collectives or Collectives()
