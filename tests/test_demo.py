@@ -118,6 +118,26 @@ def test_async_labelling_works_under_a_running_event_loop(demo) -> None:
     assert report.labelled == len(ids) and not report.failed
 
 
+def test_demo_holds_out_rows_its_training_stream_never_reads(demo) -> None:
+    """It trains several passes over its cache: held-out rows from that cache's stream were trained on
+    from the second pass on. They come from a cache of validation text now (their scale is the run's)."""
+    import torch
+
+    from saesteer.demo.config import holdout_rows
+    from training.initialize import estimate_activation_scale
+    from training.reader import CacheReader
+
+    cfg, p = small_config(demo.paths.out), demo.paths
+    m = json.loads((p.run / "metrics.json").read_text())
+    assert m["data"]["holdout_trained_on"] is False and m["data"]["holdout_cache"] == str(p.heldout_cache)
+    H = holdout_rows(cfg)
+    assert m["saes"][demo.sae_name]["eval_rows"] == H and SMALL["train_tokens"] > SMALL["cache_tokens"]
+    reader = CacheReader(p.heldout_cache, cfg.batch_size, hook=cfg.hook, seed=cfg.seed, epochs=1)
+    first = torch.cat([b.acts.float() for b in reader])[:H]
+    prov = json.loads((demo.sae_dir / "saesteer.json").read_text())
+    assert prov["activation_scale"] == estimate_activation_scale(first)
+
+
 def test_demo_steering_example_is_a_topic_latent_reported_on_held_out_samples(demo) -> None:
     import toyworld
     from features import FeatureStore
@@ -216,7 +236,8 @@ def test_demo_cli_rerun_reuses_every_stage(demo, capsys) -> None:
     again = json.loads(demo.paths.summary.read_text())
     assert again["metrics"]["explained_variance"] == demo.metrics["explained_variance"]
     # every path of the work folder, as DemoPaths names it (none left out of a hand-typed list)
-    assert again["paths"] == {"out": str(demo.paths.out), "cache": str(demo.paths.cache), "run": str(demo.paths.run),
+    assert again["paths"] == {"out": str(demo.paths.out), "cache": str(demo.paths.cache),
+                              "heldout_cache": str(demo.paths.heldout_cache), "run": str(demo.paths.run),
                               "store": str(demo.paths.store), "steering": str(demo.paths.steering),
                               "summary": str(demo.paths.summary), "marker": str(demo.paths.marker)}
 

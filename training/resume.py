@@ -44,18 +44,20 @@ class RunStart(NamedTuple):
 
 
 def start_run(config: RunConfig, data: Iterable[Any], out: Path, coll: Collectives, prov: dict[str, Any],
-              resume: str, init_source: Any = None) -> RunStart:
+              resume: str, init_source: Any = None, holdout: Iterable[Any] | None = None) -> RunStart:
     """The trainer and the batches of a run in `out`, resumed or fresh as `resume` says
     ("auto", "never": refuse a folder with checkpoints, "require": refuse one without).
     `init_source`: a `training.init_from.InitSource` of `train.init_from` that the caller has
     already read (None: a fresh fine-tuning run reads it here; a resume never does); one given for
-    a config without train.init_from, or of another source, is refused before any work."""
+    a config without train.init_from, or of another source, is refused before any work.
+    `holdout`: batches the held-out rows are drawn from instead of the start of `data` (see `train`)."""
     if init_source is not None and init_source.spec != config.train.init_from:
         raise ValueError(f"start_run: init_source reads {init_source.spec!r}, the config's train.init_from is "
                          f"{config.train.init_from!r}; set train.init_from to it, or pass no init_source")
     found = checkpoint_to_resume(config, out, coll, resume)
     batches = iter(data)
-    holdout_BD, _, holdout_targets = draw_holdout(batches, config.train.holdout_tokens, coll)
+    holdout_BD, _, holdout_targets = draw_holdout(batches if holdout is None else iter(holdout),
+                                                  config.train.holdout_tokens, coll)
     refuse_nonfinite(holdout_BD, prov)
     if holdout_targets is not None:
         refuse_nonfinite(holdout_targets, prov)

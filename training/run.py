@@ -70,6 +70,7 @@ def train(
     on_step: Callable[[Trainer], None] | None = None,
     init_source: Any = None,
     stop_signals: StopSignals | None = None,
+    holdout: Iterable[Any] | None = None,
 ) -> TrainResult:
     """Train every SAE of `config` on the batches of `data`, checkpointing into `out_dir`.
 
@@ -78,7 +79,8 @@ def train(
         continues exactly; otherwise a resume replays the source and skips the batches already
         trained on (exact only if the source is deterministic). The first
         `train.holdout_tokens` rows are not trained on in the first pass (scale, b_dec, evaluation); a
-        source that passes over its data again (CacheReader, epochs) holds them again then.
+        source that passes over its data again (CacheReader, epochs) holds them again then;
+        give `holdout` to keep them apart on every pass.
     out_dir: `checkpoints/`, `saes/<name>/`, `metrics.json`, `history.jsonl`,
         `training_curves.html`, `config.json` go here.
     model_eval: the loaded model and held-out contexts for CE loss recovered / KL.
@@ -91,6 +93,9 @@ def train(
         has read the source already (the CLI does, for its defaults); None: read where needed.
     stop_signals: see `StopSignals`. The loop runs inside it and, when a signal was noted (on any
         rank), checkpoints the step it is at and raises `RunStopped`: a preempted run loses no step.
+    holdout: batches (as `data`'s, e.g. a `CacheReader` of a separate held-out cache, epochs=1) the
+        held-out rows are drawn from instead of `data`'s start: `data` is then all trained on, and
+        the held-out rows never, on any pass over it. Data parallel: this rank's share, as `data`.
     """
     t_start = time.perf_counter()
     coll = collectives or Collectives()
@@ -106,7 +111,7 @@ def train(
             clean_temporaries(out / CHECKPOINT_DIR)
             _clean_sae_leftovers(out / SAE_DIR)
         return _train_locked(config, data, out, coll, dict(provenance or {}), model_eval, resume, on_step, t_start,
-                             init_source, stop_signals)
+                             init_source, stop_signals, holdout)
 
 
 def _clean_sae_leftovers(sae_root: Path) -> None:
@@ -126,10 +131,10 @@ def lock_run_dir(out: Path) -> FileLock:
 def _train_locked(
     config: RunConfig, data: Iterable[Any], out: Path, coll: Collectives, prov: dict[str, Any],
     model_eval: ModelEval | None, resume: str, on_step: Callable[[Trainer], None] | None, t_start: float,
-    init_source: Any = None, stop_signals: StopSignals | None = None,
+    init_source: Any = None, stop_signals: StopSignals | None = None, holdout: Iterable[Any] | None = None,
 ) -> TrainResult:
     """The run inside the locked folder: start or resume, the loop, the last checkpoint, the end."""
-    start = start_run(config, data, out, coll, prov, resume, init_source)
+    start = start_run(config, data, out, coll, prov, resume, init_source, holdout)
     trainer = start.trainer
     logger = open_run_logger(config, out, prov, trainer.tokens, enabled=coll.is_writer)
     if start.resumed_from is not None:

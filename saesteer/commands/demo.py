@@ -26,7 +26,7 @@ tiny 4-layer model shipped with saesteer; no GPU, no internet):
 then print a summary and serve the web app (browse, search, steer) until Ctrl-C.
 
 Re-running reuses every finished stage and resumes an interrupted one; --fresh starts over.
-Everything goes to --out (default runs/demo): cache/, train/, features.db, steering/, summary.json.
+Everything goes to --out (default runs/demo): cache/, heldout-cache/, train/, features.db, steering/, summary.json.
 
 LLM labels: set SAESTEER_JUDGE_MODEL (and OPENAI_BASE_URL / OPENAI_API_KEY), or pass --judge-model;
 with a judge only the 100 most frequent latents are labelled unless --label-limit says otherwise.

@@ -110,6 +110,10 @@ class DemoPaths:
         return self.out / "cache"
 
     @property
+    def heldout_cache(self) -> Path:
+        return self.out / "heldout-cache"
+
+    @property
     def run(self) -> Path:
         return self.out / "train"
 
@@ -136,6 +140,11 @@ class DemoPaths:
         return {k: getattr(self, k) for k in names}
 
 
+def holdout_rows(cfg: DemoConfig) -> int:
+    """The held-out rows of the demo's training run (scale, b_dec, held-out EV and dead figures)."""
+    return min(16384, max(cfg.batch_size, cfg.cache_tokens // 10))
+
+
 def run_config(cfg: DemoConfig, progress: bool = True):
     """The training run's `training.RunConfig` for this demo config."""
     from training.config import CheckpointConfig, EvalConfig, LogConfig, OptimConfig, RunConfig, SAESpec, TrainConfig
@@ -143,7 +152,7 @@ def run_config(cfg: DemoConfig, progress: bool = True):
     return RunConfig(
         saes=[SAESpec("matryoshka_batchtopk", d_sae=cfg.d_sae, k=cfg.k, matryoshka_widths=list(cfg.matryoshka_widths))],
         train=TrainConfig(total_tokens=cfg.train_tokens, batch_size=cfg.batch_size, seed=cfg.seed,
-                          dead_tokens=cfg.dead_tokens, holdout_tokens=min(16384, max(cfg.batch_size, cfg.cache_tokens // 10))),
+                          dead_tokens=cfg.dead_tokens, holdout_tokens=holdout_rows(cfg)),
         optim=OptimConfig(),
         checkpoint=CheckpointConfig(every_tokens=max(cfg.train_tokens // 3, cfg.batch_size)),
         eval=EvalConfig(every_tokens=0, ce_contexts=cfg.ce_contexts),

@@ -7,25 +7,36 @@ import json
 from pathlib import Path
 from typing import Any
 
-from saesteer.demo.config import DemoConfig, DemoError, DemoPaths, run_config
+from saesteer.demo.config import DemoConfig, DemoError, DemoPaths, holdout_rows, run_config
 
 
 def stage_cache(cfg: DemoConfig, paths: DemoPaths, model, progress: bool, info: dict, say) -> Any:
+    """The training cache (the toy world's train split) and, apart from it, the held-out rows of the
+    training run (its validation split): training passes over its cache several times, and held-out
+    rows taken from that cache's stream would be trained on from the second pass on."""
     from saesteer.models import model_id, model_info
     from training.cache import build_cache
     from training.cache_config import CacheConfig
     from training.manifest import CacheMismatchError
     from training.text import TextConfig
 
-    cc = CacheConfig(out=str(paths.cache), hooks=[cfg.hook], max_tokens=cfg.cache_tokens)
+    def cache(out: Path, text: TextConfig, tokens: int):
+        cc = CacheConfig(out=str(out), hooks=[cfg.hook], max_tokens=tokens)
+        return build_cache(model, text, cc, model_id=model_id(model), model_revision=model_info(model).revision,
+                           progress=progress, log=say)
+
+    held = TextConfig(dataset="toy", split="validation")
+    L = held.context_length
     try:
-        res = build_cache(model, TextConfig(dataset="toy"), cc, model_id=model_id(model),
-                          model_revision=model_info(model).revision, progress=progress, log=say)
+        res = cache(paths.cache, TextConfig(dataset="toy"), cfg.cache_tokens)
+        # whole contexts, BOS not cached: enough of them for the held-out rows
+        held_res = cache(paths.heldout_cache, held, -(-holdout_rows(cfg) // (L - 1)) * L)
     except CacheMismatchError as e:
         raise DemoError(f"{e}\n(the demo's cache settings changed: run `saesteer demo --fresh` to start over)") from None
-    if res.shards_written == 0:
+    if res.shards_written == 0 and held_res.shards_written == 0:
         info["status"] = "reused"
-    info["note"] = f"{res.manifest.total_rows:,} activation rows of {cfg.hook}"
+    info["note"] = (f"{res.manifest.total_rows:,} activation rows of {cfg.hook}, "
+                    f"{held_res.manifest.total_rows:,} held out (validation text)")
     return res
 
 
@@ -47,12 +58,16 @@ def stage_train(cfg: DemoConfig, paths: DemoPaths, model, progress: bool, info: 
         m = json.loads(metrics_file.read_text(encoding="utf-8"))
         saved = m.get("config") or {}
         same = not config_differences(saved, json.loads(json.dumps(run_cfg.to_dict())))  # log/eval/... may differ
-        if same and (saved.get("train") or {}).get("total_tokens") == cfg.train_tokens and not m.get("stopped_early"):
+        apart = (m.get("data") or {}).get("holdout_trained_on") is False  # older demos held out rows of the cache
+        tokens = (saved.get("train") or {}).get("total_tokens")
+        if same and apart and tokens == cfg.train_tokens and not m.get("stopped_early"):
             info["status"] = "reused"
             info["note"] = f"{name}, {m['tokens_trained']:,} tokens"
             return name, sae_dir, m["saes"][name], _train_info(m)
     reader = CacheReader(paths.cache, cfg.batch_size, hook=cfg.hook, seed=cfg.seed, epochs=None)
+    heldout = CacheReader(paths.heldout_cache, cfg.batch_size, hook=cfg.hook, seed=cfg.seed, epochs=1)
     prov = cache_provenance(reader.manifest, paths.cache, cfg.hook)
+    prov.update(holdout_cache=str(paths.heldout_cache), holdout_trained_on=False)  # never read by the training stream
     model_eval = None
     if cfg.ce_contexts:
         held = heldout_contexts(text_config_from_manifest(reader.manifest), TextConfig(dataset="toy", split="validation"),
@@ -60,15 +75,16 @@ def stage_train(cfg: DemoConfig, paths: DemoPaths, model, progress: bool, info: 
         keep = tuple(int(i) for i in reader.manifest.settings.get("excluded_token_ids") or ())
         model_eval = ModelEval(model, cfg.hook, held.tokens_NL, keep)
         prov["ce_eval_data"] = held.provenance()
-    passes = (cfg.train_tokens + run_cfg.train.holdout_tokens) / max(1, reader.manifest.total_rows)
+    passes = cfg.train_tokens / max(1, reader.manifest.total_rows)
     say(f"{name}: d_in {model.cfg.d_model}, d_sae {cfg.d_sae}, k {cfg.k}; {cfg.train_tokens:,} tokens "
-        f"({passes:.1f} passes over the cache), batch {cfg.batch_size}")
+        f"({passes:.1f} passes over the cache), batch {cfg.batch_size}; {run_cfg.train.holdout_tokens:,} held-out rows "
+        f"from {paths.heldout_cache.name}")
     from saesteer import stopsignals
     from training.run import RunStopped
 
     try:
         result = train(run_cfg, reader, paths.run, model_eval=model_eval, provenance=prov,
-                       stop_signals=stopsignals.deferred)
+                       stop_signals=stopsignals.deferred, holdout=heldout)
     except RunStopped as e:  # its step is checkpointed: the CLI says the demo's ON_STOP
         raise stopsignals.Stopped(e.signum) from None
     except ConfigMismatchError as e:
