@@ -23,10 +23,10 @@ def test_eval_leaves_out_the_tokens_its_training_cache_left_out(real_models, rea
     llama = real_models.path("llama")
     data = write_paragraph_splits(real_corpus, tmp_path / "short")
     assert main(["cache", "--model", str(llama), "--dataset", str(data), "--split", "train", "--hooks", HOOK,
-                 "--context-length", "32", "--max-tokens", "6000", "--exclude-tokens", "special",
+                 "--context-length", "32", "--max-tokens", "3000", "--exclude-tokens", "special",
                  "--out", str(tmp_path / "cache"), "--no-progress"]) == 0
     assert main(["train", "--cache", str(tmp_path / "cache"), "--architecture", "topk", "--d-sae", "64", "--k", "4",
-                 "--total-tokens", "4000", "--batch-size", "256", "--holdout-tokens", "500", "--eval-ce-contexts", "8",
+                 "--total-tokens", "2000", "--batch-size", "256", "--holdout-tokens", "500", "--eval-ce-contexts", "8",
                  "--progress", "false", "--out", str(tmp_path / "run")]) == 0
     sae = tmp_path / "run" / "saes" / "topk_k4_f64"
     assert main(["eval", "--sae", str(sae), "--contexts", "8", "--ce-contexts", "8", "--absorption", "false",
