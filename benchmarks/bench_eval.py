@@ -108,9 +108,13 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--write", action="store_true", help="replace the block in benchmarks/RESULTS.md")
     args = ap.parse_args()
+    if args.contexts % args.batch:  # run_evals reads whole batches: the rest would be ours alone
+        ap.error(f"--contexts {args.contexts} is not a multiple of --batch {args.batch}: SAELens would read fewer")
     import torch
 
     model, tokens, sae_dir = setup(args.work, args.contexts)
+    import evals.run  # noqa: F401  (both sides' imports before the timed rounds, not in the first one)
+    import sae_lens.evals  # noqa: F401
     runs = {"ours": ours, "SAELens": saelens}
     cpu: dict[str, list[float]] = {k: [] for k in runs}
     figures = {}

@@ -4,7 +4,6 @@ BOS and EOS distinct), read as its training read it: the figures equal the ones 
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 
