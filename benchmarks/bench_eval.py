@@ -108,9 +108,13 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--write", action="store_true", help="replace the block in benchmarks/RESULTS.md")
     args = ap.parse_args()
+    if args.contexts % args.batch:  # run_evals reads whole batches: the rest would be ours alone
+        ap.error(f"--contexts {args.contexts} is not a multiple of --batch {args.batch}: SAELens would read fewer")
     import torch
 
     model, tokens, sae_dir = setup(args.work, args.contexts)
+    import evals.run  # noqa: F401  (both sides' imports before the timed rounds, not in the first one)
+    import sae_lens.evals  # noqa: F401
     runs = {"ours": ours, "SAELens": saelens}
     cpu: dict[str, list[float]] = {k: [] for k in runs}
     figures = {}
@@ -131,7 +135,8 @@ def main() -> None:
     block = ("`saesteer eval`'s evaluation (evals.run.evaluate_saes after evals.activations.collect) against SAELens's "
              "`run_evals` with every metric on: the same GPT-2-shaped model (d_model 256, 4 layers, vocab 8,192), the "
              "same SAELens StandardSAE (8,192 latents at blocks.2.hook_resid_post), the same held-out tokens, BOS left "
-             "out on both sides; process CPU seconds, one torch thread (benchmarks/bench_eval.py).\n\n"
+             "out on both sides; process CPU seconds, one torch thread, both libraries imported before the first "
+             "round (benchmarks/bench_eval.py).\n\n"
              "| held-out tokens | ours CPU s | SAELens run_evals CPU s | SAELens / ours | same figures |\n"
              "|---|---|---|---|---|\n" + row + f"\n\nCommand: `{cmd}` (medians of {args.rounds} interleaved rounds; "
              f"rounds: ours {', '.join(f'{v:.2f}' for v in cpu['ours'])}; SAELens "

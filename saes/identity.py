@@ -310,39 +310,63 @@ def check_named_model(sae: Any, given: ModelIdentity | None, *, sae_as: str, giv
                       fix: str) -> None:
     """An SAE from another library records no model identity, but its config names the model in that
     library's terms (SAELens's `model_name`: a registry release's 'gpt2-small', Gemma Scope 2's
-    'google/gemma-3-270m'): refuse (ModelMismatchError) a hub model of another name, naming both and
-    `override`. A local model is compared with a `model_name` that is a local checkpoint directory (SAELens
-    records the path it loaded): refused when that directory exists here and is another one; a name, or a
-    directory not on this machine, cannot be compared. An SAE with an identity is `check_same_model`'s."""
+    'google/gemma-3-270m', or the local checkpoint directory it loaded): refuse (ModelMismatchError) another
+    model, naming both and `override`. Hub names are compared by name, an HF-cache snapshot directory
+    (`.../models--ORG--NAME/snapshots/COMMIT`) as its repo's name; a local checkpoint directory that exists
+    here by its weight files (a copy elsewhere is the same model). A relative path, or a directory not on this
+    machine, cannot be compared with a local model. An SAE with an identity is `check_same_model`'s."""
     if given is None or given.source not in ("hub", "local") or recorded_model_of(sae) is not None:
         return
     metadata = getattr(getattr(getattr(sae, "sae", sae), "cfg", None), "metadata", None) or {}
     named = metadata.get("model_name")
-    if given.source == "local":
+    if not isinstance(named, str) or not named or ModelIdentity.from_id(named) is not None:
+        return
+    from saes.model_files import hub_snapshot_repo
+
+    named_repo = hub_snapshot_repo(named) if _is_path(named) else named
+    given_repo = given.name if given.source == "hub" else hub_snapshot_repo(given.path or "")
+    if given.source == "local" and not (named_repo and given_repo):
         _check_named_directory(named, given, sae_as=sae_as, given_as=given_as, override=override, fix=fix)
         return
-    if (not isinstance(named, str) or not named or ModelIdentity.from_id(named) is not None
-            or same_model_name(named, given.name) or bridge_hub_name(named) == given.name):
+    if named_repo and (same_model_name(named_repo, given_repo) or bridge_hub_name(named_repo) == given_repo):
         return
-    hub = official_model_name(named)
-    hub = f" (HF: {hub})" if hub not in (None, named) else ""
-    raise ModelMismatchError(f"{sae_as} was made for the model {named!r}{hub}, not {given.name} ({given_as}); {fix}, "
-                             f"or pass {override} to use this one anyway")
+    if named_repo not in (None, named):  # an HF-cache snapshot directory
+        hub = f" (a snapshot of {named_repo})"
+    else:
+        hub = official_model_name(named) if named_repo else None
+        hub = f" (HF: {hub})" if hub not in (None, named) else ""
+    given_named = given.name if given.source == "hub" else f"the model at {given.path}"
+    raise ModelMismatchError(f"{sae_as} was made for the model {named!r}{hub}, not {given_named} ({given_as}); "
+                             f"{fix}, or pass {override} to use this one anyway")
 
 
-
-def _check_named_directory(named: Any, given: ModelIdentity, *, sae_as: str, given_as: str, override: str,
-                           fix: str) -> None:
-    """`check_named_model` for a local model: `named` an existing checkpoint directory other than the given one."""
+def _is_path(name: str) -> bool:
+    """A model name that is a directory's path (absolute, or './', '../', '~'), not a hub name."""
     import os
 
-    if not isinstance(named, str) or not os.path.isabs(os.path.expanduser(named)) or not given.path:
+    return os.path.isabs(os.path.expanduser(name)) or name.startswith(("./", "../"))
+
+
+def _check_named_directory(named: str, given: ModelIdentity, *, sae_as: str, given_as: str, override: str,
+                           fix: str) -> None:
+    """`check_named_model` for a local model: `named` an existing absolute checkpoint directory whose weight
+    files differ from the given one's (a copy of the same files elsewhere, a link to it: the same model)."""
+    import os
+
+    from saes.model_files import local_weights_sha256
+
+    if not os.path.isabs(os.path.expanduser(named)) or not given.path:
         return
     there = os.path.realpath(os.path.expanduser(named))
     if not os.path.isfile(os.path.join(there, "config.json")) or there == os.path.realpath(given.path):
         return
-    raise ModelMismatchError(f"{sae_as} was made for the model at {named}, not the one at {given.path} ({given_as}); "
-                             f"{fix}, or pass {override} to use this one anyway")
+    theirs, ours = local_weights_sha256(there), given.weights_sha256
+    if theirs is None or ours is None or _same_hash(theirs, ours):
+        return
+    raise ModelMismatchError(f"{sae_as} was made for the model at {named}, whose weight files differ from those of "
+                             f"the model at {given.path} ({given_as}); {fix}, or pass {override} to use this one "
+                             f"anyway")
+
 
 def check_sae_model(model: Any, sae: Any, *, sae_name: str = "sae", allow_mismatch: bool = False) -> None:
     """Python-API check for code that pairs a model with an SAE: refuse (ModelMismatchError) an

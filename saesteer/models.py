@@ -72,11 +72,10 @@ from saes.identity import (
     identity_of_model,
     same_model,
 )
+from saes.model_files import local_weights_sha256  # noqa: F401  (re-exported: callers import it from here)
 
 TOY_SPECS = ("toy", "toyworld")
 _INFO_ATTR = "_saesteer_model_info"
-WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf", ".h5", ".msgpack")
-FULL_HASH_LIMIT_BYTES = 4 << 30  # above this, local weights get a sampled hash (see _hash_files)
 OVERRIDE_FLAG = "--allow-model-mismatch"  # the CLI flag that accepts a model other than the recorded one
 
 
@@ -302,32 +301,6 @@ def model_info(model) -> ModelInfo:
     info = ModelInfo(spec=name, source="object", name=name, engine=type(model).__name__)
     setattr(model, _INFO_ATTR, info)
     return info
-
-
-def _hash_files(paths: list[Path]) -> str:
-    """SHA-256 over (name, size, content) of files; above FULL_HASH_LIMIT_BYTES in total, over
-    (name, size, first and last 16 MiB) instead, marked with a 'sampled-' prefix."""
-    total = sum(p.stat().st_size for p in paths)
-    sampled = total > FULL_HASH_LIMIT_BYTES
-    h = hashlib.sha256()
-    for p in sorted(paths, key=lambda q: q.name):
-        size = p.stat().st_size
-        h.update(f"{p.name}\0{size}\0".encode())
-        with open(p, "rb") as f:
-            if not sampled:
-                for chunk in iter(lambda: f.read(1 << 20), b""):
-                    h.update(chunk)
-            else:
-                h.update(f.read(16 << 20))
-                f.seek(max(0, size - (16 << 20)))
-                h.update(f.read())
-    return ("sampled-" if sampled else "") + h.hexdigest()
-
-
-def local_weights_sha256(directory: str | os.PathLike) -> str | None:
-    """SHA-256 of the weight files of a local checkpoint directory (what a 'local' identity records)."""
-    files = [p for p in Path(directory).iterdir() if p.is_file() and p.name.endswith(WEIGHT_SUFFIXES)]
-    return _hash_files(files) if files else None
 
 
 def _hash_parameters(model) -> str:

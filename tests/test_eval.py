@@ -346,9 +346,8 @@ def test_features_steer_and_serve_work_on_a_foreign_sae(foreign, tmp_path: Path,
     assert entries[0].engine is not None  # the store's recorded spec re-resolved to the same SAE (fingerprint)
 
 
-def test_registry_sae_from_a_fake_hub_cache_through_the_cli(tmp_path: Path) -> None:
-    """`--sae sae_lens:ORG/REPO/FOLDER` resolved by sae_lens through huggingface_hub from an HF cache
-    (HF_HUB_CACHE), with the network off, in a fresh process as a user would run it."""
+def _registry_cache(tmp_path: Path) -> Path:
+    """An HF cache holding a SAELens SAE of the toy model at someone/toy-saes, folder l2 (commit 'a' * 40)."""
     from sae_lens.saes.standard_sae import StandardSAE, StandardSAEConfig
 
     sl = StandardSAE(StandardSAEConfig(d_in=D, d_sae=64))
@@ -361,11 +360,40 @@ def test_registry_sae_from_a_fake_hub_cache_through_the_cli(tmp_path: Path) -> N
     cache = tmp_path / "hub"
     fs.write_hf_snapshot(cache, "someone/toy-saes", {"l2/cfg.json": tmp_path / "made" / "cfg.json",
                                                       "l2/sae_weights.safetensors": tmp_path / "made" / "sae_weights.safetensors"})
+    return cache
+
+
+REGISTRY_EVAL = ["eval", "--sae", "sae_lens:someone/toy-saes/l2", "--model", "toy", "--contexts", "4", "--ce-contexts",
+                 "2", "--absorption", "false", "--probing", "false", "--quiet"]
+
+
+def test_registry_sae_from_a_fake_hub_cache(tmp_path: Path, monkeypatch, capsys) -> None:
+    """`--sae sae_lens:ORG/REPO/FOLDER` resolved by sae_lens through huggingface_hub from an HF cache,
+    offline, in this process (the fresh-process run with HF_HUB_CACHE: the slow test below)."""
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(_registry_cache(tmp_path)))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    assert main([*REGISTRY_EVAL, "--no-progress", "--out", str(tmp_path / "ev")]) == 0
+    entry = json.loads((tmp_path / "ev" / "eval.json").read_text())["saes"]["sae"]
+    assert entry["spec"] == "sae_lens:someone/toy-saes/l2" and entry["format"] == "sae_lens_registry"
+    assert entry["source"]["revision"] == "a" * 40 and entry["metrics"]["eval_rows"] > 0
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "empty"))
+    capsys.readouterr()
+    assert main([*REGISTRY_EVAL, "--no-progress", "--out", str(tmp_path / "ev2")]) == 2
+    err = capsys.readouterr().err
+    assert "not in the HF cache" in err and "Traceback" not in err and len(err.strip().splitlines()) <= 2, err
+
+
+@pytest.mark.slow
+def test_registry_sae_from_a_fake_hub_cache_through_the_cli(tmp_path: Path) -> None:
+    """`--sae sae_lens:ORG/REPO/FOLDER` resolved by sae_lens through huggingface_hub from an HF cache
+    (HF_HUB_CACHE), with the network off, in a fresh process as a user would run it (two processes:
+    ~8 CPU s each, most of it importing; slow)."""
+    cache = _registry_cache(tmp_path)
     env = {**os.environ, "HF_HUB_CACHE": str(cache), "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline",
            "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "saesteer", "eval", "--sae", "sae_lens:someone/toy-saes/l2", "--model", "toy",
-           "--contexts", "4", "--ce-contexts", "2", "--absorption", "false", "--probing", "false", "--quiet",
-           "--out", str(tmp_path / "ev")]
+    cmd = [sys.executable, "-m", "saesteer", *REGISTRY_EVAL, "--out", str(tmp_path / "ev")]
     res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr
     doc = json.loads((tmp_path / "ev" / "eval.json").read_text())

@@ -4,10 +4,10 @@ BOS and EOS distinct), read as its training read it: the figures equal the ones 
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 
+from helpers.real_models import write_paragraph_splits
 from saesteer.cli import main
 
 pytestmark = [pytest.mark.usefixtures("one_thread")]
@@ -15,26 +15,17 @@ pytestmark = [pytest.mark.usefixtures("one_thread")]
 HOOK = "blocks.1.hook_resid_post"
 
 
-def _short_documents(real_corpus, root: Path) -> Path:
-    """Paragraphs of the corpus as documents (shorter than a context: EOS separators inside contexts)."""
-    root.mkdir(parents=True, exist_ok=True)
-    for split, docs in (("train", real_corpus.train_docs), ("validation", real_corpus.validation_docs)):
-        pieces = [p.strip() for d in docs for p in d.split("\n\n") if len(p.strip()) > 20]
-        (root / f"{split}.jsonl").write_text("".join(json.dumps({"text": p}) + "\n" for p in pieces[:400]))
-    return root
-
-
 def test_eval_leaves_out_the_tokens_its_training_cache_left_out(real_models, real_corpus, tmp_path, capsys):
     """A cache made with --exclude-tokens special never shows the SAE the EOS between documents; eval
     (without --cache) leaves those positions out too and keeps them clean when splicing, so its CE figures
     on the training's CE text equal train's (before: EOS spliced and measured, other figures)."""
     llama = real_models.path("llama")
-    data = _short_documents(real_corpus, tmp_path / "short")
+    data = write_paragraph_splits(real_corpus, tmp_path / "short")
     assert main(["cache", "--model", str(llama), "--dataset", str(data), "--split", "train", "--hooks", HOOK,
-                 "--context-length", "32", "--max-tokens", "6000", "--exclude-tokens", "special",
+                 "--context-length", "32", "--max-tokens", "3000", "--exclude-tokens", "special",
                  "--out", str(tmp_path / "cache"), "--no-progress"]) == 0
     assert main(["train", "--cache", str(tmp_path / "cache"), "--architecture", "topk", "--d-sae", "64", "--k", "4",
-                 "--total-tokens", "4000", "--batch-size", "256", "--holdout-tokens", "500", "--eval-ce-contexts", "8",
+                 "--total-tokens", "2000", "--batch-size", "256", "--holdout-tokens", "500", "--eval-ce-contexts", "8",
                  "--progress", "false", "--out", str(tmp_path / "run")]) == 0
     sae = tmp_path / "run" / "saes" / "topk_k4_f64"
     assert main(["eval", "--sae", str(sae), "--contexts", "8", "--ce-contexts", "8", "--absorption", "false",

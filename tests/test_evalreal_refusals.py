@@ -8,8 +8,8 @@ import os
 from pathlib import Path
 
 import pytest
-import torch
 
+from helpers.foreign_saes import saelens_random
 from saesteer.cli import main
 
 pytestmark = [pytest.mark.usefixtures("one_thread")]
@@ -18,13 +18,7 @@ HOOK = "blocks.1.hook_resid_post"
 
 
 def _saelens_folder(folder: Path, model_name: str) -> Path:
-    from sae_lens.saes.standard_sae import StandardSAE, StandardSAEConfig
-
-    torch.manual_seed(0)
-    sae = StandardSAE(StandardSAEConfig(d_in=64, d_sae=96))
-    sae.cfg.metadata.hook_name, sae.cfg.metadata.model_name = HOOK, model_name
-    sae.save_model(folder)
-    return folder
+    return saelens_random(folder, model_name=model_name, hook_name=HOOK)
 
 
 def _eval(sae: Path, model: Path, real_corpus, *extra: str) -> list[str]:

@@ -166,6 +166,7 @@ def _run(args) -> int:
     results = {n: results[n] for n in loaded}  # in the order given
     _print_table(results)
     _note_saelens_conventions(results, cfg)
+    _note_other_exclusions(excluded, tokenizer, loaded)
     data = {**(texts[0] if len(texts) == 1 else {"texts": texts}), "excluded_token_ids": list(excluded), **data_info}
     data.pop("saes", None)
     data.pop("target_rows", None)
@@ -178,19 +179,44 @@ def _excluded_ids(cfg, tokenizer, loaded: dict) -> tuple[int, ...]:
     """Token ids whose positions are left out of the activation metrics and kept clean when an SAE is
     spliced in: BOS as --exclude-bos says, and the other tokens an SAE's training cache left out (its
     saesteer.json's `exclude_tokens`, e.g. `special`: the EOS between documents too), which it never saw.
-    The same positions for every SAE, so that side by side they read the same tokens."""
-    from training.plan import excluded_ids
-
+    The same positions for every SAE, so that side by side they read the same tokens: the union over the
+    SAEs (`_note_other_exclusions` names an SAE whose training read positions left out here)."""
     bos = getattr(tokenizer, "bos_token_id", None)
-    ids = set()
-    for item in loaded.values():
-        policy = ((item.provenance or {}).get("data") or {}).get("exclude_tokens")
-        if policy in ("bos", "special"):
-            ids |= set(excluded_ids(tokenizer, policy))
+    ids = {i for _, trained in _trained_exclusions(tokenizer, loaded).values() for i in trained}
     ids.discard(bos)  # BOS is the flag's to decide
     if cfg.exclude_bos and bos is not None:
         ids.add(int(bos))
     return tuple(sorted(int(i) for i in ids))
+
+
+def _trained_exclusions(tokenizer, loaded: dict) -> dict[str, tuple[str, tuple[int, ...]]]:
+    """name -> (the `saesteer cache --exclude-tokens` policy, the ids it leaves out with this tokenizer) of
+    each SAE whose saesteer.json records its training cache's (SAEs of other libraries record none)."""
+    from training.plan import excluded_ids
+
+    out = {}
+    for name, item in loaded.items():
+        policy = ((item.provenance or {}).get("data") or {}).get("exclude_tokens")
+        if policy in ("none", "bos", "special"):
+            out[name] = (policy, tuple(sorted(int(i) for i in excluded_ids(tokenizer, policy))))
+    return out
+
+
+def _note_other_exclusions(excluded: tuple[int, ...], tokenizer, loaded: dict) -> None:
+    """A line for each SAE measured without positions its training cache kept: another SAE's cache left
+    out more (the union is left out for all), or --exclude-bos (the default) against a cache that kept BOS."""
+    bos = getattr(tokenizer, "bos_token_id", None)
+    for name, (policy, ids) in _trained_exclusions(tokenizer, loaded).items():
+        fixes = []
+        if bos is not None and bos in excluded and bos not in ids:
+            fixes.append("pass --exclude-bos false")
+        if set(ids) - {bos} != set(excluded) - {bos}:
+            fixes.append("evaluate it alone")
+        if fixes:
+            print(f"note: SAE {name!r} was trained without token ids {list(ids)} (its cache's --exclude-tokens "
+                  f"{policy}) but is measured without {list(excluded)}, the same positions as every SAE given "
+                  f"(eval.json data.excluded_token_ids): {' and '.join(fixes)} to measure it on the positions its "
+                  f"training read")
 
 
 def _group_activations(cfg, group: dict, targets: dict, tokens, excluded, rows, collected, say):

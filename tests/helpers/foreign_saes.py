@@ -432,6 +432,19 @@ def save_unfolded_saelens_sae(folder: Path) -> Path:
     return folder
 
 
+def saelens_random(folder: Path, *, model_name: str, hook_name: str, d_in: int = 64, d_sae: int = 96,
+                   seed: int = 0) -> Path:
+    """A SAELens StandardSAE of random weights saved by SAELens's own `save_model`, its cfg.json naming
+    `model_name` (a hub name or alias, or the checkpoint directory SAELens loaded) and `hook_name`."""
+    from sae_lens.saes.standard_sae import StandardSAE, StandardSAEConfig
+
+    torch.manual_seed(seed)
+    sae = StandardSAE(StandardSAEConfig(d_in=d_in, d_sae=d_sae))
+    sae.cfg.metadata.hook_name, sae.cfg.metadata.model_name = hook_name, model_name
+    sae.save_model(folder)
+    return folder
+
+
 # ------------------------------------------------------------------------------ SAELens, reconstructing
 def _principal_pairs(x_ND: torch.Tensor, n_pc: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(mean [D], encoder directions [D, 2 n_pc]): each of the top `n_pc` principal directions of `x_ND`

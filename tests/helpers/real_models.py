@@ -99,6 +99,18 @@ def write_corpus(directory) -> Corpus:
     return Corpus(root, jsonl_dir, txt_dir, tuple(train), tuple(validation), tuple(test))
 
 
+def write_paragraph_splits(corpus: Corpus, directory, limit: int = 400) -> Path:
+    """A local dataset of the corpus's paragraphs as documents (train.jsonl, validation.jsonl; up to `limit`
+    each): shorter than a context, so that packed contexts hold the EOS between documents."""
+    root = Path(directory)
+    root.mkdir(parents=True, exist_ok=True)
+    for split, docs in (("train", corpus.train_docs), ("validation", corpus.validation_docs)):
+        pieces = [p.strip() for d in docs for p in d.split("\n\n") if len(p.strip()) > 20]
+        (root / f"{split}.jsonl").write_text("".join(json.dumps({"text": p}) + "\n" for p in pieces[:limit]),
+                                             encoding="utf-8")
+    return root
+
+
 def write_jsonl_splits(directory, docs) -> Path:
     """A local dataset a user points --dataset at: train.jsonl of `docs` and validation.jsonl of them reversed."""
     root = Path(directory)

@@ -1,0 +1,48 @@
+"""What a local checkpoint directory holds, as `saes.identity` compares it: the SHA-256 of its weight
+files (a 'local' model identity's `weights_sha256`: a directory copied elsewhere has the same one), and
+the hub repo an HF-cache snapshot directory is a copy of. Standard library only."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path, PurePath
+
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf", ".h5", ".msgpack")
+FULL_HASH_LIMIT_BYTES = 4 << 30  # above this, local weights get a sampled hash (see hash_files)
+
+
+def hash_files(paths: list[Path]) -> str:
+    """SHA-256 over (name, size, content) of files; above FULL_HASH_LIMIT_BYTES in total, over
+    (name, size, first and last 16 MiB) instead, marked with a 'sampled-' prefix."""
+    total = sum(p.stat().st_size for p in paths)
+    sampled = total > FULL_HASH_LIMIT_BYTES
+    h = hashlib.sha256()
+    for p in sorted(paths, key=lambda q: q.name):
+        size = p.stat().st_size
+        h.update(f"{p.name}\0{size}\0".encode())
+        with open(p, "rb") as f:
+            if not sampled:
+                for chunk in iter(lambda: f.read(1 << 20), b""):
+                    h.update(chunk)
+            else:
+                h.update(f.read(16 << 20))
+                f.seek(max(0, size - (16 << 20)))
+                h.update(f.read())
+    return ("sampled-" if sampled else "") + h.hexdigest()
+
+
+def local_weights_sha256(directory: str | os.PathLike) -> str | None:
+    """SHA-256 of the weight files of a local checkpoint directory (what a 'local' identity records)."""
+    files = [p for p in Path(directory).iterdir() if p.is_file() and p.name.endswith(WEIGHT_SUFFIXES)]
+    return hash_files(files) if files else None
+
+
+def hub_snapshot_repo(path: str | os.PathLike) -> str | None:
+    """The hub repo ('ORG/NAME', or a legacy 'NAME') whose checkpoint an HF-cache snapshot directory
+    (`.../models--ORG--NAME/snapshots/COMMIT`, as `snapshot_download` returns it) holds; None elsewhere."""
+    parts = PurePath(os.path.expanduser(str(path))).parts
+    if len(parts) < 3 or parts[-2] != "snapshots" or not parts[-3].startswith("models--"):
+        return None
+    repo = parts[-3].removeprefix("models--").replace("--", "/")
+    return repo or None
