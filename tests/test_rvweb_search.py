@@ -48,7 +48,9 @@ def test_a_label_holding_the_text_comes_first(store):
 
 def test_the_query_is_text_not_a_pattern(store):
     assert store.search("%") == [] or all("%" in h.snippet for h in store.search("%"))
-    assert store.search("テ_スト") == [] and store.search("テ%ト") == []  # LIKE's wildcards are escaped
+    assert store.search("テ_スト") == [] and store.search("テ%ト") == []
+    assert store.search("キ%t") == [] and store.search("キ_") == []  # LIKE (ASCII letters: any case) escapes them
+    assert store.search("テキスト the")  # "the" follows the planted text: no "%" needed to find it
 
 
 def test_which_queries_go_past_the_word_index():
