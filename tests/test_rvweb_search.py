@@ -100,3 +100,12 @@ def test_the_web_search_finds_them_and_pages_them(tmp_path):
     assert "3 matches" in page and "海の生き物 2 🐋" in page
     page = c.get("/s/tiny/search?q=%F0%9F%A6%8A", headers={"accept": "text/html"}).text  # 🦊: in no label or example
     assert "No feature label or example matches" in page
+
+
+def test_the_cli_lists_the_substring_hits_with_their_counts(store):
+    from helpers.real_cli import saesteer
+
+    r = saesteer("features", "search", store.path, "生き物").ok()
+    assert "海の生き物" in r.out and " 3 " in r.out and "5.00" in r.out, r.out  # latent 3, its label once: 5
+    r = saesteer("features", "search", store.path, "🦊").ok()
+    assert "no latent matches" in r.out

@@ -72,11 +72,13 @@ def _hits(c: sqlite3.Connection, ids: list[int], terms: list[str]) -> list[Searc
         f"SELECT t.rowid, t.label, t.examples, {latest_label_sql('t.rowid')}, f.freq "
         f"FROM feature_fts t JOIN features f ON f.latent = t.rowid WHERE t.rowid IN ({','.join('?' * len(ids))})",
         ids)}
-    hits = []
-    for rank, i in enumerate(ids):
+    hits, pattern = [], _pattern(terms)
+    for i in ids:  # in the order found (labels first), so that pages cut from more hits agree
         fts_label, examples, label, freq = rows[i]
         where = examples if _find(examples or "", terms) else (fts_label or "")
-        hits.append(SearchHit(i, -float(rank), label, _snippet(where, terms), freq))
+        # its score: how often the parts occur, a label's counted 5 times (bm25's label weight)
+        score = 5 * len(pattern.findall(fts_label or "")) + len(pattern.findall(examples or ""))
+        hits.append(SearchHit(i, float(score), label, _snippet(where, terms), freq))
     return hits
 
 
