@@ -24,7 +24,7 @@ from features.imported_labels import label_source
 from features.records import Example, FeatureRecord, without_start_bos
 from features.store import FeatureStore
 from features.drawing import readable
-from features.tokentext import character_groups, visible
+from features.tokentext import character_spans, visible
 from saes.fileio import atomic_open
 
 _CSS = """
@@ -77,18 +77,15 @@ def _page(title: str, body: str, plotly_src: str | None) -> str:
 
 def _example_html(e: Example, scale: float) -> str:
     """One window: a span per piece of text, a character split over tokens being one span with the
-    strongest of its tokens' activations (`character_groups`, as the web app draws it: a span per
+    strongest of its tokens' activations (`character_spans`, as the web app draws it: a span per
     empty piece put gaps inside CJK text and cut accents off their letters)."""
     spans = []
     toks = (e.tokens or [str(t) for t in e.token_ids])[:len(e.acts)]
-    groups = character_groups(toks)
-    for k, g in enumerate(groups):
+    for g, shown in character_spans(toks):
         act = max(e.acts[i] for i in g)
         alpha = 0.0 if scale <= 0 else max(0.0, min(1.0, act / scale))
         cls = "tok centre" if e.centre in g else "tok"
         style = f' style="background:rgba(255,140,0,{alpha:.3f})"' if alpha > 0 else ""
-        following = "".join(toks[groups[k + 1][0]:groups[k + 1][-1] + 1]) if k + 1 < len(groups) else ""
-        shown = visible(toks[g[-1]], following)
         title = " · ".join(f"{e.acts[i]:.4g}" for i in g)
         spans.append(f'<span class="{cls}"{style} title="{esc(title)}">{esc(shown)}</span>')
     info = f"act {e.activation:.4g}" + (f", quantile {e.quantile:.2f}" if e.quantile is not None else "")

@@ -46,7 +46,7 @@ from saes.bytefallback import ByteFallback, built_once, byte_fallback, decoder_p
 
 __all__ = ["TokenText", "token_text", "token_texts", "token_bytes", "token_label", "token_labels", "label_of_bytes",
            "PART_OF_A_CHARACTER", "LABEL_RULE", "label_from_rule_1",
-           "pieces_by_prefix", "align_pieces", "mark_pieces", "character_groups", "visible"]
+           "pieces_by_prefix", "align_pieces", "mark_pieces", "character_groups", "character_spans", "visible"]
 
 
 @dataclass(frozen=True)
@@ -365,9 +365,11 @@ def mark_pieces(pieces: Sequence[str], marked: Iterable[int], open_mark: str, cl
 def character_groups(pieces: Sequence[str]) -> list[list[int]]:
     """The tokens as a reader sees them: each token on its own, except that the tokens with an empty
     piece (the first bytes of a character) go with the token that completes the character, so one
-    group per piece of visible text. Empty pieces with no text after them (a character cut at the
-    window's end; a store built without a tokenizer has only empty pieces) stay one group each.
-    [" a", "", "", "日", "x"] -> [[0], [1, 2, 3], [4]]."""
+    group per piece of visible text. A window cut inside its last character has U+FFFD on the first
+    of the cut tokens and empty pieces after it: those go with the U+FFFD (the cut character is one
+    group, never an empty one that cannot be seen or hovered). Only a window with no text at all (a
+    store built without a tokenizer) has empty groups: one per token.
+    [" a", "", "", "日", "x"] -> [[0], [1, 2, 3], [4]];  ["a", "\ufffd", ""] -> [[0], [1, 2]]."""
     groups: list[list[int]] = []
     run: list[int] = []
     for i, p in enumerate(pieces):
@@ -375,4 +377,18 @@ def character_groups(pieces: Sequence[str]) -> list[list[int]]:
         if p:
             groups.append(run)
             run = []
+    if run and groups:
+        groups[-1].extend(run)
+        run = []
     return groups + [[i] for i in run]
+
+
+def character_spans(pieces: Sequence[str]) -> list[tuple[list[int], str]]:
+    """Each character group (`character_groups`) with its text as drawn (`visible`): what the web
+    app's and the HTML export's token spans hold, one span per group."""
+    groups = character_groups(pieces)
+    spans = []
+    for k, g in enumerate(groups):
+        following = "".join(pieces[groups[k + 1][0]:groups[k + 1][-1] + 1]) if k + 1 < len(groups) else ""
+        spans.append((g, visible("".join(pieces[i] for i in g), following)))
+    return spans

@@ -60,14 +60,3 @@ def test_a_search_by_meaning_pages_past_its_first_page(c, monkeypatch):
     pages = _walk(c, "sea", 5)
     assert [len(p["items"]) for p in pages] == [5, 5, 2]
     assert [(p["total"], p["total_exact"]) for p in pages] == [(6, False), (11, False), (12, True)]
-
-
-def test_a_search_the_word_index_cannot_match_says_why_it_found_nothing(c):
-    """An emoji is no word to the full-text index, and CJK text is one word per run between
-    punctuation: "nothing matches" alone read as if the store held no such text."""
-    page = c.get("/s/tiny/search?q=%F0%9F%90%B3", headers={"accept": "text/html"}).text  # 🐳
-    assert "No feature label or example matches" in page and "this query has none" in page
-    page = c.get("/s/tiny/search?q=日本語", headers={"accept": "text/html"}).text
-    assert "a word is a whole run of characters between punctuation" in page
-    page = c.get("/s/tiny/search?q=zebra", headers={"accept": "text/html"}).text
-    assert "No feature label or example matches" in page and "Full-text search" not in page

@@ -55,7 +55,7 @@ def _render(ex: dict) -> list[list[str]]:
 
 def test_character_groups_put_a_characters_first_bytes_with_the_token_completing_it():
     assert character_groups([" a", "", "", "日", "x"]) == [[0], [1, 2, 3], [4]]
-    assert character_groups(["a", "", ""]) == [[0], [1], [2]]  # cut at the window's end: each on its own
+    assert character_groups(["a", "\ufffd", ""]) == [[0], [1, 2]]  # cut at the window's end: the U+FFFD and its tokens
     assert character_groups(["", ""]) == [[0], [1]]  # a store built without a tokenizer: no text at all
     assert character_groups([]) == []
 

@@ -10,6 +10,7 @@ from typing import Any
 from features.records import SNIPPET_CLOSE, SNIPPET_OPEN, ConceptMatch, FeatureFilter, FeatureSummary, SearchHit
 from features.store.base import StoreBase
 from features.store.schema import latest_label_sql
+from features.store.substring import beyond_words, substring_search
 
 _SORTS = {
     "latent": ("f.latent", False),
@@ -185,8 +186,12 @@ class StoreQueries(StoreBase):
 
     def search(self, text: str, limit: int = 20, *, raw: bool = False) -> list[SearchHit]:
         """Full-text search over labels (weighted 5x) and top-example text. Words are matched as
-        whole tokens, all of them first and any of them when that finds nothing. raw=True passes
-        `text` to FTS5 as a query expression."""
+        whole tokens, all of them first and any of them when that finds nothing. A query the word
+        index cannot match as meant (CJK, Thai, an emoji: `substring.beyond_words`) is looked for
+        as substrings instead. raw=True passes `text` to FTS5 as a query expression."""
+        if not raw and beyond_words(text):
+            with self._read() as c:
+                return substring_search(c, text, int(limit))
         queries = [text] if raw else [q for q in (_fts_query(text, "AND"), _fts_query(text, "OR")) if q]
         with self._read() as c:
             for q in dict.fromkeys(queries):

@@ -19,7 +19,6 @@ Pages that only read the store are plain `def` routes, run in worker threads as 
 from __future__ import annotations
 
 import math
-import re
 from typing import Annotated, Optional
 from urllib.parse import urlencode
 
@@ -187,25 +186,7 @@ def search(
         i = int(q.lstrip("#"))
         if i < entry.info.d_sae:
             exact = i
-    return render(request, "search.html", store=entry, query=q, page=page, exact=exact, nav="search",
-                  why_none=_why_no_hits(q))
-
-
-# Scripts written without spaces between words (Han, kana, Thai, ...): full text search sees a run of
-# them between punctuation or spaces as one word
-_UNSPACED = re.compile("[\u0e00-\u0eff\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
-
-
-def _why_no_hits(q: str) -> str | None:
-    """What to tell a reader whose full-text search found nothing, where the query is one the word
-    index cannot match as meant: no word at all ("🐳"), or text of a script written without spaces
-    ("日本語" inside "日本語のテキストを…", which the index holds as one word)."""
-    if not re.search(r"\w", q):
-        return "Full-text search looks for words (letters and digits): this query has none."
-    if _UNSPACED.search(q):
-        return ("Full-text search matches whole words, and in text written without spaces (Chinese, Japanese, "
-                "Thai) a word is a whole run of characters between punctuation: search for the whole run.")
-    return None
+    return render(request, "search.html", store=entry, query=q, page=page, exact=exact, nav="search")
 
 
 @router.get("/s/{sid}/f/{latent}", response_class=HTMLResponse)

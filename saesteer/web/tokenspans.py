@@ -2,7 +2,7 @@
 
 A token whose piece is empty (the first bytes of a character that byte-level BPE or byte fallback
 split over several tokens: CJK, emoji, an NFD accent's combining mark) is drawn inside the span of
-the token that completes the character (`features.tokentext.character_groups`, the rule the CLI's
+the token that completes the character (`features.tokentext.character_spans`, the rule the CLI's
 marks follow): that span takes the strongest shade of its tokens, the underline when one of them is
 the example's centre, and all their activations in its title. A span of its own per empty token
 (a sliver) put gaps between CJK characters, cut an accent off its letter and broke the joining of
@@ -14,25 +14,17 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
-from features.tokentext import character_groups, visible
+from features.tokentext import character_spans
 
 __all__ = ["TokenSpan", "token_spans", "fire_spans"]
 
 
 @dataclass(frozen=True)
 class TokenSpan:
-    text: str  # the piece as drawn (`visible`): "" only for a character cut at the window's end
+    text: str  # the group's text as drawn (`visible`): "" only in a window with no text at all
     shade: int  # 0..10
     centre: bool
     title: str
-
-
-def _groups_shown(tokens: Sequence[str]):
-    """(token indices, the group's text as drawn) per character group."""
-    groups = character_groups(tokens)
-    for k, g in enumerate(groups):
-        following = tokens[groups[k + 1][0]:groups[k + 1][-1] + 1] if k + 1 < len(groups) else ()
-        yield g, visible(tokens[g[-1]], "".join(following))
 
 
 def token_spans(tokens: Sequence[str], acts: Sequence[float], shade: Sequence[int], centre: int | None,
@@ -41,7 +33,7 @@ def token_spans(tokens: Sequence[str], acts: Sequence[float], shade: Sequence[in
     character in two tokens)."""
     shade = list(shade) or [0] * len(tokens)
     return [TokenSpan(text, max(shade[i] for i in g), centre in g, " · ".join(num(acts[i]) for i in g))
-            for g, text in _groups_shown(tokens)]
+            for g, text in character_spans(tokens)]
 
 
 def fire_spans(tokens: Sequence[str], token_shade: Sequence[int], per_token: Sequence[Sequence],
@@ -49,7 +41,7 @@ def fire_spans(tokens: Sequence[str], token_shade: Sequence[int], per_token: Seq
     """The fire page's token row: a span's title lists the features firing on any of its tokens,
     each at its strongest, strongest first ("#12 1.73 label" lines, or "no feature fires")."""
     spans = []
-    for g, text in _groups_shown(tokens):
+    for g, text in character_spans(tokens):
         best = {}
         for i in g:
             for a in per_token[i]:

@@ -1,0 +1,111 @@
+"""Searching a store for what the word index cannot match: part of a run of Japanese text (the
+index holds "日本語のテキスト" as one word) and an emoji (no word at all), in labels and in top
+examples, through the store, the API and the search page; each query stops at the hits asked for."""
+
+from __future__ import annotations
+
+import pytest
+
+from features import FeatureStore, LabelProvenance
+from features.records import SNIPPET_CLOSE, SNIPPET_OPEN
+from features.store.substring import beyond_words
+from helpers.label_store import build_trigger_store
+
+N = 16  # latents
+PROV = LabelProvenance(judge_model="test-judge", judge_kind="human", prompt_version="rvweb-1")
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    """Every latent's examples hold "日本語のテキスト" just before its trigger, latent 0's with "🐳" after it;
+    latent 3 is labelled in Japanese."""
+    plant = {i: ["日本語のテキスト", "🐳"] if i == 0 else ["日本語のテキスト"] for i in range(N)}
+    path, _ = build_trigger_store(tmp_path_factory.mktemp("rvweb-search") / "t.db", n_latents=N, n_contexts=80,
+                                  plant=plant, plant_rate=1.0)
+    with FeatureStore.open(path, readonly=False) as s:
+        s.write_label(3, "海の生き物 🐋 (Ocean)", provenance=PROV)
+    with FeatureStore.open(path) as s:
+        yield s
+
+
+def test_part_of_a_japanese_run_and_an_emoji_are_found_in_the_examples(store):
+    assert store.search("日本語のテキスト")  # the whole run: the word index found it already
+    for q, latents in (("テキスト", {0, 1, 2, 3}), ("🐳", {0})):
+        hits = store.search(q, limit=10)
+        assert latents <= {h.latent for h in hits}, (q, hits)
+        hit = next(h for h in hits if h.latent == 0)
+        assert (q, True) in hit.parts, hit.snippet  # the snippet marks what was found
+        assert SNIPPET_OPEN not in hit.snippet.replace(SNIPPET_OPEN + q + SNIPPET_CLOSE, "")
+
+
+def test_a_label_holding_the_text_comes_first(store):
+    for q in ("生き物", "🐋", "生き物 ocean"):  # ASCII letters in any case, as the word index has them
+        hits = store.search(q, limit=10)
+        assert hits and hits[0].latent == 3 and hits[0].label == "海の生き物 🐋 (Ocean)", (q, hits)
+    assert store.search("生き物 zebra")[0].latent == 3  # any of the parts when none holds all
+    assert store.search("猫") == [] and store.search("🦊") == []
+
+
+def test_the_query_is_text_not_a_pattern(store):
+    assert store.search("%") == [] or all("%" in h.snippet for h in store.search("%"))
+    assert store.search("テ_スト") == [] and store.search("テ%ト") == []
+    assert store.search("キ%t") == [] and store.search("キ_") == []  # LIKE (ASCII letters: any case) escapes them
+    assert store.search("テキスト the")  # "the" follows the planted text: no "%" needed to find it
+
+
+def test_which_queries_go_past_the_word_index():
+    assert all(beyond_words(q) for q in ("日本", "テキスト", "ภาษาไทย", "🐳", "a → b", "->", "whale 🐳"))
+    assert not any(beyond_words(q) for q in ("whale", "café naïve", "self._parse", "한국어", "", "  "))
+
+
+def test_a_substring_search_stops_at_the_hits_asked_for(store):
+    """One pass over the store's text at most, and less when enough latents match: every latent's
+    examples hold "テキスト", so one hit of it costs less than a query that reads every latent's
+    text and finds nothing (SQLite's virtual machine steps, counted: no clock)."""
+    steps = [0]
+
+    def count():
+        steps[0] += 1
+        return 0
+
+    def cost(q: str, limit: int) -> tuple[int, int]:
+        steps[0] = 0
+        store._conn.set_progress_handler(count, 1)
+        try:
+            n = len(store.search(q, limit=limit))
+        finally:
+            store._conn.set_progress_handler(None, 1)
+        return n, steps[0]
+
+    (n_one, one), (n_none, every) = cost("テキスト", 1), cost("テキストは無い", 1)
+    assert (n_one, n_none) == (1, 0) and one < every, (one, every)  # without LIMIT: a whole pass and more
+    assert cost("テキスト", 1000)[0] == N
+
+
+def test_the_web_search_finds_them_and_pages_them(tmp_path):
+    from helpers.web_app import PORT, client, make_entry, shared_store
+    from saesteer.web import Limits, ServeConfig, create_app
+
+    ws = shared_store()
+    with FeatureStore.open(ws.path, readonly=False) as s:
+        for i in range(3):
+            s.write_label(i, f"海の生き物 {i} 🐋", provenance=PROV)
+    c = client(create_app([make_entry(ws, "tiny")], config=ServeConfig(port=PORT), limits=Limits()))
+    r = c.get("/api/stores/tiny/search?q=生き物&limit=2").json()
+    assert [i["latent"] for i in r["items"]] == [0, 1] and (r["total"], r["total_exact"]) == (3, False)
+    assert {"text": "生き物", "match": True} in r["items"][0]["snippet_parts"]
+    r = c.get(f"/api/stores/tiny/search?q=生き物&limit=2&offset={r['next_offset']}").json()
+    assert [i["latent"] for i in r["items"]] == [2] and (r["total"], r["total_exact"]) == (3, True)
+    page = c.get("/s/tiny/search?q=%F0%9F%90%8B", headers={"accept": "text/html"}).text  # 🐋
+    assert "3 matches" in page and "海の生き物 2 🐋" in page
+    page = c.get("/s/tiny/search?q=%F0%9F%A6%8A", headers={"accept": "text/html"}).text  # 🦊: in no label or example
+    assert "No feature label or example matches" in page
+
+
+def test_the_cli_lists_the_substring_hits_with_their_counts(store):
+    from helpers.real_cli import saesteer
+
+    r = saesteer("features", "search", store.path, "生き物").ok()
+    assert "海の生き物" in r.out and " 3 " in r.out and "5.00" in r.out, r.out  # latent 3, its label once: 5
+    r = saesteer("features", "search", store.path, "🦊").ok()
+    assert "no latent matches" in r.out
