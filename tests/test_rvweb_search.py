@@ -86,7 +86,12 @@ def test_the_web_search_finds_them_and_pages_them(tmp_path):
     from helpers.web_app import PORT, client, make_entry, shared_store
     from saesteer.web import Limits, ServeConfig, create_app
 
-    ws = shared_store()
+    import dataclasses
+    import shutil
+
+    shared = shared_store()  # labels are written into a copy: other modules read the shared store's labels
+    ws = dataclasses.replace(shared, path=tmp_path / "store.db")
+    shutil.copy(shared.path, ws.path)
     with FeatureStore.open(ws.path, readonly=False) as s:
         for i in range(3):
             s.write_label(i, f"海の生き物 {i} 🐋", provenance=PROV)
