@@ -173,8 +173,11 @@ def features_on_text(
 
 def trained_special_tokens(loaded) -> str | None:
     """How the SAE's training read special tokens written out in its documents ("text" or "match"), as
-    its saesteer.json records (`data.text.special_tokens`); None where it does not (another library's
+    its saesteer.json records (`data.text.special_tokens`, kept on an SAE read from its folder as
+    `trained_special_tokens`, as the web app holds it); None where it does not (another library's
     SAE, or one trained here before it was recorded)."""
     prov = loaded if isinstance(loaded, dict) else getattr(loaded, "provenance", None)
     got = (((prov or {}).get("data") or {}).get("text") or {}).get("special_tokens")
+    if got is None and not isinstance(loaded, dict):  # an SAE read from its folder keeps it (saes.io.sae_from_folder)
+        got = getattr(getattr(loaded, "sae", loaded), "trained_special_tokens", None)
     return got if got in ("text", "match") else None

@@ -125,6 +125,8 @@ def test_top_on_text_reads_a_written_out_special_token_as_the_sae_training_data_
     ids = [t.token_id for t in res.tokens]
     assert res.special_tokens == "text" and ids[0] == eot and eot not in ids[1:]  # BOS, then the text's characters
     assert "".join(t.token for t in res.tokens[1:]) == text
+    bare = features_on_text(model, resolve_sae(str(sae)).sae, text)  # the SAE alone, as the web app holds it
+    assert [t.token_id for t in bare.tokens] == ids
     matched = features_on_text(model, resolve_sae(str(sae)), text, special_tokens="match")
     assert [t.token_id for t in matched.tokens].count(eot) == 2
     r = saesteer("features", "top-on-text", text, "--sae", sae).ok()
