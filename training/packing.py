@@ -100,12 +100,17 @@ def make_tokenize(tokenizer, literal_specials: bool = True) -> Callable[[list[st
 
     For HF fast tokenizers it calls the Rust backend's `encode_batch_fast` directly (about 1.5x
     less CPU than `tokenizer(...)`), on a copy of the backend of its own (transformers sets
-    `encode_special_tokens` on the shared one at every call), after checking on the first batch
+    `encode_special_tokens` on the one it holds at every call), after checking on the first batch
     that it gives exactly the ids `tokenizer(...)` gives; on any difference it uses
-    `tokenizer(...)` throughout."""
+    `tokenizer(...)` throughout. That check and that fallback call a shallow copy of the tokenizer
+    holding the backend copy: `tokenizer(...)` with another `split_special_tokens` than the
+    tokenizer's would set the flag on the shared backend and leave it there, and a prompt tokenized
+    meanwhile in another thread (the prefetcher's, a server's request) would read its chat markers
+    as text, or these texts match them."""
+    reader = tokenizer  # what `tokenizer(...)` is called on
 
     def slow(texts: list[str]) -> list[list[int]]:
-        out = tokenizer(
+        out = reader(
             texts,
             add_special_tokens=False,
             split_special_tokens=literal_specials,
@@ -124,7 +129,9 @@ def make_tokenize(tokenizer, literal_specials: bool = True) -> Callable[[list[st
     if state is None:
         own = copy.deepcopy(backend)
         own.encode_special_tokens = literal_specials
-        state = states[literal_specials] = {"checked": False, "use_fast": True, "backend": own}
+        state = states[literal_specials] = {"checked": False, "use_fast": True, "backend": own,
+                                            "reader": _reading_with(tokenizer, backend, own)}
+    reader = state["reader"]
 
     def tokenize(texts: list[str]) -> list[list[int]]:
         if not state["use_fast"]:
@@ -139,6 +146,18 @@ def make_tokenize(tokenizer, literal_specials: bool = True) -> Callable[[list[st
         return ids
 
     return tokenize
+
+
+def _reading_with(tokenizer, backend, own):
+    """A shallow copy of the HF fast `tokenizer` whose backend is `own` (its attribute found by
+    identity with `backend`); the tokenizer itself where that cannot be done."""
+    for name, value in vars(tokenizer).items():
+        if value is backend:
+            reader = copy.copy(tokenizer)
+            setattr(reader, name, own)
+            if getattr(reader, "backend_tokenizer", None) is own:
+                return reader
+    return tokenizer
 
 
 def document_tokenize(tokenizer, cfg: TextConfig, literal_specials: bool = True
