@@ -78,6 +78,15 @@ def test_a_cache_records_its_reading_for_the_saes_trained_on_it(real_models, rea
     assert training_text_of(gone)[0].special_tokens == "match"
     older = {**gone, "text": {k: v for k, v in prov["text"].items() if k != "special_tokens"}}
     assert training_text_of(older)[0].special_tokens == "auto"
+    # train --cache with the flag: auto (a config file's text section says it) reads the cache as it decided
+    from saesteer.commands._train_data import check_cached_text
+    from training.text import TextConfig
+
+    given = {"special_tokens": "--special-tokens"}
+    for ok in ("auto", "match"):
+        check_cached_text(tmp_path / "cache", man, TextConfig(dataset=str(data), special_tokens=ok), given)
+    with pytest.raises(ValueError, match=r"--special-tokens text \(the cache's: match\)"):
+        check_cached_text(tmp_path / "cache", man, TextConfig(dataset=str(data), special_tokens="text"), given)
 
 
 def test_auto_says_what_it_found_when_a_minority_of_documents_hold_special_tokens(real_corpus):

@@ -190,7 +190,7 @@ def _check_estimate(plan: CachePlan, text: TextConfig, cfg: CacheConfig, tokeniz
         say(f"  text:    {note}")
     elif not plan.settings.get("literal_special_tokens", True) and not plan.source.pretokenized:
         say("  text:    special tokens written out in the documents are matched (read as the tokens they name), as "
-            f"{'the cache records' if done else '--special-tokens match says'}")
+            f"{'the cache records' if text.special_tokens == 'auto' else '--special-tokens match says'}")
     if done:
         say(f"  resuming after {len(done)} finished shard(s) ({contexts_done:,} contexts)")
     if cfg.check_disk and est.bytes_needed is not None and est.bytes_needed > est.bytes_free:
