@@ -49,6 +49,9 @@ class TextActivations:
     tokens: list[TokenActivations]
     latents: list[LatentTotal] = field(default_factory=list)  # by max activation over the text
     acts_SF: torch.Tensor | None = None  # the dense activations (CPU float32), for callers that want all
+    # how special tokens written out in the text were read: "text" (their characters, as the SAE's training
+    # data read them) or "match" (the tokens they name, as the model's tokenizer reads a prompt)
+    special_tokens: str = "match"
 
 
 class _StopForward(Exception):
@@ -75,11 +78,22 @@ def hook_activations(model, hook_name: str, tokens_BS: torch.Tensor) -> torch.Te
     return got["x"]
 
 
-def text_tokens(model, text: str, prepend_bos: bool) -> torch.Tensor:
+def text_tokens(model, text: str, prepend_bos: bool, literal_specials: bool = False) -> torch.Tensor:
     """`text`'s tokens [1, S], tokenized once and never cut: a text longer than the model's context
     (`cfg.n_ctx`) is refused naming both lengths (TransformerLens's `to_tokens` would cut it to the
-    context without a word, and the latents of its tail would silently be missing)."""
-    tokens_BS = prompt_tokens(model, text, prepend_bos, truncate=False)  # one BOS (saes.bos)
+    context without a word, and the latents of its tail would silently be missing).
+    `literal_specials`: a special token written out ("<|endoftext|>") is its characters, as a cache
+    reads a document (`training.packing.make_tokenize`), after the BOS `prepend_bos` puts first; else
+    the prompt as the model's tokenizer reads it (`saes.bos.prompt_tokens`: one BOS)."""
+    if literal_specials:
+        from training.packing import make_tokenize
+
+        bos = getattr(model.tokenizer, "bos_token_id", None)
+        ids = make_tokenize(model.tokenizer, literal_specials=True)([text])[0]
+        ids = ([bos] if bos is not None and (prepend_bos or not ids) else []) + list(ids)
+        tokens_BS = torch.tensor([ids], dtype=torch.long, device=getattr(model.cfg, "device", None))
+    else:
+        tokens_BS = prompt_tokens(model, text, prepend_bos, truncate=False)  # one BOS (saes.bos)
     n, n_ctx = int(tokens_BS.shape[1]), getattr(model.cfg, "n_ctx", None)
     if n_ctx is not None and n > n_ctx:
         raise ValueError(f"the text is {n} tokens long, more than the model's context of {n_ctx} tokens; shorten it "
@@ -99,6 +113,7 @@ def features_on_text(
     prepend_bos: bool | None = None,
     min_act: float = 0.0,
     allow_model_mismatch: bool = False,
+    special_tokens: str | None = None,
 ) -> TextActivations:
     """Latents firing on each token of `text`, strongest first (labels from `store` when given;
     the store must have been built from this SAE). `sae`: an SAE or a `saes.formats.LoadedSAE`.
@@ -110,7 +125,11 @@ def features_on_text(
     `allow_model_mismatch`. Inside a `steer` block it reads the model as steered (a clamp shows
     its value; an edit upstream moves what fires): a reading of the model as it runs, unlike
     `contrast_features` and `diff_of_means`, which are refused there (their results are for the
-    unsteered model)."""
+    unsteered model). A special token written out in `text` ("<|endoftext|>", "<s>") is read as the
+    SAE's training data read one (`special_tokens` None: its saesteer.json's `data.text.special_tokens`,
+    "text" for SAEs trained here since that rule; else as the model's tokenizer reads a prompt,
+    "match"): a latent shown on a written-out <|endoftext|> read as the token would be one that fires
+    at the document boundaries its training saw, not on those characters."""
     from saes.bos import prepend_bos_for
     from saes.formats.base import sae_of
     from saes.identity import check_sae_model, check_same_model, identity_of_model
@@ -126,7 +145,8 @@ def features_on_text(
             check_same_model(store.recorded_model(), identity_of_model(model), recorded_in=f"the feature store {store.path}",
                              given_as="the model given", override="allow_model_mismatch=True",
                              fix="load the model it records (saesteer.models.load_model)")
-    tokens_BS = text_tokens(model, text, prepend_bos_for(model, [loaded], prepend_bos))
+    reading = special_tokens or trained_special_tokens(loaded) or "match"
+    tokens_BS = text_tokens(model, text, prepend_bos_for(model, [loaded], prepend_bos), literal_specials=reading == "text")
     x = hook_activations(model, hook, tokens_BS)[0]  # [S, ...]
     x_SD = x.reshape(x.shape[0], -1)
     acts_SF = sae.encode(x_SD.to(device=sae.device, dtype=sae.dtype)).float().cpu()
@@ -148,4 +168,16 @@ def features_on_text(
         col = acts_SF[:, i]
         totals.append(LatentTotal(int(i), float(col.max()), float(col.sum()), int(fired[:, i].sum()), labels.get(int(i))))
     totals.sort(key=lambda t: (-t.max_act, t.latent))
-    return TextActivations(text, hook, tokens, totals, acts_SF)
+    return TextActivations(text, hook, tokens, totals, acts_SF, reading)
+
+
+def trained_special_tokens(loaded) -> str | None:
+    """How the SAE's training read special tokens written out in its documents ("text" or "match"), as
+    its saesteer.json records (`data.text.special_tokens`, kept on an SAE read from its folder as
+    `trained_special_tokens`, as the web app holds it); None where it does not (another library's
+    SAE, or one trained here before it was recorded)."""
+    prov = loaded if isinstance(loaded, dict) else getattr(loaded, "provenance", None)
+    got = (((prov or {}).get("data") or {}).get("text") or {}).get("special_tokens")
+    if got is None and not isinstance(loaded, dict):  # an SAE read from its folder keeps it (saes.io.sae_from_folder)
+        got = getattr(getattr(loaded, "sae", loaded), "trained_special_tokens", None)
+    return got if got in ("text", "match") else None

@@ -231,7 +231,8 @@ def sae_from_folder(files: SAEFolder, device: torch.device | str | None = None, 
     """The SAE an SAE folder's files describe, a whitened checkpoint's whitening folded in. An SAE
     trained here keeps its training's BOS policy (saesteer.json) as `trained_bos_policy`, on the
     object only: prompts of a "doc"-policy SAE start with BOS wherever it goes (`saes.bos`), while
-    cfg.json's prepend_bos keeps SAELens's meaning."""
+    cfg.json's prepend_bos keeps SAELens's meaning; likewise `trained_special_tokens`
+    (`features.text.trained_special_tokens`)."""
     from saes.bos import trained_bos_policy
 
     sae = sae_from_sae_lens_dict(files.cfg, files.weights, device=device, dtype=dtype, source=source)
@@ -240,6 +241,10 @@ def sae_from_folder(files: SAEFolder, device: torch.device | str | None = None, 
     policy = trained_bos_policy(files.provenance or {})
     if policy is not None:
         sae.trained_bos_policy = policy
+    # how its training text read a special token written out ("text" / "match"): features.text reads a text so
+    reading = (((files.provenance or {}).get("data") or {}).get("text") or {}).get("special_tokens")
+    if reading in ("text", "match"):
+        sae.trained_special_tokens = reading
     return sae
 
 

@@ -131,7 +131,7 @@ def test_cache_of_chat_rendered_text_matches_its_markers_and_the_flag_decides(re
     common = ("--model", str(model), "--dataset", str(data), "--hooks", "blocks.0.hook_resid_post",
               "--bos-policy", "none", "--context-length", "32", "--max-tokens", "128", "--no-progress")
     r = saesteer("cache", *common, "--out", str(tmp_path / "auto")).ok()
-    assert "read as those tokens" in r.text
+    assert "matched (read as the special tokens they name" in r.text
     assert read_manifest(tmp_path / "auto").settings["literal_special_tokens"] is False
     from transformers import AutoTokenizer
 

@@ -185,9 +185,12 @@ def _check_estimate(plan: CachePlan, text: TextConfig, cfg: CacheConfig, tokeniz
     contexts_done = sum(s.contexts for s in done)
     est = estimate_plan(plan, text, cfg, tokenizer, out, contexts_done)
     say(est.describe())
-    if not plan.settings.get("literal_special_tokens", True) and not plan.source.pretokenized:
-        say("  text:    special tokens written out in the documents are read as those tokens (--special-tokens "
-            f"{text.special_tokens}{': most of the first documents hold one' if text.special_tokens == 'auto' else ''})")
+    note = plan.special_tokens.note() if plan.special_tokens is not None else None
+    if note is not None:  # what auto decided, from the first documents, and the flag for the other reading
+        say(f"  text:    {note}")
+    elif not plan.settings.get("literal_special_tokens", True) and not plan.source.pretokenized:
+        say("  text:    special tokens written out in the documents are matched (read as the tokens they name), as "
+            f"{'the cache records' if text.special_tokens == 'auto' else '--special-tokens match says'}")
     if done:
         say(f"  resuming after {len(done)} finished shard(s) ({contexts_done:,} contexts)")
     if cfg.check_disk and est.bytes_needed is not None and est.bytes_needed > est.bytes_free:

@@ -100,12 +100,17 @@ def make_tokenize(tokenizer, literal_specials: bool = True) -> Callable[[list[st
 
     For HF fast tokenizers it calls the Rust backend's `encode_batch_fast` directly (about 1.5x
     less CPU than `tokenizer(...)`), on a copy of the backend of its own (transformers sets
-    `encode_special_tokens` on the shared one at every call), after checking on the first batch
+    `encode_special_tokens` on the one it holds at every call), after checking on the first batch
     that it gives exactly the ids `tokenizer(...)` gives; on any difference it uses
-    `tokenizer(...)` throughout."""
+    `tokenizer(...)` throughout. That check and that fallback call a shallow copy of the tokenizer
+    holding the backend copy: `tokenizer(...)` with another `split_special_tokens` than the
+    tokenizer's would set the flag on the shared backend and leave it there, and a prompt tokenized
+    meanwhile in another thread (the prefetcher's, a server's request) would read its chat markers
+    as text, or these texts match them."""
+    reader = tokenizer  # what `tokenizer(...)` is called on
 
     def slow(texts: list[str]) -> list[list[int]]:
-        out = tokenizer(
+        out = reader(
             texts,
             add_special_tokens=False,
             split_special_tokens=literal_specials,
@@ -124,7 +129,9 @@ def make_tokenize(tokenizer, literal_specials: bool = True) -> Callable[[list[st
     if state is None:
         own = copy.deepcopy(backend)
         own.encode_special_tokens = literal_specials
-        state = states[literal_specials] = {"checked": False, "use_fast": True, "backend": own}
+        state = states[literal_specials] = {"checked": False, "use_fast": True, "backend": own,
+                                            "reader": _reading_with(tokenizer, backend, own)}
+    reader = state["reader"]
 
     def tokenize(texts: list[str]) -> list[list[int]]:
         if not state["use_fast"]:
@@ -139,6 +146,18 @@ def make_tokenize(tokenizer, literal_specials: bool = True) -> Callable[[list[st
         return ids
 
     return tokenize
+
+
+def _reading_with(tokenizer, backend, own):
+    """A shallow copy of the HF fast `tokenizer` whose backend is `own` (its attribute found by
+    identity with `backend`); the tokenizer itself where that cannot be done."""
+    for name, value in vars(tokenizer).items():
+        if value is backend:
+            reader = copy.copy(tokenizer)
+            setattr(reader, name, own)
+            if getattr(reader, "backend_tokenizer", None) is own:
+                return reader
+    return tokenizer
 
 
 def document_tokenize(tokenizer, cfg: TextConfig, literal_specials: bool = True
@@ -183,19 +202,71 @@ def document_bytes(doc) -> int:
     return sum(len(str(m.get("content", "")).encode()) for m in doc if isinstance(m, dict))
 
 
-def literal_specials_for(cfg: TextConfig, tokenizer, texts: Sequence) -> bool:
-    """Whether `make_tokenize` reads a special token written out in `cfg`'s documents as its
-    characters (`TextConfig.special_tokens`): "auto" decides from `texts`, the first documents:
-    matched (False) when at least half of the non-empty ones hold one (a corpus rendered by a chat
-    template, "<|im_start|>user..." in every row, was written for the tokenizer to match), else text."""
+@dataclass(frozen=True)
+class SpecialTokensReading:
+    """How special tokens written out in a dataset's documents are read (`decide_special_tokens`):
+    `reading` "text" (as their characters) or "match" (as the tokens they name); under "auto",
+    `holding` of the `sampled` first non-empty documents held one."""
+
+    reading: str
+    auto: bool = False
+    holding: int = 0
+    sampled: int = 0
+
+    @property
+    def literal(self) -> bool:
+        """`make_tokenize`'s `literal_specials`."""
+        return self.reading == "text"
+
+    def note(self) -> str | None:
+        """What auto decided, for the user, with how to choose the other; None when nothing was
+        decided (the flag given) or no first document holds a special token written out."""
+        if not self.auto or not self.holding:
+            return None
+        how = ("read as text (their characters)" if self.literal else
+               "matched (read as the special tokens they name: text rendered by a chat template)")
+        other = "match" if self.literal else "text"
+        return (f"special tokens written out in {self.holding} of the first {self.sampled} documents: {how}, as "
+                f"--special-tokens auto decides (matched when at least half hold one); --special-tokens {other} reads "
+                f"them the other way")
+
+
+def decide_special_tokens(cfg: TextConfig, tokenizer, texts: Sequence) -> SpecialTokensReading:
+    """How `make_tokenize` reads a special token written out in `cfg`'s documents
+    (`TextConfig.special_tokens`): "auto" decides from `texts`, the first documents: matched when at
+    least half of the non-empty ones hold one (a corpus rendered by a chat template,
+    "<|im_start|>user..." in every row, was written for the tokenizer to match), else text. The one
+    place "auto" is decided: `training.text.source_as_read` records its answer in the text config
+    (what an SAE trained on it records, so that eval reads held-out text the same way), a cache in
+    its manifest (`literal_special_tokens`)."""
     if cfg.special_tokens != "auto":
-        return cfg.special_tokens == "text"
+        return SpecialTokensReading(cfg.special_tokens)
     written = sorted({s for s in (getattr(tokenizer, "all_special_tokens", None) or []) if s}, key=len, reverse=True)
     docs = [t for t in texts if isinstance(t, str) and t]
     if not written or not docs:
-        return True
+        return SpecialTokensReading("text", True, 0, len(docs))
     marker = re.compile("|".join(map(re.escape, written)))
-    return 2 * sum(marker.search(t) is not None for t in docs) < len(docs)
+    holding = sum(marker.search(t) is not None for t in docs)
+    return SpecialTokensReading("text" if 2 * holding < len(docs) else "match", True, holding, len(docs))
+
+
+def read_special_tokens(cfg: TextConfig, tokenizer, source: DocumentSource | None = None
+                        ) -> tuple[TextConfig, SpecialTokensReading]:
+    """(`cfg` with `special_tokens` decided, "text" or "match", what was decided): "auto" from the
+    first documents of `source` (`cfg`'s dataset, opened here when not given), by
+    `decide_special_tokens`. A pretokenized dataset's ids are read as they are: `cfg` unchanged."""
+    if cfg.special_tokens != "auto":
+        return cfg, SpecialTokensReading(cfg.special_tokens)
+    source = source or DocumentSource(cfg)
+    if source.pretokenized:
+        return cfg, SpecialTokensReading("text")
+    got = decide_special_tokens(cfg, tokenizer, sample_documents(source).texts)
+    return dataclasses.replace(cfg, special_tokens=got.reading), got
+
+
+def literal_specials_for(cfg: TextConfig, tokenizer, texts: Sequence) -> bool:
+    """`decide_special_tokens(...).literal`: whether a special token written out is read as text."""
+    return decide_special_tokens(cfg, tokenizer, texts).literal
 
 
 # ----------------------------------------------------------------------------------------------

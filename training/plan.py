@@ -24,7 +24,8 @@ from training.manifest import (FORMAT_NAME, FORMAT_VERSION, MANIFEST_NAME, SETTI
                                read_manifest, setting_differences)
 from training.runner import ActivationRunner
 from training.shards import DTYPES
-from training.packing import eos_is_next_bos, literal_specials_for, special_tokens, tokenizer_fingerprint
+from training.packing import (SpecialTokensReading, decide_special_tokens, eos_is_next_bos, special_tokens,
+                              tokenizer_fingerprint)
 from training.text import DocumentSource, TextConfig, dataset_spec, is_conversation, sample_documents
 
 DEFAULT_SHARD_BYTES = 128 << 20
@@ -39,6 +40,7 @@ class CachePlan(NamedTuple):
     source: DocumentSource
     excluded: np.ndarray
     dataset_files: list[str] | None  # the absolute paths of the local files read (provenance)
+    special_tokens: SpecialTokensReading | None = None  # how special tokens written out are read (what auto decided)
 
 
 def identity_record(model) -> dict[str, Any] | None:
@@ -78,23 +80,24 @@ def plan_cache(model, text: TextConfig, cfg: CacheConfig, tokenizer, model_id, m
     first = [] if source.pretokenized else sample_documents(source).texts
     if any(map(is_conversation, first)):  # written by the chat template: another template, other tokens
         spec["chat_template_sha256"] = hashlib.sha256(str(getattr(tokenizer, "chat_template", None) or "").encode()).hexdigest()
-    literal = source.pretokenized or _literal_specials(text, tokenizer, first, cfg.out)
-    settings = cache_settings(model, runner, d_in, text, cfg, tokenizer, model_id, model_revision, spec, literal)
+    reading = SpecialTokensReading("text") if source.pretokenized else _special_tokens_read(text, tokenizer, first, cfg.out)
+    settings = cache_settings(model, runner, d_in, text, cfg, tokenizer, model_id, model_revision, spec, reading.literal)
     files = [str(p) for p in source.data.files] if source.data.is_local else None
-    return CachePlan(runner, d_in, settings, source, np.asarray(settings["excluded_token_ids"], dtype=np.int64), files)
+    return CachePlan(runner, d_in, settings, source, np.asarray(settings["excluded_token_ids"], dtype=np.int64), files,
+                     reading)
 
 
-def _literal_specials(text: TextConfig, tokenizer, first: list, out) -> bool:
+def _special_tokens_read(text: TextConfig, tokenizer, first: list, out) -> SpecialTokensReading:
     """How special tokens written out in the documents (`first`: the first ones) are read
-    (`literal_specials_for`); under
-    "auto", a resume reads them as the cache records (absent: matched, as caches made before the
-    rule were packed), so that it continues as it was packed; a choice given is compared with it."""
+    (`decide_special_tokens`); under "auto", a resume reads them as the cache records (absent:
+    matched, as caches made before the rule were packed), so that it continues as it was packed; a
+    choice given is compared with it."""
     if text.special_tokens == "auto" and out and (Path(out) / MANIFEST_NAME).is_file():
         try:
-            return bool(read_manifest(out).settings["literal_special_tokens"])
+            return SpecialTokensReading("text" if read_manifest(out).settings["literal_special_tokens"] else "match")
         except (OSError, ValueError):  # not a readable cache: the build says so
             pass
-    return literal_specials_for(text, tokenizer, first)
+    return decide_special_tokens(text, tokenizer, first)
 
 
 def cache_settings(
@@ -102,7 +105,7 @@ def cache_settings(
     model_id: str | None, model_revision: str | None, dataset: dict[str, Any], literal_specials: bool = True,
 ) -> dict[str, Any]:
     """The manifest's SETTING_FIELDS for this build (what must match to resume); `literal_specials`:
-    `training.packing.literal_specials_for` the first documents."""
+    `training.packing.decide_special_tokens` on the first documents."""
     excl = excluded_ids(tokenizer, cfg.exclude_tokens)
     return {
         "format": FORMAT_NAME,

@@ -16,8 +16,10 @@ from training.manifest import Manifest, read_manifest
 from training.shardset import ShardSet
 
 
-# what an SAE trained without a cache records of how its text was read and packed (`data.text`)
-TEXT_READING = ("dataset_config", "text_column", "txt_documents", "context_length", "bos_policy", "separator")
+# what an SAE records of how its text was read and packed (`data.text`; special_tokens as decided,
+# "text" or "match": absent in SAEs from older versions)
+TEXT_READING = ("dataset_config", "text_column", "txt_documents", "context_length", "bos_policy", "separator",
+                "special_tokens")
 
 
 def cache_provenance(manifest: Manifest, cache_dir: str | Path, hook: str) -> dict[str, Any]:
@@ -62,7 +64,15 @@ def text_config_from_manifest(manifest: Manifest) -> Any:
     return TextConfig(dataset=name, dataset_config=ds.get("config"), split=split,
                       text_column=ds.get("text_column") or "text", context_length=int(s["context_length"]),
                       bos_policy=s.get("bos_policy", "prepend"), separator=s.get("separator", "eos"),
-                      txt_documents=ds.get("txt_documents") or "file")
+                      txt_documents=ds.get("txt_documents") or "file",
+                      special_tokens=special_tokens_of_manifest(s))
+
+
+def special_tokens_of_manifest(settings: dict[str, Any]) -> str:
+    """How the cache read special tokens written out in its documents, as `TextConfig.special_tokens`:
+    "text" or "match", as its `literal_special_tokens` records (a cache from before the record
+    matched them: `training.manifest.SETTING_DEFAULTS`)."""
+    return "text" if settings.get("literal_special_tokens") else "match"
 
 
 def training_text_of(data: dict[str, Any], manifests: dict[Path, Manifest] | None = None

@@ -109,10 +109,11 @@ class TextConfig:
 
     special_tokens: SpecialTokenText = field(
         default="auto",
-        metadata={"help": "a special token written out in a document (<|endoftext|>, <s>, <|im_start|> in web pages or "
-                          "code): text = tokenized as its characters, as the model's pretraining read text; match = as "
-                          "that token (text rendered by a chat template); auto = text, unless most of the first "
-                          "documents hold one (then match). The cache records which"},
+        metadata={"help": "how a special token written out in a document (<|endoftext|>, <s>, <|im_start|> in web pages "
+                          "or code) is read: text = as its characters, as the model's pretraining read text; match = "
+                          "as the token it names (text rendered by a chat template); auto = match where at least half "
+                          "of the first documents hold one, else text, said when any does. Decided on the training "
+                          "text and recorded by the cache and the SAE: eval reads held-out text as recorded"},
     )
 
     def __post_init__(self) -> None:

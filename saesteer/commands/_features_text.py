@@ -23,6 +23,11 @@ def add_top_on_text(sub) -> None:
                    help="prepend BOS to the text (none: as the SAE was trained: its saesteer.json's BOS policy, "
                         "always BOS for --bos-policy doc; else its cfg.json; else the model's default) (default: None)")
     t.add_argument("--no-bos", action="store_true", help="the same as --prepend-bos false")
+    t.add_argument("--special-tokens", choices=("text", "match"), default=None,
+                   help="a special token written out in the text (<|endoftext|>, <s>): text = read as its characters, "
+                        "match = as the token it names (a chat template's markers) (default: as the SAE's training "
+                        "data read them, recorded in its saesteer.json; else match, as the model's tokenizer reads a "
+                        "prompt)")
 
 
 def top_on_text(args) -> int:
@@ -58,7 +63,7 @@ def top_on_text(args) -> int:
         loaded.sae.eval()
         model = load_model(args, {"sae": loaded}, store, sae_specs={"sae": sae_dir})
         res = features_on_text(model, loaded, args.text, store=store, top_n=args.top, prepend_bos=prepend_bos,
-                               allow_model_mismatch=args.allow_model_mismatch)
+                               allow_model_mismatch=args.allow_model_mismatch, special_tokens=args.special_tokens)
     finally:
         if store is not None:
             store.close()
@@ -74,4 +79,18 @@ def top_on_text(args) -> int:
     if res.latents:
         con.print(plain("strongest over the text: " + ", ".join(
             f"{l.latent} max {l.max_act:.2f} on {l.n_tokens} tok" + (f" [{l.label}]" if l.label else "") for l in res.latents[:10])))
+    written = written_special_tokens(model.tokenizer, args.text)
+    if written:
+        how = ("read as text (their characters)" if res.special_tokens == "text" else
+               "read as the special tokens they name")
+        why = "as given" if args.special_tokens else (
+            "as the SAE's training data read them" if res.special_tokens == "text" else "as the model's tokenizer reads a prompt")
+        other = "match" if res.special_tokens == "text" else "text"
+        con.print(plain(f"note: {', '.join(written)} written in the text: {how}, {why}; --special-tokens {other} "
+                        f"reads them the other way"))
     return 0
+
+
+def written_special_tokens(tokenizer, text: str) -> list[str]:
+    """The tokenizer's special tokens written out in `text`, each once."""
+    return [s for s in dict.fromkeys(getattr(tokenizer, "all_special_tokens", None) or []) if s and s in text]

@@ -99,9 +99,10 @@ def _reads_as_cached(key: str, given, cached, settings: dict) -> bool:
     config; `settings`: its manifest's): the cache's value; one the cache's dataset made moot when it
     was read (`DocumentSource`): txt_documents of other files than .txt, a pretokenized dataset's
     "text" column (its token column is read where there is no text) and separator "rows" (as its
-    rows hold); or a separator that puts the same ids between documents (GPT-2's BOS is its EOS)."""
+    rows hold); or a separator that puts the same ids between documents (GPT-2's BOS is its EOS);
+    special_tokens "auto" (it decided when the cache was made)."""
     dataset = settings.get("dataset") or {}
-    if given == getattr(cached, key):
+    if given == getattr(cached, key) or (key, given) == ("special_tokens", "auto"):  # auto: as the cache decided
         return True
     if key == "txt_documents":
         return "txt_documents" not in dataset  # recorded for local .txt files only: others ignore it
@@ -215,6 +216,7 @@ def _from_model(run_cfg, data_cfg, text_cfg, separator_given: bool = True):
     from saesteer.models import check_hook_names, load_model, model_identity, start_model_spec
     from training.evaluate import ModelEval
     from training.live import model_batches
+    from training.packing import read_special_tokens
     from training.sources import TEXT_READING
     from training.text import resolve_data, text_as_read
 
@@ -224,6 +226,10 @@ def _from_model(run_cfg, data_cfg, text_cfg, separator_given: bool = True):
                        process_weights=data_cfg.process_weights)
     # recorded as read: the column a pretokenized dataset's ids are in, the separator its rows hold
     text_cfg = text_as_read(text_cfg, model.tokenizer, separator_given)
+    # special tokens written out: read as auto decides once, here; recorded so (data.text), eval reads held-out text so
+    text_cfg, reading = read_special_tokens(text_cfg, model.tokenizer)
+    if reading.note():
+        print(f"note: {reading.note()}")
     hook = data_cfg.hook or f"blocks.{model.cfg.n_layers // 2}.hook_resid_post"
     check_hook_names(model, hook)
     target = data_cfg.target_hook

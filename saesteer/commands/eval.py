@@ -143,6 +143,7 @@ def _run(args) -> int:
         group = {n: loaded[n] for n in names}
         if not from_cache:  # recorded as read: the column a pretokenized dataset's ids are in, its rows' separator
             sae_text = _rows_as_read(args, sae_text, tokenizer, names, loaded, trained)
+            sae_text = _special_tokens_read(sae_text, tokenizer, say)
         if len(groups) > 1:
             say(f"SAEs {', '.join(names)}: " + ("contexts of the cache (as their training read them)" if from_cache
                                                 else _describe_text(sae_text)))
@@ -265,7 +266,8 @@ def _text_record(text, from_cache: bool = False) -> dict:
     "cache": the contexts are the last ones stored in --cache (`text` is the cache's training text)."""
     return {"contexts_from": "cache" if from_cache else "dataset", "dataset": text.dataset,
             "dataset_config": text.dataset_config, "split": text.split, "text_column": text.text_column, "txt_documents": text.txt_documents,
-            "context_length": text.context_length, "bos_policy": text.bos_policy, "separator": text.separator}
+            "context_length": text.context_length, "bos_policy": text.bos_policy, "separator": text.separator,
+            "special_tokens": text.special_tokens}
 
 
 def _describe_text(text) -> str:
@@ -450,11 +452,13 @@ def _read_as_trained(args, text, item, trained_on: list, say):
     return text
 
 
-PACKING_FLAGS = {"context_length": "--context-length", "bos_policy": "--bos-policy", "separator": "--separator"}
+PACKING_FLAGS = {"context_length": "--context-length", "bos_policy": "--bos-policy", "separator": "--separator",
+                 "special_tokens": "--special-tokens"}
 
 
 def _packed_as_trained(args, text, item, say, got):
-    """`text` packed as the SAE `item` was trained (context length, BOS policy, separator), for each
+    """`text` packed as the SAE `item` was trained (context length, BOS policy, separator, special tokens
+    written out read as text or matched), for each
     of those not given as a flag: from the training text it records (its cache's manifest), else from
     cfg.json (`context_size`; the BOS policy its saesteer.json records, else cfg.json's `prepend_bos`:
     "doc" reads as false there). An SAE fed longer contexts or another BOS than it was
@@ -465,7 +469,8 @@ def _packed_as_trained(args, text, item, say, got):
     meta = item.sae.cfg.metadata or {}
     wanted: dict = {}
     if _records_packing(item, got):
-        wanted = {k: getattr(got[0], k) for k in PACKING_FLAGS}
+        # special tokens written out as its training read them: "auto" is an SAE from before that was recorded
+        wanted = {k: getattr(got[0], k) for k in PACKING_FLAGS if getattr(got[0], k) != "auto"}
     else:
         if meta.get("context_size"):
             wanted["context_length"] = int(meta["context_size"])
@@ -498,6 +503,18 @@ def _rows_as_read(args, text, tokenizer, names, loaded: dict, trained: dict):
         raise ValueError(f"{e.rows}; SAE {', '.join(names)} was trained with separator {text.separator} ({e.puts} "
                          f"between documents): pass --separator {e.fits[0] if e.fits else 'rows'} to evaluate on these "
                          f"rows as they are, or held-out text with --dataset (packed as its training)") from None
+
+
+def _special_tokens_read(text, tokenizer, say):
+    """`text` with special tokens written out read as decided (`training.packing.read_special_tokens`):
+    as the SAE's training read them where it records that (`_packed_as_trained`), else as --special-tokens
+    auto decides on the held-out text, said when any of its first documents holds one."""
+    from training.packing import read_special_tokens
+
+    text, reading = read_special_tokens(text, tokenizer)
+    if reading.note():
+        say(f"held-out text: {reading.note()}")
+    return text
 
 
 def _records_packing(item, got) -> bool:
