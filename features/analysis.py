@@ -10,6 +10,7 @@ Everything works in row blocks so that no [F, F] (or [F, V]) matrix is ever buil
 
 from __future__ import annotations
 
+import math
 import re
 from typing import NamedTuple
 
@@ -317,25 +318,52 @@ def residual_directions(W_dec_FD: Tensor, model, hook_name: str | None) -> tuple
 
 
 def logit_effects(W_dec_FD: Tensor, model, n: int) -> LogitEffects:
-    """Top n promoted and suppressed tokens of each latent's decoder direction through W_U."""
-    W_U = model.W_U.detach().float()  # [D, V]
+    """Top n promoted and suppressed tokens of each latent's decoder direction through W_U.
+
+    W_U is read a slice of the vocabulary at a time, each slice cast to float32 on its own (a bf16
+    Gemma unembedding, 256k x 2304, is 2.4 GB more as one float32 copy), and each slice's top n
+    merged into the running top n: the rankings of the whole [latents, vocab] product, never made."""
+    W_U = model.W_U.detach()  # [D, V], in the model's dtype
     W = W_dec_FD.detach().float().to(W_U.device)
     F, D = W.shape
     if W_U.shape[0] != D:
         raise ValueError(f"the SAE writes width {D} but the model's unembedding reads {W_U.shape[0]}")
     transform, method = final_norm_transform(model)
+    W = transform(W)
     V = W_U.shape[1]
     n = min(n, V)
-    out = [torch.empty(F, n, dtype=t) for t in (torch.int64, torch.float32, torch.int64, torch.float32)]
-    b = _block_rows(V)
-    for f0 in range(0, F, b):
-        f1 = min(F, f0 + b)
-        eff = transform(W[f0:f1]) @ W_U
-        tv, ti = eff.topk(n, dim=1)
-        bv, bi = eff.topk(n, dim=1, largest=False)
-        for o, t in zip(out, (ti, tv, bi, bv)):
-            o[f0:f1] = t.cpu()
-    return LogitEffects(*out, method)
+    top = _RunningTopk(F, n, W.device, largest=True)
+    bottom = _RunningTopk(F, n, W.device, largest=False)
+    cols = max(n, _block_rows(D))  # vocabulary entries per float32 slice of W_U
+    for v0 in range(0, V, cols):
+        W_U_Dc = W_U[:, v0:v0 + cols].float()
+        b = _block_rows(W_U_Dc.shape[1])
+        for f0 in range(0, F, b):
+            eff = W[f0:f0 + b] @ W_U_Dc
+            top.add(f0, v0, eff)
+            bottom.add(f0, v0, eff)
+    return LogitEffects(*top.result(), *bottom.result(), method)
+
+
+class _RunningTopk:
+    """The n largest (or smallest) values of each row of a [rows, cols] matrix seen a block of rows and
+    columns at a time, with their column ids."""
+
+    def __init__(self, rows: int, n: int, device, *, largest: bool) -> None:
+        self.n, self.largest = n, largest
+        self.vals = torch.full((rows, n), -math.inf if largest else math.inf, device=device)
+        self.ids = torch.full((rows, n), -1, dtype=torch.int64, device=device)
+
+    def add(self, r0: int, c0: int, block_bc: Tensor) -> None:
+        r1 = r0 + block_bc.shape[0]
+        v, i = block_bc.topk(min(self.n, block_bc.shape[1]), dim=1, largest=self.largest)
+        vals = torch.cat([self.vals[r0:r1], v], dim=1)
+        ids = torch.cat([self.ids[r0:r1], i + c0], dim=1)
+        keep_v, at = vals.topk(self.n, dim=1, largest=self.largest)
+        self.vals[r0:r1], self.ids[r0:r1] = keep_v, ids.gather(1, at)
+
+    def result(self) -> tuple[Tensor, Tensor]:
+        return self.ids.cpu(), self.vals.cpu()
 
 
 # ----------------------------------------------------------------------------------------------

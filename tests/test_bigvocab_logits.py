@@ -1,0 +1,82 @@
+"""Vocabulary-sized work done a slice at a time: the CE/KL of a spliced SAE (logits contexts x
+positions x vocab) and the logit effects of the latents (latents x vocab through W_U) give what the
+eager formulas give, without making the whole float32 tensor (Gemma's 262k vocabulary: 2 GB per
+16 x 128 logits; 2.4 GB for a float32 copy of its bf16 unembedding)."""
+
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+CHILD = Path(__file__).parent / "helpers" / "bigvocab_child.py"
+
+
+def _eager_ce_kl(logits_NSV, tokens_NS, ref_NSV):
+    logp = F.log_softmax(logits_NSV[:, :-1].float(), dim=-1)
+    ce = -logp.gather(-1, tokens_NS[:, 1:, None]).sum()
+    ref = F.log_softmax(ref_NSV[:, :-1].float(), dim=-1)
+    return ce, (ref.exp() * (ref - logp)).sum()
+
+
+@pytest.mark.parametrize("chunk", [1, 7 * 50, 1 << 22])  # one position, chunks across a row's end, all at once
+def test_ce_and_kl_a_chunk_of_positions_at_a_time_are_the_eager_ones(monkeypatch, chunk):
+    import training.evaluate as ev
+
+    monkeypatch.setattr(ev, "_CE_CHUNK_ELEMS", chunk)
+    g = torch.Generator().manual_seed(0)
+    logits, ref = torch.randn(3, 9, 50, generator=g).to(torch.bfloat16), 3 * torch.randn(3, 9, 50, generator=g)
+    tokens = torch.randint(0, 50, (3, 9), generator=g)
+    ce, kl = ev._next_token_ce_kl(logits, tokens, ref)
+    want_ce, want_kl = _eager_ce_kl(logits, tokens, ref)
+    assert ce.item() == pytest.approx(want_ce.item(), rel=1e-5)
+    assert kl.item() == pytest.approx(want_kl.item(), rel=1e-5) and kl.item() > 0
+    ce_only, none = ev._next_token_ce_kl(logits, tokens, None)
+    assert none is None and ce_only.item() == pytest.approx(want_ce.item(), rel=1e-5)
+
+
+def _eager_logit_effects(W_dec, model, n):
+    from features.analysis import final_norm_transform
+
+    transform, _ = final_norm_transform(model)
+    eff = transform(W_dec.float()) @ model.W_U.float()
+    top, bottom = eff.topk(n, dim=1), eff.topk(n, dim=1, largest=False)
+    return top.indices, top.values, bottom.indices, bottom.values
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("block", [1 << 24, 200])  # the whole vocabulary at once; slices of 200 // 16 = 12 entries
+def test_logit_effects_a_slice_of_the_vocabulary_at_a_time_are_the_eager_ones(monkeypatch, dtype, block):
+    import features.analysis as an
+
+    monkeypatch.setattr(an, "_BLOCK_ELEMS", block)
+    g = torch.Generator().manual_seed(1)
+    model = SimpleNamespace(W_U=torch.randn(16, 301, generator=g).to(dtype),
+                            cfg=SimpleNamespace(normalization_type="LN"),
+                            ln_final=SimpleNamespace(w=1 + torch.rand(16, generator=g)))
+    W_dec = torch.randn(37, 16, generator=g)
+    got = an.logit_effects(W_dec, model, 5)
+    want = _eager_logit_effects(W_dec, model, 5)
+    for name, a, b in zip(("top ids", "top values", "bottom ids", "bottom values"), got[:4], want):
+        assert torch.equal(a, b) if a.dtype == torch.int64 else torch.allclose(a, b, rtol=1e-5, atol=1e-5), name
+    assert "times ln_final.w" in got.method
+
+
+def _peak_growth_kib(what: str) -> int:
+    out = subprocess.run([sys.executable, str(CHILD), what], capture_output=True, text=True, check=True).stdout
+    before, after = map(int, out.split())
+    return after - before
+
+
+def test_ce_and_kl_of_a_large_vocabulary_make_no_whole_log_softmax():
+    # the logits are 32 MB each; the eager formula made four more of that size (log-softmaxes, exp, product),
+    # slices of 1 MB make a few MB
+    assert _peak_growth_kib("ce_kl") < 16 * 1024
+
+
+def test_logit_effects_of_a_bf16_unembedding_make_no_float32_copy_of_it():
+    # W_U is 64 MB in bf16, 128 MB as one float32 copy; a slice of it and a block product are 4 MB each
+    assert _peak_growth_kib("unembed") < 32 * 1024
