@@ -258,23 +258,24 @@ class LogitEffects(NamedTuple):
 def final_norm_transform(model) -> tuple[callable, str]:
     """The linear part of the model's final normalisation, applied to a direction.
 
-    A final LayerNorm maps a residual x to w * (x - mean(x)) / sigma(x) + b. For the effect of a
+    A final LayerNorm maps a residual x to g * (x - mean(x)) / sigma(x) + b. For the effect of a
     single decoder direction d we apply what is linear and the same for every input: the centring
-    (for LN / LNPre) and the elementwise weight w (when not already folded into W_U). We do not
+    (for LN / LNPre) and the elementwise gain g (when not already folded into W_U). We do not
     divide by sigma: it depends on the whole residual stream, not on d, and is a positive scale
     shared by every vocabulary entry, so it changes no ranking of promoted/suppressed tokens. The
     bias adds the same vector for every latent and is left out. Later layers are not run: this is
-    the direct path only (exact for a direction added at the last residual, approximate earlier)."""
+    the direct path only (exact for a direction added at the last residual, approximate earlier).
+    The gain is read off the norm as it runs (`_norm_gain`), not off its stored weight: Gemma's
+    RMSNorm stores an offset w and multiplies by 1 + w."""
     kind = str(getattr(getattr(model, "cfg", None), "normalization_type", None))
     ln = getattr(model, "ln_final", None)
-    w = getattr(ln, "w", None) if ln is not None else None
     center = kind in ("LN", "LNPre")
-    scale = isinstance(w, Tensor) and kind in ("LN", "RMS")
+    gain = _norm_gain(ln, center) if kind in ("LN", "RMS") and isinstance(getattr(ln, "w", None), Tensor) else None
     parts = []
     if center:
         parts.append("centred (LayerNorm mean removal)")
-    if scale:
-        parts.append("times ln_final.w")
+    if gain is not None:
+        parts.append("times ln_final's gain (ln_final.w as the norm applies it: 1 + w for Gemma's)")
     if kind in ("LNPre", "RMSPre"):
         parts.append("ln_final weights already folded into W_U")
     method = (
@@ -285,11 +286,25 @@ def final_norm_transform(model) -> tuple[callable, str]:
     def transform(d_bD: Tensor) -> Tensor:
         if center:
             d_bD = d_bD - d_bD.mean(dim=1, keepdim=True)
-        if scale:
-            d_bD = d_bD * w.detach().to(d_bD)
+        if gain is not None:
+            d_bD = d_bD * gain.to(d_bD)
         return d_bD
 
     return transform, method
+
+
+@torch.no_grad()
+def _norm_gain(ln, center: bool) -> Tensor:
+    """The elementwise gain `ln` applies, from two runs of it: on a probe x of entries +-1000 (large:
+    the norm's epsilon is lost beside its variance) and on -x. Their difference is 2 g (x - m) / s, the
+    bias cancelling; m and s are x's mean (LayerNorm; 0 for RMSNorm) and its scale, known here."""
+    w = ln.w
+    D = w.shape[-1]
+    x = 1000.0 * (1 - 2 * (torch.arange(D, device=w.device) % 2)).float()
+    xc = x - x.mean() if center else x
+    s = xc.pow(2).mean().sqrt()
+    diff = (ln(x.view(1, 1, D)) - ln(-x.view(1, 1, D))).reshape(D).float()
+    return diff * s / (2 * xc)
 
 
 # hook points of the residual stream's width that are not in it (a direction there is no residual

@@ -39,10 +39,8 @@ def test_ce_and_kl_a_chunk_of_positions_at_a_time_are_the_eager_ones(monkeypatch
 
 
 def _eager_logit_effects(W_dec, model, n):
-    from features.analysis import final_norm_transform
-
-    transform, _ = final_norm_transform(model)
-    eff = transform(W_dec.float()) @ model.W_U.float()
+    d = W_dec.float()
+    eff = ((d - d.mean(1, keepdim=True)) * model.ln_final.weight) @ model.W_U.float()
     top, bottom = eff.topk(n, dim=1), eff.topk(n, dim=1, largest=False)
     return top.indices, top.values, bottom.indices, bottom.values
 
@@ -54,15 +52,17 @@ def test_logit_effects_a_slice_of_the_vocabulary_at_a_time_are_the_eager_ones(mo
 
     monkeypatch.setattr(an, "_BLOCK_ELEMS", block)
     g = torch.Generator().manual_seed(1)
+    ln = torch.nn.LayerNorm(16)
+    ln.weight.data, ln.bias.data = 1 + torch.rand(16, generator=g), torch.randn(16, generator=g)
+    ln.w = ln.weight  # TransformerLens's name for the gain
     model = SimpleNamespace(W_U=torch.randn(16, 301, generator=g).to(dtype),
-                            cfg=SimpleNamespace(normalization_type="LN"),
-                            ln_final=SimpleNamespace(w=1 + torch.rand(16, generator=g)))
+                            cfg=SimpleNamespace(normalization_type="LN"), ln_final=ln)
     W_dec = torch.randn(37, 16, generator=g)
     got = an.logit_effects(W_dec, model, 5)
     want = _eager_logit_effects(W_dec, model, 5)
     for name, a, b in zip(("top ids", "top values", "bottom ids", "bottom values"), got[:4], want):
         assert torch.equal(a, b) if a.dtype == torch.int64 else torch.allclose(a, b, rtol=1e-5, atol=1e-5), name
-    assert "times ln_final.w" in got.method
+    assert "ln_final.w" in got.method
 
 
 def _peak_growth_kib(what: str) -> int:
@@ -80,3 +80,27 @@ def test_ce_and_kl_of_a_large_vocabulary_make_no_whole_log_softmax():
 def test_logit_effects_of_a_bf16_unembedding_make_no_float32_copy_of_it():
     # W_U is 64 MB in bf16, 128 MB as one float32 copy; a slice of it and a block product are 4 MB each
     assert _peak_growth_kib("unembed") < 32 * 1024
+
+
+def test_logit_effects_of_a_gemma_model_scale_by_its_norms_1_plus_w(tmp_path):
+    """Gemma's RMSNorm stores an offset w and multiplies by 1 + w; the Bridge's ln_final.w is that
+    offset (zeros in a fresh checkpoint: every effect was 0 and the 'top tokens' ids 0..n)."""
+    from transformers import AutoModelForCausalLM
+
+    from features.analysis import logit_effects
+    from helpers.real_models import build_family_tokenizer, corpus_documents, save_arch_model
+    from saesteer.models import load_model
+
+    tok = build_family_tokenizer("gemma", corpus_documents()[:4], vocab_size=300)
+    path = save_arch_model(tmp_path / "gemma3", "gemma3", tok, trained_norms=True)
+    model = load_model(str(path))
+    hf = AutoModelForCausalLM.from_pretrained(str(path)).eval()
+    gain = 1 + hf.model.norm.weight.detach().float()
+    assert not torch.allclose(gain, model.ln_final.w.detach().float())  # the stored weight is not the gain
+    W_dec = torch.randn(12, 64, generator=torch.Generator().manual_seed(2))
+    got = logit_effects(W_dec, model, 5)
+    want = (W_dec * gain) @ hf.lm_head.weight.detach().float().T
+    v, i = want.topk(5, dim=1)
+    assert torch.equal(got.top_ids_Fn, i) and torch.allclose(got.top_vals_Fn, v, rtol=1e-4, atol=1e-4)
+    assert torch.equal(got.bottom_ids_Fn, want.topk(5, dim=1, largest=False).indices)
+    assert "1 + w" in got.method
