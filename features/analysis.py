@@ -298,13 +298,15 @@ def _norm_gain(ln, center: bool) -> Tensor:
     """The elementwise gain `ln` applies, from two runs of it: on a probe x of entries +-1000 (large:
     the norm's epsilon is lost beside its variance) and on -x. Their difference is 2 g (x - m) / s, the
     bias cancelling; m and s are x's mean (LayerNorm; 0 for RMSNorm) and its scale, known here."""
-    w = ln.w
+    w = ln.w.detach()
     D = w.shape[-1]
     x = 1000.0 * (1 - 2 * (torch.arange(D, device=w.device) % 2)).float()
     xc = x - x.mean() if center else x
     s = xc.pow(2).mean().sqrt()
-    diff = (ln(x.view(1, 1, D)) - ln(-x.view(1, 1, D))).reshape(D).float()
-    return diff * s / (2 * xc)
+    probe = x.view(1, 1, D).to(w.dtype)  # a bf16 LayerNorm refuses float32 input; +-1000 is exact in bf16
+    gain = (ln(probe) - ln(-probe)).reshape(D).float() * s / (2 * xc)
+    # the stored weight where it is the gain (exact; the probe is at the norm's precision)
+    return w.float() if torch.allclose(gain, w.float(), rtol=1e-2, atol=1e-2) else gain
 
 
 # hook points of the residual stream's width that are not in it (a direction there is no residual

@@ -40,7 +40,7 @@ def test_ce_and_kl_a_chunk_of_positions_at_a_time_are_the_eager_ones(monkeypatch
 
 def _eager_logit_effects(W_dec, model, n):
     d = W_dec.float()
-    eff = ((d - d.mean(1, keepdim=True)) * model.ln_final.weight) @ model.W_U.float()
+    eff = ((d - d.mean(1, keepdim=True)) * model.ln_final.weight.float()) @ model.W_U.float()
     top, bottom = eff.topk(n, dim=1), eff.topk(n, dim=1, largest=False)
     return top.indices, top.values, bottom.indices, bottom.values
 
@@ -63,6 +63,22 @@ def test_logit_effects_a_slice_of_the_vocabulary_at_a_time_are_the_eager_ones(mo
     for name, a, b in zip(("top ids", "top values", "bottom ids", "bottom values"), got[:4], want):
         assert torch.equal(a, b) if a.dtype == torch.int64 else torch.allclose(a, b, rtol=1e-5, atol=1e-5), name
     assert "ln_final.w" in got.method
+
+
+def test_logit_effects_through_a_bf16_layernorm():
+    """The norm's gain is read by running it: a bf16 LayerNorm is run on a bf16 probe (float32 input
+    is refused), and its stored weight, the gain, is used as it is."""
+    import features.analysis as an
+
+    g = torch.Generator().manual_seed(3)
+    ln = torch.nn.LayerNorm(16).to(torch.bfloat16)
+    ln.weight.data = (1 + torch.rand(16, generator=g)).to(torch.bfloat16)
+    ln.w = ln.weight
+    model = SimpleNamespace(W_U=torch.randn(16, 50, generator=g).to(torch.bfloat16),
+                            cfg=SimpleNamespace(normalization_type="LN"), ln_final=ln)
+    W_dec = torch.randn(7, 16, generator=g)
+    got, want = an.logit_effects(W_dec, model, 4), _eager_logit_effects(W_dec, model, 4)
+    assert torch.equal(got.top_ids_Fn, want[0]) and torch.allclose(got.top_vals_Fn, want[1], rtol=1e-5, atol=1e-5)
 
 
 def _peak_growth_kib(what: str) -> int:
