@@ -10,6 +10,7 @@ Everything works in row blocks so that no [F, F] (or [F, V]) matrix is ever buil
 
 from __future__ import annotations
 
+import math
 import re
 from typing import NamedTuple
 
@@ -257,23 +258,24 @@ class LogitEffects(NamedTuple):
 def final_norm_transform(model) -> tuple[callable, str]:
     """The linear part of the model's final normalisation, applied to a direction.
 
-    A final LayerNorm maps a residual x to w * (x - mean(x)) / sigma(x) + b. For the effect of a
+    A final LayerNorm maps a residual x to g * (x - mean(x)) / sigma(x) + b. For the effect of a
     single decoder direction d we apply what is linear and the same for every input: the centring
-    (for LN / LNPre) and the elementwise weight w (when not already folded into W_U). We do not
+    (for LN / LNPre) and the elementwise gain g (when not already folded into W_U). We do not
     divide by sigma: it depends on the whole residual stream, not on d, and is a positive scale
     shared by every vocabulary entry, so it changes no ranking of promoted/suppressed tokens. The
     bias adds the same vector for every latent and is left out. Later layers are not run: this is
-    the direct path only (exact for a direction added at the last residual, approximate earlier)."""
+    the direct path only (exact for a direction added at the last residual, approximate earlier).
+    The gain is read off the norm as it runs (`_norm_gain`), not off its stored weight: Gemma's
+    RMSNorm stores an offset w and multiplies by 1 + w."""
     kind = str(getattr(getattr(model, "cfg", None), "normalization_type", None))
     ln = getattr(model, "ln_final", None)
-    w = getattr(ln, "w", None) if ln is not None else None
     center = kind in ("LN", "LNPre")
-    scale = isinstance(w, Tensor) and kind in ("LN", "RMS")
+    gain = _norm_gain(ln, center) if kind in ("LN", "RMS") and isinstance(getattr(ln, "w", None), Tensor) else None
     parts = []
     if center:
         parts.append("centred (LayerNorm mean removal)")
-    if scale:
-        parts.append("times ln_final.w")
+    if gain is not None:
+        parts.append("times ln_final's gain (ln_final.w as the norm applies it: 1 + w for Gemma's)")
     if kind in ("LNPre", "RMSPre"):
         parts.append("ln_final weights already folded into W_U")
     method = (
@@ -284,11 +286,27 @@ def final_norm_transform(model) -> tuple[callable, str]:
     def transform(d_bD: Tensor) -> Tensor:
         if center:
             d_bD = d_bD - d_bD.mean(dim=1, keepdim=True)
-        if scale:
-            d_bD = d_bD * w.detach().to(d_bD)
+        if gain is not None:
+            d_bD = d_bD * gain.to(d_bD)
         return d_bD
 
     return transform, method
+
+
+@torch.no_grad()
+def _norm_gain(ln, center: bool) -> Tensor:
+    """The elementwise gain `ln` applies, from two runs of it: on a probe x of entries +-1000 (large:
+    the norm's epsilon is lost beside its variance) and on -x. Their difference is 2 g (x - m) / s, the
+    bias cancelling; m and s are x's mean (LayerNorm; 0 for RMSNorm) and its scale, known here."""
+    w = ln.w.detach()
+    D = w.shape[-1]
+    x = 1000.0 * (1 - 2 * (torch.arange(D, device=w.device) % 2)).float()
+    xc = x - x.mean() if center else x
+    s = xc.pow(2).mean().sqrt()
+    probe = x.view(1, 1, D).to(w.dtype)  # a bf16 LayerNorm refuses float32 input; +-1000 is exact in bf16
+    gain = (ln(probe) - ln(-probe)).reshape(D).float() * s / (2 * xc)
+    # the stored weight where it is the gain (exact; the probe is at the norm's precision)
+    return w.float() if torch.allclose(gain, w.float(), rtol=1e-2, atol=1e-2) else gain
 
 
 # hook points of the residual stream's width that are not in it (a direction there is no residual
@@ -317,25 +335,52 @@ def residual_directions(W_dec_FD: Tensor, model, hook_name: str | None) -> tuple
 
 
 def logit_effects(W_dec_FD: Tensor, model, n: int) -> LogitEffects:
-    """Top n promoted and suppressed tokens of each latent's decoder direction through W_U."""
-    W_U = model.W_U.detach().float()  # [D, V]
+    """Top n promoted and suppressed tokens of each latent's decoder direction through W_U.
+
+    W_U is read a slice of the vocabulary at a time, each slice cast to float32 on its own (a bf16
+    Gemma unembedding, 256k x 2304, is 2.4 GB more as one float32 copy), and each slice's top n
+    merged into the running top n: the rankings of the whole [latents, vocab] product, never made."""
+    W_U = model.W_U.detach()  # [D, V], in the model's dtype
     W = W_dec_FD.detach().float().to(W_U.device)
     F, D = W.shape
     if W_U.shape[0] != D:
         raise ValueError(f"the SAE writes width {D} but the model's unembedding reads {W_U.shape[0]}")
     transform, method = final_norm_transform(model)
+    W = transform(W)
     V = W_U.shape[1]
     n = min(n, V)
-    out = [torch.empty(F, n, dtype=t) for t in (torch.int64, torch.float32, torch.int64, torch.float32)]
-    b = _block_rows(V)
-    for f0 in range(0, F, b):
-        f1 = min(F, f0 + b)
-        eff = transform(W[f0:f1]) @ W_U
-        tv, ti = eff.topk(n, dim=1)
-        bv, bi = eff.topk(n, dim=1, largest=False)
-        for o, t in zip(out, (ti, tv, bi, bv)):
-            o[f0:f1] = t.cpu()
-    return LogitEffects(*out, method)
+    top = _RunningTopk(F, n, W.device, largest=True)
+    bottom = _RunningTopk(F, n, W.device, largest=False)
+    cols = max(n, _block_rows(D))  # vocabulary entries per float32 slice of W_U
+    for v0 in range(0, V, cols):
+        W_U_Dc = W_U[:, v0:v0 + cols].float()
+        b = _block_rows(W_U_Dc.shape[1])
+        for f0 in range(0, F, b):
+            eff = W[f0:f0 + b] @ W_U_Dc
+            top.add(f0, v0, eff)
+            bottom.add(f0, v0, eff)
+    return LogitEffects(*top.result(), *bottom.result(), method)
+
+
+class _RunningTopk:
+    """The n largest (or smallest) values of each row of a [rows, cols] matrix seen a block of rows and
+    columns at a time, with their column ids."""
+
+    def __init__(self, rows: int, n: int, device, *, largest: bool) -> None:
+        self.n, self.largest = n, largest
+        self.vals = torch.full((rows, n), -math.inf if largest else math.inf, device=device)
+        self.ids = torch.full((rows, n), -1, dtype=torch.int64, device=device)
+
+    def add(self, r0: int, c0: int, block_bc: Tensor) -> None:
+        r1 = r0 + block_bc.shape[0]
+        v, i = block_bc.topk(min(self.n, block_bc.shape[1]), dim=1, largest=self.largest)
+        vals = torch.cat([self.vals[r0:r1], v], dim=1)
+        ids = torch.cat([self.ids[r0:r1], i + c0], dim=1)
+        keep_v, at = vals.topk(self.n, dim=1, largest=self.largest)
+        self.vals[r0:r1], self.ids[r0:r1] = keep_v, ids.gather(1, at)
+
+    def result(self) -> tuple[Tensor, Tensor]:
+        return self.ids.cpu(), self.vals.cpu()
 
 
 # ----------------------------------------------------------------------------------------------

@@ -530,3 +530,36 @@ def arch_models(root: Path, tok, **kw):
         return made[arch]
 
     return path
+
+
+def widen_vocab(tok, vocab_size: int, seed: int = 0):
+    """`tok` (a byte-level BPE of `build_family_tokenizer`) grown to `vocab_size` entries, as a real
+    model's tokenizer is (GPT-2 50,257, Llama-3 128,256, Qwen2 151,936, Gemma 256,000): merges of two
+    tokens it already has, appended after its own (lower priority), so text still tokenizes and the
+    merges a corpus meets put ids all over the vocabulary. Its specials keep their ids."""
+    import json
+    import random
+
+    from tokenizers import Tokenizer
+    from transformers import PreTrainedTokenizerFast
+
+    spec = json.loads(tok.backend_tokenizer.to_str())
+    vocab, merges = spec["model"]["vocab"], spec["model"]["merges"]
+    as_pairs = bool(merges) and isinstance(merges[0], list)
+    specials = {a["content"] for a in spec["added_tokens"]}
+    pieces = [p for p in vocab if p not in specials]
+    rng, next_id = random.Random(seed), max(vocab.values()) + 1
+    while next_id < vocab_size:
+        a, b = rng.choice(pieces), rng.choice(pieces)
+        if len(a) + len(b) > 16 or a + b in vocab:
+            continue
+        vocab[a + b] = next_id
+        merges.append([a, b] if as_pairs else f"{a} {b}")
+        pieces.append(a + b)
+        next_id += 1
+    kw = {k: getattr(tok, k) for k in ("bos_token", "eos_token", "pad_token", "unk_token") if getattr(tok, k) is not None}
+    extra = [s for s in tok.all_special_tokens if s not in kw.values()]
+    if extra:
+        kw["additional_special_tokens"] = extra
+    return PreTrainedTokenizerFast(tokenizer_object=Tokenizer.from_str(json.dumps(spec)), clean_up_tokenization_spaces=False,
+                                   model_max_length=tok.model_max_length, chat_template=tok.chat_template, **kw)

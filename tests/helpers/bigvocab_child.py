@@ -1,0 +1,55 @@
+"""Child process for the vocabulary-memory tests: peak resident memory (KiB) before and after one
+call that reads a vocabulary-sized tensor, printed as two numbers.
+
+    python bigvocab_child.py ce_kl      # training.evaluate's CE/KL of [4, 64, 32768] float32 logits
+    python bigvocab_child.py unembed    # features.analysis.logit_effects through a bf16 [512, 65536] W_U
+"""
+
+import resource
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+
+def peak() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+
+def ce_kl() -> None:
+    import torch
+
+    import training.evaluate as ev
+
+    ev._CE_CHUNK_ELEMS = 1 << 18  # 1 MB slices: their temporaries are small beside the logits
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(4, 64, 32768, generator=g)  # 32 MB each
+    ref = torch.randn(4, 64, 32768, generator=g)
+    tokens = torch.randint(0, 32768, (4, 64), generator=g)
+    ev._next_token_ce_kl(logits[:1, :2], tokens[:1, :2], ref[:1, :2])  # torch's first-call set-up, not measured
+    before = peak()
+    ev._next_token_ce_kl(logits, tokens, ref)
+    print(before, peak(), flush=True)
+
+
+def unembed() -> None:
+    import torch
+
+    import features.analysis as an
+
+    an._BLOCK_ELEMS = 1 << 20  # 4 MB slices and block products
+    g = torch.Generator().manual_seed(0)
+    W_U = torch.empty(512, 65536, dtype=torch.bfloat16)  # 64 MB; 128 MB as float32
+    for r in range(0, 512, 16):  # made a slice at a time: no float32 copy in the peak before the call
+        W_U[r:r + 16] = torch.randn(16, 65536, generator=g)
+    model = SimpleNamespace(W_U=W_U, cfg=SimpleNamespace(normalization_type="RMSPre"))
+    W_dec = torch.randn(64, 512, generator=g)
+    before = peak()
+    an.logit_effects(W_dec, model, 10)
+    print(before, peak(), flush=True)
+
+
+if __name__ == "__main__":
+    __import__("torch").set_num_threads(1)
+    {"ce_kl": ce_kl, "unembed": unembed}[sys.argv[1]]()
