@@ -14,6 +14,7 @@ import threading
 from typing import Any, Mapping
 
 from .base_url import BaseURL, not_found_hint, parse_base_url
+from .config import ENV_API_KEY, ENV_BASE_URL
 from .openai_replies import chat_response, error_message, html_title, looks_like_html, unsupported_param
 from .sdk_attempt import ClientPerLoop, attempt, status_failure
 from .wire import (RETRYABLE_STATUS, ChatRequest, ChatResponse, PermanentError, TransientError, fold_system,
@@ -31,12 +32,12 @@ def openai_endpoint(base_url: str | None, api_key: str | None,
     own: local servers check none). OpenAI's own API without a key is refused. The one lookup, for
     `check_judge` (before anything loads) and `OpenAIBackend` alike."""
     env = os.environ if env is None else env
-    base = parse_base_url(base_url or env.get("OPENAI_BASE_URL") or None, env)
-    key = api_key or env.get("OPENAI_API_KEY") or (env.get("AZURE_OPENAI_API_KEY") if base.azure_deployment else None)
+    base = parse_base_url(base_url or env.get(ENV_BASE_URL) or None, env)
+    key = api_key or env.get(ENV_API_KEY) or (env.get("AZURE_OPENAI_API_KEY") if base.azure_deployment else None)
     if key:
         return base, key
     if base.url is None:
-        raise ValueError("no API key: set OPENAI_API_KEY (or give --judge-api-key; --judge-base-url for a local server "
+        raise ValueError(f"no API key: set {ENV_API_KEY} (or give --judge-api-key; --judge-base-url for a local server "
                          "that needs none)")
     return base, "not-needed"
 

@@ -133,21 +133,15 @@ def chat_response(data: Any) -> ChatResponse:
     refusal = msg.get("refusal")
     usage = data.get("usage") if isinstance(data.get("usage"), dict) else {}
 
-    def _int(x: Any) -> int:
-        try:
-            return max(0, int(x or 0))
-        except (TypeError, ValueError):
-            return 0
-
     details = usage.get("completion_tokens_details")
     reasoning = msg.get("reasoning_content") or msg.get("reasoning")  # vLLM, llama.cpp, LM Studio / Ollama, OpenRouter
     reported = "prompt_tokens" in usage or "completion_tokens" in usage
-    prompt = _int(usage.get("prompt_tokens"))
-    thought = _int(details.get("reasoning_tokens")) if isinstance(details, dict) else 0
+    prompt = _token_count(usage.get("prompt_tokens"))
+    thought = _token_count(details.get("reasoning_tokens")) if isinstance(details, dict) else 0
     if reported:  # Gemini's OpenAI endpoint (and proxies of it) leave the thinking, billed as output, out of
         # completion_tokens, though total_tokens and reasoning_tokens count it: output is the most any of them says
-        completion = max(_int(usage.get("completion_tokens")), thought,
-                         _int(usage.get("total_tokens")) - prompt)
+        completion = max(_token_count(usage.get("completion_tokens")), thought,
+                         _token_count(usage.get("total_tokens")) - prompt)
     else:
         completion = sum(len(t.encode("utf-8")) for t in (text, reasoning, refusal) if isinstance(t, str))
     return ChatResponse(
@@ -158,13 +152,21 @@ def chat_response(data: Any) -> ChatResponse:
         reasoning_tokens=thought,
         reasoned=bool(reasoning) or thought_parts,
         usage_reported=reported,
-        cached_prompt_tokens=_cached_prompt_tokens(usage, _int),
+        cached_prompt_tokens=_cached_prompt_tokens(usage),
     )
 
 
-def _cached_prompt_tokens(usage: dict, as_int) -> int:
+def _cached_prompt_tokens(usage: dict) -> int:
     """Prompt tokens the provider's prompt cache served: OpenAI's (vLLM's, OpenRouter's)
     `prompt_tokens_details.cached_tokens`, DeepSeek's `prompt_cache_hit_tokens`."""
     details = usage.get("prompt_tokens_details")
-    cached = as_int(details.get("cached_tokens")) if isinstance(details, dict) else 0
-    return cached or as_int(usage.get("prompt_cache_hit_tokens"))
+    cached = _token_count(details.get("cached_tokens")) if isinstance(details, dict) else 0
+    return cached or _token_count(usage.get("prompt_cache_hit_tokens"))
+
+
+def _token_count(x: Any) -> int:
+    """A token count a lenient server sent (a number, a numeric string, null, junk) as a count: 0 when none."""
+    try:
+        return max(0, int(x or 0))
+    except (TypeError, ValueError):
+        return 0

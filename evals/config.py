@@ -25,8 +25,9 @@ class EvalConfig:
     exclude_bos: bool = field(default=True, metadata={"help": "leave BOS positions out of the activation metrics and "
                                                               "keep their clean activation when the SAE is spliced in "
                                                               "(as training on a cache that excluded BOS does); "
-                                                              "other tokens an SAE's training cache left out "
-                                                              "(cache --exclude-tokens special) are left out too"})
+                                                              "the other tokens an SAE's training cache left out "
+                                                              "(cache --exclude-tokens special) are left out either "
+                                                              "way"})
     absorption: bool = field(default=True, metadata={"help": "SAEBench-style first-letter feature absorption"})
     absorption_max_k: int = field(default=10, metadata={"help": "largest k-sparse probe tried when finding each "
                                                                 "letter's main latents"})

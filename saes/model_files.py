@@ -42,7 +42,13 @@ def hub_snapshot_repo(path: str | os.PathLike) -> str | None:
     """The hub repo ('ORG/NAME', or a legacy 'NAME') whose checkpoint an HF-cache snapshot directory
     (`.../models--ORG--NAME/snapshots/COMMIT`, as `snapshot_download` returns it) holds; None elsewhere."""
     parts = PurePath(os.path.expanduser(str(path))).parts
-    if len(parts) < 3 or parts[-2] != "snapshots" or not parts[-3].startswith("models--"):
+    return cache_folder_repo(parts[-3]) if len(parts) >= 3 and parts[-2] == "snapshots" else None
+
+
+def cache_folder_repo(name: str) -> str | None:
+    """The hub repo whose files an HF-cache folder named `name` holds ('models--ORG--NAME' -> 'ORG/NAME',
+    a legacy 'models--NAME' -> 'NAME': huggingface_hub writes a repo id's '/' as '--'); None for another
+    name. The one reading of the cache's layout (`saes.formats.base.snapshot_place` reads it too)."""
+    if not name.startswith("models--"):
         return None
-    repo = parts[-3].removeprefix("models--").replace("--", "/")
-    return repo or None
+    return name.removeprefix("models--").replace("--", "/") or None

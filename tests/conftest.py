@@ -70,3 +70,22 @@ def tiny_model():
     from helpers.tiny_model import make_model, make_tokenizer
 
     return make_model(make_tokenizer(), d_model=32, n_layers=2, n_ctx=32, seed=0)
+
+
+@pytest.fixture(scope="module")
+def judge_server():
+    """One loopback `helpers.judge_server.JudgeServer` per module, answering as a fake LLM until a test
+    scripts its `reply`; a test takes it as `srv`."""
+    from helpers.judge_server import JudgeServer, fake_llm_answer
+
+    with JudgeServer(fake_llm_answer) as server:
+        yield server
+
+
+@pytest.fixture
+def srv(judge_server):
+    """`judge_server` for one test: no reply scripted by an earlier test, none of its exchanges."""
+    judge_server.reply = None
+    judge_server.exchanges.clear()
+    yield judge_server
+    judge_server.reply = None

@@ -32,6 +32,7 @@ import threading
 import httpx
 import pytest
 import torch
+from helpers.forwards import hf_greedy
 
 pytestmark = [pytest.mark.usefixtures("one_thread")]
 
@@ -439,7 +440,7 @@ def test_unsteered_batches_equal_transformers_own_generate_of_each_prompt(models
     model = models[family]
     hf = AutoModelForCausalLM.from_pretrained(str(checkpoints[family])).eval()
     ids = _prompt_ids(model, real_corpus.test_docs[3], [1, 6, 25, model.cfg.n_ctx - N_NEW])
-    want = [_hf_greedy(hf, p) for p in ids]
+    want = [hf_greedy(hf, p, N_NEW) for p in ids]
     engine, out = BatchEngine(model, {}), {}
     engine.add([Row(p, SamplingParams(max_new_tokens=N_NEW, temperature=0), tag=i) for i, p in enumerate(ids)])
     while engine.busy:
@@ -449,13 +450,5 @@ def test_unsteered_batches_equal_transformers_own_generate_of_each_prompt(models
     g = generate(model, texts, GenerationConfig(max_new_tokens=N_NEW, do_sample=False, stop_at_eos=False))
     for i, n in enumerate(prompt_lengths(model, texts, None)):  # each row's own tokens, as steer read its text
         own = g.tokens[i, g.prompt_len - n:g.prompt_len].tolist()
-        assert g.new_tokens[i].tolist() == _hf_greedy(hf, own), (family, i)
+        assert g.new_tokens[i].tolist() == hf_greedy(hf, own, N_NEW), (family, i)
 
-
-def _hf_greedy(hf, ids: list[int]) -> list[int]:
-    """The most likely next token N_NEW times, each from a whole forward of the sequence so far."""
-    x = torch.tensor([ids])
-    with torch.no_grad():
-        for _ in range(N_NEW):
-            x = torch.cat([x, hf(x).logits[:, -1].argmax(-1, keepdim=True)], dim=1)
-    return x[0, len(ids):].tolist()

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers.forwards import hf_greedy
 
 pytestmark = [pytest.mark.usefixtures("one_thread")]
 
@@ -252,7 +253,7 @@ def test_prompts_starting_with_the_pad_tokens_id_are_read_whole(eos_pad_models, 
         alone = generate(model, [t], cfg)
         own = alone.tokens[0, :alone.prompt_len].tolist()
         assert own[0] == model.tokenizer.pad_token_id or i == 1  # the case at hand: a real token with the pad's id
-        want = _hf_greedy(hf, own)
+        want = hf_greedy(hf, own, N_NEW)
         assert alone.new_tokens[0].tolist() == want, (family, i)
         assert together.tokens[i, P - len(own):].tolist() == own + want, (family, i)
     # without the KV cache each step rereads the whole sequence: the mask, grown per token, still says which are pads
@@ -270,14 +271,6 @@ def test_prompts_starting_with_the_pad_tokens_id_are_read_whole(eos_pad_models, 
                                        _row_steering(model, sae, edits), tag=0)])
         assert steered.new_tokens[i].tolist() == engine[0]["ids"], (family, i)
 
-
-def _hf_greedy(hf, ids: list[int]) -> list[int]:
-    """transformers' most likely next token N_NEW times, each from a whole forward of the sequence so far."""
-    x = torch.tensor([ids])
-    with torch.no_grad():
-        for _ in range(N_NEW):
-            x = torch.cat([x, hf(x).logits[:, -1].argmax(-1, keepdim=True)], dim=1)
-    return x[0, len(ids):].tolist()
 
 
 # -- saesteer api through the openai client ------------------------------------------------------------
@@ -418,7 +411,7 @@ def test_hooked_transformer_prompts_whose_start_it_reads_as_padding_are_warned_a
                                                               prepend_bos=prepend_bos))
         said = [str(w.message) for w in caught if issubclass(w.category, SteeringWarning)]
         own = g.tokens[0].tolist()[:g.prompt_len]
-        read_whole = g.new_tokens[0].tolist() == _hf_greedy(hf, own)
+        read_whole = g.new_tokens[0].tolist() == hf_greedy(hf, own, N_NEW)
         assert read_whole == (unread == 0), (text[:20], prepend_bos)  # the warning's premise, on this model
         if unread:
             assert len(said) == 1 and said[0].startswith("prompt 1 of 2 starts with") and \
@@ -459,6 +452,6 @@ def test_hooked_gpt2_reads_a_leading_bos_whole_under_an_sae_trained_without_bos(
                 alone = generate(hooked, [p], cfg, prepend_bos=False)
                 own = alone.tokens[0, :alone.prompt_len].tolist()
                 assert own[0] == hooked.tokenizer.pad_token_id  # the case at hand: a real token with the pad's id
-                assert alone.new_tokens[0].tolist() == _hf_greedy(hf, own), (prompts, i)
+                assert alone.new_tokens[0].tolist() == hf_greedy(hf, own, N_NEW), (prompts, i)
                 assert got.unsteered[i] == alone.texts[0], (prompts, i)
         assert got.steered == compare(bridge, sae, edits, prompts, cfg).steered, prompts

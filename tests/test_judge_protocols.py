@@ -36,7 +36,7 @@ import pytest
 
 from autointerp.config import JudgeConfig, make_judge
 from autointerp.judge import AnswerInvalid, RequestFailed
-from helpers.judge_server import JudgeServer, fake_llm_answer
+from helpers.judge_server import fake_llm_answer
 from helpers.real_cli import flags_named, known_flags, saesteer
 from saes.errors import SaesteerWarning
 
@@ -52,20 +52,6 @@ TEMPERATURE_400 = {"error": {"message": "Unsupported value: 'temperature' does n
                              "param": "temperature", "code": "unsupported_value"}}
 NGINX_502 = (b"<html>\r\n<head><title>502 Bad Gateway</title></head>\r\n<body>\r\n<center><h1>502 Bad Gateway</h1>"
              b"</center>\r\n<hr><center>nginx/1.27.4</center>\r\n</body>\r\n</html>\r\n")
-
-
-@pytest.fixture(scope="module")
-def server():
-    with JudgeServer(fake_llm_answer) as srv:
-        yield srv
-
-
-@pytest.fixture
-def srv(server):
-    server.reply = None
-    server.exchanges.clear()
-    yield server
-    server.reply = None
 
 
 def js(obj) -> bytes:

@@ -18,26 +18,12 @@ import pytest
 
 from autointerp.config import JudgeConfig, make_judge
 from autointerp.openai_replies import chat_response
-from helpers.judge_server import JudgeServer, chat_completion, fake_llm_answer
+from helpers.judge_server import chat_completion, fake_llm_answer
 from helpers.real_cli import saesteer
 from saes.errors import SaesteerWarning
 
 LABEL = {"type": "object", "required": ["label"], "properties": {"label": {"type": "string"}}}
 ASK = [{"role": "system", "content": "Label the latent."}, {"role": "user", "content": "<examples>sea</examples>"}]
-
-
-@pytest.fixture(scope="module")
-def server():
-    with JudgeServer(fake_llm_answer) as srv:
-        yield srv
-
-
-@pytest.fixture
-def srv(server):
-    server.reply = None
-    server.exchanges.clear()
-    yield server
-    server.reply = None
 
 
 def judge(srv, **cfg):

@@ -19,26 +19,13 @@ import pytest
 
 from autointerp.config import JudgeConfig, make_judge
 from autointerp.judge import AnswerInvalid
-from helpers.judge_server import JudgeServer, chat_completion, fake_llm_answer
+from helpers.judge_server import chat_completion, fake_llm_answer
 from helpers.real_cli import saesteer
 
 LABEL = {"type": "object", "required": ["label"], "properties": {"label": {"type": "string"}}}
 ASK = [{"role": "system", "content": "Label the latent."}, {"role": "user", "content": "<examples>sea</examples>"}]
 USAGE = {"prompt_tokens": 20, "completion_tokens": 10, "total_tokens": 30}
 MARKUP = {"magistral": ("[THINK]", "[/THINK]"), "seed-oss": ("<seed:think>", "</seed:think>")}
-
-
-@pytest.fixture(scope="module")
-def server():
-    with JudgeServer(fake_llm_answer) as srv:
-        yield srv
-
-
-@pytest.fixture
-def srv(server):
-    server.reply = None
-    yield server
-    server.reply = None
 
 
 def ask(srv, content, finish="stop"):

@@ -19,27 +19,13 @@ import pytest
 from autointerp.config import JudgeConfig, make_judge
 from autointerp.judge import CredentialsRejected, RequestFailed
 from autointerp.wire import parse_rate_limit_reset
-from helpers.judge_server import (OPENAI_NO_QUOTA, OPENAI_RATE_LIMIT_HEADERS, JudgeServer, chat_completion,
-                                  fake_llm_answer, lmstudio_wrong_route, openai_error)
+from helpers.judge_server import (OPENAI_NO_QUOTA, OPENAI_RATE_LIMIT_HEADERS, chat_completion, lmstudio_wrong_route,
+                                  openai_error)
 from helpers.real_cli import flags_named, known_flags, saesteer
 
 LABEL = {"type": "object", "required": ["label"], "properties": {"label": {"type": "string"}}}
 ASK = [{"role": "system", "content": "Label the latent."}, {"role": "user", "content": "<examples>sea</examples>"}]
 USAGE = {"prompt_tokens": 20, "completion_tokens": 10, "total_tokens": 30}
-
-
-@pytest.fixture(scope="module")
-def server():
-    with JudgeServer(fake_llm_answer) as srv:
-        yield srv
-
-
-@pytest.fixture
-def srv(server):
-    server.reply = None
-    server.exchanges.clear()
-    yield server
-    server.reply = None
 
 
 def judge(srv, *, base_url=None, sleep=None, **cfg):

@@ -13,7 +13,7 @@ import pytest
 
 from autointerp.config import JudgeConfig, make_judge
 from autointerp.judge import CredentialsRejected, JudgeCall, RequestFailed
-from helpers.judge_server import OPENAI_NO_QUOTA, JudgeServer, chat_completion, fake_llm_answer
+from helpers.judge_server import OPENAI_NO_QUOTA, chat_completion
 
 LABEL = {"type": "object", "required": ["label"], "properties": {"label": {"type": "string"}}}
 ASK = [{"role": "system", "content": "Label the latent."}, {"role": "user", "content": "<examples>sea, mer, 海</examples>"}]
@@ -22,19 +22,6 @@ USAGE = {"prompt_tokens": 20, "completion_tokens": 10, "total_tokens": 30}
 
 def in_a_200(error: dict):
     return 200, {}, json.dumps({"id": "gen-1", "object": "chat.completion", "error": error}).encode()
-
-
-@pytest.fixture(scope="module")
-def server():
-    with JudgeServer(fake_llm_answer) as srv:
-        yield srv
-
-
-@pytest.fixture
-def srv(server):
-    server.exchanges.clear()
-    yield server
-    server.reply = None
 
 
 def judge(srv, sleep=None):

@@ -43,6 +43,7 @@ from saes.errors import note
 from saes.fileio import sha256_file
 from saes.identity import ModelIdentity
 from saes.io import SAEFormatError
+from saes.model_files import cache_folder_repo
 
 
 class LoadedSAE(NamedTuple):
@@ -148,9 +149,6 @@ _MODULE_INPUT_HOOKS = [
 ]
 
 
-_HF_CACHE_REPO = re.compile(r"^models--([^/]+?)--([^/]+)$")
-
-
 def hf_cache_place(folder: Path) -> tuple[str, str] | None:
     """(repo_id, folder inside the repo) of a folder in an HF-cache snapshot
     (`models--ORG--NAME/snapshots/REV/FOLDER`), as given or through links to it; None elsewhere."""
@@ -161,9 +159,9 @@ def snapshot_place(path: Path) -> tuple[str, str] | None:
     """`hf_cache_place` of `path` as it is spelt (no link followed)."""
     parts = path.parts
     for i in range(len(parts) - 3, -1, -1):
-        m = _HF_CACHE_REPO.match(parts[i])
-        if m and parts[i + 1] == "snapshots":
-            return f"{m[1]}/{m[2]}", "/".join(parts[i + 3:])
+        repo = cache_folder_repo(parts[i])
+        if repo and parts[i + 1] == "snapshots":
+            return repo, "/".join(parts[i + 3:])
     return None
 
 

@@ -29,3 +29,15 @@ def read_at_hook(model, hook: str, tokens):
     with torch.no_grad():
         model.run_with_hooks(tokens, fwd_hooks=[(hook, keep)])
     return got["x"]
+
+
+def hf_greedy(hf, ids: list[int], n_new: int) -> list[int]:
+    """transformers' most likely next token `n_new` times after `ids`, each from a whole forward of the
+    sequence so far (no cache, no padding: the reference a batched generation is held to)."""
+    import torch
+
+    x = torch.tensor([ids])
+    with torch.no_grad():
+        for _ in range(n_new):
+            x = torch.cat([x, hf(x).logits[:, -1].argmax(-1, keepdim=True)], dim=1)
+    return x[0, len(ids):].tolist()
