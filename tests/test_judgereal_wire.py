@@ -215,14 +215,15 @@ def test_saesteer_label_against_a_server_not_running_names_its_url(tmp_path):
 
     from helpers.label_store import build_trigger_store
 
-    with socket.socket() as s:  # a port nothing listens on once it is closed
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    url = f"http://127.0.0.1:{port}/v1"
     path, _ = build_trigger_store(tmp_path / "toy.db", n_latents=3)
-    r = saesteer("label", "--store", path, "--judge-model", "qwen3:8b", "--judge-base-url", url, "--scorers",
-                 "detection", "--embed-backend", "none", "--judge-max-retries", 1, "--judge-backoff-base-s", 0.001,
-                 "--judge-backoff-max-s", 0.002, "--max-consecutive-failures", 2, "--no-progress").no_traceback()
+    # a port bound and never listened on refuses connections, and stays ours while the command runs (a port
+    # closed first may be taken by another server meanwhile, or be the client's own port: a self-connect)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{s.getsockname()[1]}/v1"
+        r = saesteer("label", "--store", path, "--judge-model", "qwen3:8b", "--judge-base-url", url, "--scorers",
+                     "detection", "--embed-backend", "none", "--judge-max-retries", 1, "--judge-backoff-base-s", 0.001,
+                     "--judge-backoff-max-s", 0.002, "--max-consecutive-failures", 2, "--no-progress").no_traceback()
     assert r.rc != 0, r.text
     last = r.text.strip().splitlines()[-1]
     assert f"could not reach {url}" in last and "is the server running there?" in last, r.text
