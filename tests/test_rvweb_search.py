@@ -114,3 +114,26 @@ def test_the_cli_lists_the_substring_hits_with_their_counts(store):
     assert "海の生き物" in r.out and " 3 " in r.out and "5.00" in r.out, r.out  # latent 3, its label once: 5
     r = saesteer("features", "search", store.path, "🦊").ok()
     assert "no latent matches" in r.out
+
+
+def test_a_query_of_more_parts_than_a_search_may_look_for_is_refused_everywhere(store):
+    """Each part costs a pass over the store's text when nothing matches, so a 200-character web query of
+    one-character parts cost a hundred passes: more than MAX_PARTS parts are refused, saying how many,
+    by the store, the CLI (one line, no traceback), the API and the search page (422, not a 500)."""
+    from features.store.substring import MAX_PARTS
+    from helpers.real_cli import saesteer
+    from helpers.web_app import PORT, client, make_entry, shared_store
+    from saesteer.web import Limits, ServeConfig, create_app
+
+    many = " ".join(chr(0x4E00 + 3000 + i) for i in range(MAX_PARTS + 1))  # distinct ideographs, found nowhere
+    fewest = " ".join(many.split()[:MAX_PARTS])
+    assert store.search(fewest) == []  # MAX_PARTS parts: searched
+    with pytest.raises(ValueError, match=f"at most {MAX_PARTS} space-separated parts, got {MAX_PARTS + 1}"):
+        store.search(many)
+    r = saesteer("features", "search", store.path, many).no_traceback()
+    assert r.rc == 2 and f"at most {MAX_PARTS} space-separated parts" in r.err and len(r.err.strip().splitlines()) <= 2
+    c = client(create_app([make_entry(shared_store(), "tiny")], config=ServeConfig(port=PORT), limits=Limits()))
+    r = c.get("/api/stores/tiny/search", params={"q": many})
+    assert r.status_code == 422 and f"at most {MAX_PARTS}" in r.json()["detail"], r.text
+    r = c.get("/s/tiny/search", params={"q": many}, headers={"accept": "text/html"})
+    assert r.status_code == 422 and f"at most {MAX_PARTS}" in r.text, r.text[:500]

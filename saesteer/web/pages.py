@@ -180,7 +180,10 @@ def search(
     limits = request.app.state.web.limits
     q = q.strip()
     api.check_text("q", q, limits.max_query_chars)
-    page = entry.catalog.search(q, offset, min(20, limits.max_page_size)) if q else None
+    try:
+        page = entry.catalog.search(q, offset, min(20, limits.max_page_size)) if q else None
+    except ValueError as e:  # a query the store refuses (too many parts past the word index): as the API says it
+        raise HTTPException(422, f"q: {e}") from e
     exact = None
     if ascii_digits(q.lstrip("#")):  # "#123" or "123": offer that feature directly
         i = int(q.lstrip("#"))
