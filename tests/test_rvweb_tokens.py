@@ -6,36 +6,12 @@ window, and the three draw it with one rule."""
 
 from __future__ import annotations
 
-from html.parser import HTMLParser
-from types import SimpleNamespace
-
 import pytest
 
 from features.tokentext import character_groups, character_spans, token_bytes, token_text, visible
+from helpers.token_spans import fire_row, tok_spans
 
 TEXT = "日本語のテキスト 🐳 naïve"
-
-
-class _Spans(HTMLParser):
-    """(class, title, text) of every `.tok` span."""
-
-    def __init__(self) -> None:
-        super().__init__(convert_charrefs=True)
-        self.spans: list[list[str]] = []
-        self._in = False
-
-    def handle_starttag(self, tag, attrs):
-        a = dict(attrs)
-        self._in = tag == "span" and "tok" in (a.get("class") or "").split()
-        if self._in:
-            self.spans.append([a["class"], a.get("title") or "", ""])
-
-    def handle_endtag(self, tag):
-        self._in = False
-
-    def handle_data(self, data):
-        if self._in:
-            self.spans[-1][2] += data
 
 
 def _tokenizer(family: str):
@@ -54,11 +30,8 @@ def _windows(family: str):
 def _render_example(pieces, acts, centre):
     from saesteer.web.pages import make_templates
 
-    html = make_templates().from_string('{% from "_macros.html" import tokens %}{{ tokens(ex) }}').render(
-        ex={"tokens": pieces, "acts": acts, "shade": [min(10, int(a)) for a in acts], "centre": centre})
-    p = _Spans()
-    p.feed(html)
-    return p.spans
+    return tok_spans(make_templates().from_string('{% from "_macros.html" import tokens %}{{ tokens(ex) }}').render(
+        ex={"tokens": pieces, "acts": acts, "shade": [min(10, int(a)) for a in acts], "centre": centre}))
 
 
 def _render_export(pieces, acts, centre):
@@ -68,25 +41,14 @@ def _render_export(pieces, acts, centre):
     ex = Example(id=1, latent=0, kind="top", rank=0, activation=acts[centre], quantile=None, seq_index=0,
                  position=centre, centre=centre, token_ids=list(range(len(pieces))), tokens=pieces, acts=acts,
                  text="".join(pieces))
-    p = _Spans()
-    p.feed(_example_html(ex, max(acts)))
-    return p.spans
+    return tok_spans(_example_html(ex, max(acts)))
 
 
 def _render_fire(pieces, acts):
-    from saesteer.web.config import Limits
-    from saesteer.web.pages import make_templates
     from saesteer.web.schemas import FeatureAct, FireResult
 
     per_token = [[FeatureAct(latent=i, act=a)] for i, a in enumerate(acts)]
-    result = FireResult(tokens=pieces, token_shade=[1] * len(pieces), features=[], per_token=per_token)
-    store = SimpleNamespace(id="s", info=SimpleNamespace(name="s", hook=None, model=None, d_sae=8))
-    page = make_templates().get_template("fire.html").render(
-        store=store, stores=[store], nav="fire", asset=str, plotly_url="", limits=Limits(), qs=lambda **k: "",
-        text="", note=None, result=result)
-    p = _Spans()
-    p.feed(page.split('class="toks firetoks">', 1)[1].split("</p>", 1)[0])
-    return p.spans
+    return fire_row(FireResult(tokens=pieces, token_shade=[1] * len(pieces), features=[], per_token=per_token))
 
 
 def test_a_window_cut_inside_its_last_character_draws_the_cut_bytes_as_one_visible_span():
