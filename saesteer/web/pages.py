@@ -72,8 +72,9 @@ def _pct(x) -> str:
 
 
 def _tokshow(piece: str, following: str | None = "") -> str:
-    """A token's piece as shown: line breaks and tabs drawn (features.tokentext.visible), the rest as is;
-    `following`: the next piece (`loop.nextitem`), so a CRLF cut in two is drawn as one line break."""
+    """A lone token's piece as shown (the logit tables'): line breaks and tabs drawn (features.tokentext.visible),
+    the rest as is; `following`: the next piece, so a CRLF cut in two is drawn as one line break. The token
+    rows of examples and the fire page draw through `saesteer.web.tokenspans` instead."""
     return visible(piece, following or "")
 
 
