@@ -96,10 +96,13 @@ def _add_list(sub) -> None:
 
 
 def _add_search(sub) -> None:
+    from features.store.substring import MAX_PARTS
+
     q = sub.add_parser("search", help="full-text search over labels and example text")
     q.add_argument("store", help="feature store file")
-    q.add_argument("text", help="words to look for")
-    q.add_argument("--limit", type=int, default=20)
+    q.add_argument("text", help="words to look for (a query in Chinese, Japanese or Thai, or with an emoji or another "
+                                f"symbol, is looked for as substrings: at most {MAX_PARTS} space-separated parts)")
+    q.add_argument("--limit", type=int, default=20, help="most latents listed")
 
 
 def _add_map(sub) -> None:
