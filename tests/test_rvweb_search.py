@@ -137,3 +137,14 @@ def test_a_query_of_more_parts_than_a_search_may_look_for_is_refused_everywhere(
     assert r.status_code == 422 and f"at most {MAX_PARTS}" in r.json()["detail"], r.text
     r = c.get("/s/tiny/search", params={"q": many}, headers={"accept": "text/html"})
     assert r.status_code == 422 and f"at most {MAX_PARTS}" in r.text, r.text[:500]
+
+
+def test_a_negative_limit_is_refused_not_read_as_no_limit(store):
+    """SQLite reads LIMIT -1 as no limit: `features search --limit -1` listed every latent matching."""
+    from helpers.real_cli import saesteer
+
+    for q in ("テキスト", "the"):  # the substring path and the word index's
+        with pytest.raises(ValueError, match="limit must be >= 0, got -1"):
+            store.search(q, limit=-1)
+    r = saesteer("features", "search", store.path, "テキスト", "--limit", "-1").no_traceback()
+    assert r.rc == 2 and "limit must be >= 0, got -1" in r.err, r.text
