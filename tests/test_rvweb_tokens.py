@@ -1,8 +1,8 @@
 """Example windows cut where a store cuts them (inside a character at either edge), from a real
 byte-level BPE and a real SentencePiece byte-fallback tokenizer (<0xE6> tokens), drawn by the web
-app's example rows, its fire row and the HTML export: every span holds text a reader can see and
-hover (a cut character is its U+FFFD, with all its tokens' activations), the spans read as the
-window, and the three draw it with one rule."""
+app's example rows, its fire row, the HTML export and `features show`: every span holds text a
+reader can see and hover (a cut character is its U+FFFD, with all its tokens' activations), the
+spans read as the window, and all four draw it with one rule."""
 
 from __future__ import annotations
 
@@ -115,3 +115,35 @@ def test_token_text_that_looks_like_markup_is_escaped_in_every_span():
     acts = [1.0, 2.0, 0.5, 0.0]
     for spans in (_render_example(pieces, acts, 1), _render_export(pieces, acts, 1), _render_fire(pieces, acts)):
         assert "".join(s[2] for s in spans) == "".join(pieces)  # the parser saw text, no tags
+
+
+def _cli_spans(pieces, acts, centre):
+    """(style, text) of each styled run of `saesteer features show`'s example line."""
+    from features.records import Example
+    from saesteer.commands.features import _example_text
+
+    ex = Example(id=1, latent=0, kind="top", rank=0, activation=acts[centre], quantile=None, seq_index=0,
+                 position=centre, centre=centre, token_ids=list(range(len(pieces))), tokens=pieces, acts=acts,
+                 text="".join(pieces))
+    line = _example_text(ex)
+    return line.plain, [(str(s.style), line.plain[s.start:s.end]) for s in line.spans]
+
+
+def test_the_cli_draws_a_split_character_by_the_same_rule():
+    """`features show` coloured each token alone: a latent peaking on a character's first byte tokens
+    (empty pieces) coloured nothing, and a centre on the bytes a window's end cut off underlined nothing."""
+    pieces = _window_of("bpe", "日本")
+    first = pieces.index("")
+    whole = next(i for i in range(first, len(pieces)) if pieces[i])
+    acts = [0.0] * len(pieces)
+    acts[first] = 4.0
+    plain, styled = _cli_spans(pieces, acts, first)
+    assert plain == "日本" and styled == [("black on #ffb347 bold underline", pieces[whole])], styled
+    cut = ["x", "\ufffd", ""]  # the window ends on 日's first two byte tokens
+    plain, styled = _cli_spans(cut, [0.0, 1.0, 3.0], 2)
+    assert plain == "x\ufffd" and styled == [("black on #ffb347 bold underline", "\ufffd")], styled
+
+
+def _window_of(family: str, text: str) -> list[str]:
+    tok = _tokenizer(family)
+    return token_text(tok, tok(text, add_special_tokens=False)["input_ids"]).pieces
