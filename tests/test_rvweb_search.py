@@ -148,3 +148,20 @@ def test_a_negative_limit_is_refused_not_read_as_no_limit(store):
             store.search(q, limit=-1)
     r = saesteer("features", "search", store.path, "テキスト", "--limit", "-1").no_traceback()
     assert r.rc == 2 and "limit must be >= 0, got -1" in r.err, r.text
+
+
+def test_a_search_with_more_hits_than_it_considers_says_so_on_its_last_page(store, monkeypatch):
+    """A search considers SEARCH_CAP hits (1,000): the page reaching that cap (API offset 900, limit 100)
+    asked for no hit past it, so with more matching it said `total` 1,000 exact, no next page. Here the
+    cap is 5 and all 16 latents' examples hold "テキスト"."""
+    from saesteer.web import store_source
+    from saesteer.web.store_source import StoreCatalog
+
+    monkeypatch.setattr(store_source, "SEARCH_CAP", 5)
+    cat = StoreCatalog(store)
+    first = cat.text_search("テキスト", 0, 3)
+    assert (len(first.items), first.total, first.total_exact, first.next_offset) == (3, 4, False, 3)
+    last = cat.text_search("テキスト", 3, 3)  # reaches the cap: hits 4 and 5 of 16
+    assert (len(last.items), last.total, last.total_exact, last.next_offset) == (2, 6, False, None), last
+    past = cat.text_search("テキスト", 5, 3)  # nothing past the cap is shown
+    assert (past.items, past.total_exact, past.next_offset) == ([], False, None), past
