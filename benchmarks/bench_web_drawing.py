@@ -3,7 +3,7 @@
     python benchmarks/bench_web_drawing.py [--rounds 15]
 
 Renders one template, with the app's Jinja environment and with the same environment less its
-`finalize`: 40 examples of 128 tokens (5,120 token spans through `tokshow`, a long feature page's
+`finalize`: 40 examples of 128 tokens (5,120 token spans through `saesteer.web.tokenspans`, a long feature page's
 worth) and 2,000 labels, from prose, code, CJK, Arabic and French text with NBSPs (nothing in it is
 drawn, so both pages are the same). Prints the median process CPU time per render over
 interleaved rounds and their ratio.

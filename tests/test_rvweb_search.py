@@ -114,3 +114,54 @@ def test_the_cli_lists_the_substring_hits_with_their_counts(store):
     assert "海の生き物" in r.out and " 3 " in r.out and "5.00" in r.out, r.out  # latent 3, its label once: 5
     r = saesteer("features", "search", store.path, "🦊").ok()
     assert "no latent matches" in r.out
+
+
+def test_a_query_of_more_parts_than_a_search_may_look_for_is_refused_everywhere(store):
+    """Each part costs a pass over the store's text when nothing matches, so a 200-character web query of
+    one-character parts cost a hundred passes: more than MAX_PARTS parts are refused, saying how many,
+    by the store, the CLI (one line, no traceback), the API and the search page (422, not a 500)."""
+    from features.store.substring import MAX_PARTS
+    from helpers.real_cli import saesteer
+    from helpers.web_app import PORT, client, make_entry, shared_store
+    from saesteer.web import Limits, ServeConfig, create_app
+
+    many = " ".join(chr(0x4E00 + 3000 + i) for i in range(MAX_PARTS + 1))  # distinct ideographs, found nowhere
+    fewest = " ".join(many.split()[:MAX_PARTS])
+    assert store.search(fewest) == []  # MAX_PARTS parts: searched
+    with pytest.raises(ValueError, match=f"at most {MAX_PARTS} space-separated parts, got {MAX_PARTS + 1}"):
+        store.search(many)
+    r = saesteer("features", "search", store.path, many).no_traceback()
+    assert r.rc == 2 and f"at most {MAX_PARTS} space-separated parts" in r.err and len(r.err.strip().splitlines()) <= 2
+    c = client(create_app([make_entry(shared_store(), "tiny")], config=ServeConfig(port=PORT), limits=Limits()))
+    r = c.get("/api/stores/tiny/search", params={"q": many})
+    assert r.status_code == 422 and f"at most {MAX_PARTS}" in r.json()["detail"], r.text
+    r = c.get("/s/tiny/search", params={"q": many}, headers={"accept": "text/html"})
+    assert r.status_code == 422 and f"at most {MAX_PARTS}" in r.text, r.text[:500]
+
+
+def test_a_negative_limit_is_refused_not_read_as_no_limit(store):
+    """SQLite reads LIMIT -1 as no limit: `features search --limit -1` listed every latent matching."""
+    from helpers.real_cli import saesteer
+
+    for q in ("テキスト", "the"):  # the substring path and the word index's
+        with pytest.raises(ValueError, match="limit must be >= 0, got -1"):
+            store.search(q, limit=-1)
+    r = saesteer("features", "search", store.path, "テキスト", "--limit", "-1").no_traceback()
+    assert r.rc == 2 and "limit must be >= 0, got -1" in r.err, r.text
+
+
+def test_a_search_with_more_hits_than_it_considers_says_so_on_its_last_page(store, monkeypatch):
+    """A search considers SEARCH_CAP hits (1,000): the page reaching that cap (API offset 900, limit 100)
+    asked for no hit past it, so with more matching it said `total` 1,000 exact, no next page. Here the
+    cap is 5 and all 16 latents' examples hold "テキスト"."""
+    from saesteer.web import store_source
+    from saesteer.web.store_source import StoreCatalog
+
+    monkeypatch.setattr(store_source, "SEARCH_CAP", 5)
+    cat = StoreCatalog(store)
+    first = cat.text_search("テキスト", 0, 3)
+    assert (len(first.items), first.total, first.total_exact, first.next_offset) == (3, 4, False, 3)
+    last = cat.text_search("テキスト", 3, 3)  # reaches the cap: hits 4 and 5 of 16
+    assert (len(last.items), last.total, last.total_exact, last.next_offset) == (2, 6, False, None), last
+    past = cat.text_search("テキスト", 5, 3)  # nothing past the cap is shown
+    assert (past.items, past.total_exact, past.next_offset) == ([], False, None), past

@@ -1,41 +1,17 @@
 """Example windows cut where a store cuts them (inside a character at either edge), from a real
 byte-level BPE and a real SentencePiece byte-fallback tokenizer (<0xE6> tokens), drawn by the web
-app's example rows, its fire row and the HTML export: every span holds text a reader can see and
-hover (a cut character is its U+FFFD, with all its tokens' activations), the spans read as the
-window, and the three draw it with one rule."""
+app's example rows, its fire row, the HTML export and `features show`: every span holds text a
+reader can see and hover (a cut character is its U+FFFD, with all its tokens' activations), the
+spans read as the window, and all four draw it with one rule."""
 
 from __future__ import annotations
-
-from html.parser import HTMLParser
-from types import SimpleNamespace
 
 import pytest
 
 from features.tokentext import character_groups, character_spans, token_bytes, token_text, visible
+from helpers.token_spans import fire_row, tok_spans
 
 TEXT = "日本語のテキスト 🐳 naïve"
-
-
-class _Spans(HTMLParser):
-    """(class, title, text) of every `.tok` span."""
-
-    def __init__(self) -> None:
-        super().__init__(convert_charrefs=True)
-        self.spans: list[list[str]] = []
-        self._in = False
-
-    def handle_starttag(self, tag, attrs):
-        a = dict(attrs)
-        self._in = tag == "span" and "tok" in (a.get("class") or "").split()
-        if self._in:
-            self.spans.append([a["class"], a.get("title") or "", ""])
-
-    def handle_endtag(self, tag):
-        self._in = False
-
-    def handle_data(self, data):
-        if self._in:
-            self.spans[-1][2] += data
 
 
 def _tokenizer(family: str):
@@ -54,11 +30,8 @@ def _windows(family: str):
 def _render_example(pieces, acts, centre):
     from saesteer.web.pages import make_templates
 
-    html = make_templates().from_string('{% from "_macros.html" import tokens %}{{ tokens(ex) }}').render(
-        ex={"tokens": pieces, "acts": acts, "shade": [min(10, int(a)) for a in acts], "centre": centre})
-    p = _Spans()
-    p.feed(html)
-    return p.spans
+    return tok_spans(make_templates().from_string('{% from "_macros.html" import tokens %}{{ tokens(ex) }}').render(
+        ex={"tokens": pieces, "acts": acts, "shade": [min(10, int(a)) for a in acts], "centre": centre}))
 
 
 def _render_export(pieces, acts, centre):
@@ -68,25 +41,14 @@ def _render_export(pieces, acts, centre):
     ex = Example(id=1, latent=0, kind="top", rank=0, activation=acts[centre], quantile=None, seq_index=0,
                  position=centre, centre=centre, token_ids=list(range(len(pieces))), tokens=pieces, acts=acts,
                  text="".join(pieces))
-    p = _Spans()
-    p.feed(_example_html(ex, max(acts)))
-    return p.spans
+    return tok_spans(_example_html(ex, max(acts)))
 
 
 def _render_fire(pieces, acts):
-    from saesteer.web.config import Limits
-    from saesteer.web.pages import make_templates
     from saesteer.web.schemas import FeatureAct, FireResult
 
     per_token = [[FeatureAct(latent=i, act=a)] for i, a in enumerate(acts)]
-    result = FireResult(tokens=pieces, token_shade=[1] * len(pieces), features=[], per_token=per_token)
-    store = SimpleNamespace(id="s", info=SimpleNamespace(name="s", hook=None, model=None, d_sae=8))
-    page = make_templates().get_template("fire.html").render(
-        store=store, stores=[store], nav="fire", asset=str, plotly_url="", limits=Limits(), qs=lambda **k: "",
-        text="", note=None, result=result)
-    p = _Spans()
-    p.feed(page.split('class="toks firetoks">', 1)[1].split("</p>", 1)[0])
-    return p.spans
+    return fire_row(FireResult(tokens=pieces, token_shade=[1] * len(pieces), features=[], per_token=per_token))
 
 
 def test_a_window_cut_inside_its_last_character_draws_the_cut_bytes_as_one_visible_span():
@@ -153,3 +115,35 @@ def test_token_text_that_looks_like_markup_is_escaped_in_every_span():
     acts = [1.0, 2.0, 0.5, 0.0]
     for spans in (_render_example(pieces, acts, 1), _render_export(pieces, acts, 1), _render_fire(pieces, acts)):
         assert "".join(s[2] for s in spans) == "".join(pieces)  # the parser saw text, no tags
+
+
+def _cli_spans(pieces, acts, centre):
+    """(style, text) of each styled run of `saesteer features show`'s example line."""
+    from features.records import Example
+    from saesteer.commands.features import _example_text
+
+    ex = Example(id=1, latent=0, kind="top", rank=0, activation=acts[centre], quantile=None, seq_index=0,
+                 position=centre, centre=centre, token_ids=list(range(len(pieces))), tokens=pieces, acts=acts,
+                 text="".join(pieces))
+    line = _example_text(ex)
+    return line.plain, [(str(s.style), line.plain[s.start:s.end]) for s in line.spans]
+
+
+def test_the_cli_draws_a_split_character_by_the_same_rule():
+    """`features show` coloured each token alone: a latent peaking on a character's first byte tokens
+    (empty pieces) coloured nothing, and a centre on the bytes a window's end cut off underlined nothing."""
+    pieces = _window_of("bpe", "日本")
+    first = pieces.index("")
+    whole = next(i for i in range(first, len(pieces)) if pieces[i])
+    acts = [0.0] * len(pieces)
+    acts[first] = 4.0
+    plain, styled = _cli_spans(pieces, acts, first)
+    assert plain == "日本" and styled == [("black on #ffb347 bold underline", pieces[whole])], styled
+    cut = ["x", "\ufffd", ""]  # the window ends on 日's first two byte tokens
+    plain, styled = _cli_spans(cut, [0.0, 1.0, 3.0], 2)
+    assert plain == "x\ufffd" and styled == [("black on #ffb347 bold underline", "\ufffd")], styled
+
+
+def _window_of(family: str, text: str) -> list[str]:
+    tok = _tokenizer(family)
+    return token_text(tok, tok(text, add_special_tokens=False)["input_ids"]).pieces

@@ -286,7 +286,7 @@ def _readable_corpus() -> list[str]:
 
 
 def test_text_drawn_twice_reads_as_drawn_once():
-    """Some text is drawn twice: a token view (`tokshow`) and a label in the steer page's data-label
+    """Some text is drawn twice: a token view (`visible`) and a label in the steer page's data-label
     are drawn again by the pages' `finalize`, and readable.js draws that label once more. A second
     drawing changes nothing (no "⟨⟨RLO⟩⟩", no mark kept once and drawn the next time)."""
     from features.drawing import readable

@@ -6,34 +6,12 @@ activation colour and the centre's underline land on the character the tokens sp
 from __future__ import annotations
 
 import unicodedata
-from html.parser import HTMLParser
 
 from features.tokentext import character_groups, token_text, visible
+from helpers.token_spans import fire_row, tok_spans
 
 # NFD "naïve" (i + U+0308), CJK and an emoji (several byte tokens each), Arabic, a tab and a CRLF
 TEXT = "日本語 " + unicodedata.normalize("NFD", "naïve") + " 🐳 العربية\tx\r\ny"
-
-
-class _Spans(HTMLParser):
-    """(class, title, text) of every `.tok` span."""
-
-    def __init__(self) -> None:
-        super().__init__(convert_charrefs=True)
-        self.spans: list[list[str]] = []
-        self._in = False
-
-    def handle_starttag(self, tag, attrs):
-        a = dict(attrs)
-        self._in = tag == "span" and "tok" in (a.get("class") or "").split()
-        if self._in:
-            self.spans.append([a["class"], a.get("title") or "", ""])
-
-    def handle_endtag(self, tag):
-        self._in = False
-
-    def handle_data(self, data):
-        if self._in:
-            self.spans[-1][2] += data
 
 
 def _window():
@@ -47,10 +25,7 @@ def _window():
 def _render(ex: dict) -> list[list[str]]:
     from saesteer.web.pages import make_templates
 
-    html = make_templates().from_string('{% from "_macros.html" import tokens %}{{ tokens(ex) }}').render(ex=ex)
-    p = _Spans()
-    p.feed(html)
-    return p.spans
+    return tok_spans(make_templates().from_string('{% from "_macros.html" import tokens %}{{ tokens(ex) }}').render(ex=ex))
 
 
 def test_character_groups_put_a_characters_first_bytes_with_the_token_completing_it():
@@ -82,10 +57,6 @@ def test_a_character_split_over_tokens_is_one_span_carrying_its_tokens_shade_and
 
 
 def test_the_fire_row_lists_the_features_of_all_of_a_characters_tokens():
-    from types import SimpleNamespace
-
-    from saesteer.web.config import Limits
-    from saesteer.web.pages import make_templates
     from saesteer.web.schemas import FeatureAct, FireResult
 
     pieces = _window()
@@ -97,16 +68,11 @@ def test_the_fire_row_lists_the_features_of_all_of_a_characters_tokens():
     shade = [0] * len(pieces)
     shade[first] = 6
     result = FireResult(tokens=pieces, token_shade=shade, features=[], per_token=per_token)
-    store = SimpleNamespace(id="s", info=SimpleNamespace(name="s", hook=None, model=None, d_sae=8))
-    page = make_templates().get_template("fire.html").render(
-        store=store, stores=[store], nav="fire", asset=str, plotly_url="", limits=Limits(), qs=lambda **k: "",
-        text="", note=None, result=result)
-    p = _Spans()
-    p.feed(page.split('class="toks firetoks">', 1)[1].split("</p>", 1)[0])
-    assert all(text for _, _, text in p.spans) and len(p.spans) == len([x for x in pieces if x]), p.spans
-    span = next(s for s in p.spans if s[2] == pieces[whole])
+    spans = fire_row(result)
+    assert all(text for _, _, text in spans) and len(spans) == len([x for x in pieces if x]), spans
+    span = next(s for s in spans if s[2] == pieces[whole])
     assert "s6" in span[0].split() and span[1] == "#7 1.5 kanji\n#3 0.9"  # each feature once, at its strongest
-    assert p.spans[-1][1] == "no feature fires"
+    assert spans[-1][1] == "no feature fires"
 
 
 def test_the_html_export_draws_a_split_character_as_one_span_too():
@@ -121,9 +87,8 @@ def test_the_html_export_draws_a_split_character_as_one_span_too():
     ex = Example(id=1, latent=0, kind="top", rank=0, activation=2.0, quantile=None, seq_index=0, position=first,
                  centre=first, token_ids=list(range(len(pieces))), tokens=pieces, acts=acts, text="".join(pieces))
     html = _example_html(ex, 2.0)
-    p = _Spans()
-    p.feed(html)
-    assert all(text for _, _, text in p.spans), p.spans
-    marked = [s for s in p.spans if "centre" in s[0].split()]
+    spans = tok_spans(html)
+    assert all(text for _, _, text in spans), spans
+    marked = [s for s in spans if "centre" in s[0].split()]
     assert [s[2] for s in marked] == [pieces[whole]] and marked[0][1].split(" · ")[0] == "2"
     assert 'style="background:rgba(255,140,0,1.000)" title="2 · ' in html  # the character in its token's colour

@@ -189,6 +189,8 @@ class StoreQueries(StoreBase):
         whole tokens, all of them first and any of them when that finds nothing. A query the word
         index cannot match as meant (CJK, Thai, an emoji: `substring.beyond_words`) is looked for
         as substrings instead. raw=True passes `text` to FTS5 as a query expression."""
+        if int(limit) < 0:  # SQLite reads LIMIT -1 as no limit at all
+            raise ValueError(f"limit must be >= 0, got {limit}")
         if not raw and beyond_words(text):
             with self._read() as c:
                 return substring_search(c, text, int(limit))

@@ -8,7 +8,8 @@ under three characters (most Chinese and Japanese words are one or two) and woul
 of every store. So these queries are answered by one pass over the same text (labels first, then
 the top examples), stopping at `limit` hits: linear in the store's text, with no index to build or
 upgrade (benchmarks/bench_substring_search.py: 0.2 s of CPU over 114 MB of example text
-where nothing matches).
+where nothing matches). A query's parts are each looked for in every row that holds none of them,
+so their number is bounded too (`MAX_PARTS`).
 """
 
 from __future__ import annotations
@@ -20,11 +21,14 @@ import unicodedata
 from features.records import SNIPPET_CLOSE, SNIPPET_OPEN, SearchHit
 from features.store.schema import latest_label_sql
 
-__all__ = ["beyond_words", "substring_search"]
+__all__ = ["MAX_PARTS", "beyond_words", "substring_search"]
 
 # Scripts written without spaces between words: Thai, Lao, kana, CJK ideographs
 _UNSPACED = re.compile("[\u0e00-\u0eff\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
 _SNIPPET_CONTEXT = 40  # characters of text each side of the first match
+# most distinct parts one query may have: a search that finds nothing costs a pass over the store's text
+# per part (100 one-character parts, which a 200-character web query holds, cost 65 times one part)
+MAX_PARTS = 8
 
 
 def beyond_words(text: str) -> bool:
@@ -48,8 +52,12 @@ def _contains(column: str, term: str) -> tuple[str, str]:
 def substring_search(c: sqlite3.Connection, text: str, limit: int) -> list[SearchHit]:
     """The latents whose label or top examples contain every whitespace-separated part of `text`
     (ASCII letters in any case), or any part when none contains all of them; those with all parts
-    in the label first. Each query stops at `limit` rows."""
+    in the label first. Each query stops at `limit` rows; more than `MAX_PARTS` parts: ValueError."""
     terms = list(dict.fromkeys(text.split()))
+    if len(terms) > MAX_PARTS:
+        raise ValueError(f"a search for text the word index cannot match (CJK, Thai, emoji, symbols) takes at most "
+                         f"{MAX_PARTS} space-separated parts, got {len(terms)}: search for fewer (a run of CJK "
+                         f"text without spaces is one part)")
     for joiner in (" AND ", " OR ") if len(terms) > 1 else (" AND ",):
         label = [_contains("label", t) for t in terms]
         either = [(_contains("label", t), _contains("examples", t)) for t in terms]

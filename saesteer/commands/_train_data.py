@@ -151,7 +151,7 @@ def _from_cache(run_cfg, data_cfg, rank: int, world: int, allow_model_mismatch: 
         prov.update(world_size=world, dp_partition=data_cfg.dp_partition)
     if check_init is not None:
         check_init(prov, reader.d_in, reader.d_out, reader.target_hook is not None)
-    prov["holdout_trained_on"] = passes_over_cache(t, man.total_rows, data_cfg.cache)
+    prov["holdout_trained_on"] = _holdout_trained_on(t, man.total_rows, data_cfg.cache)
     model = None
     if data_cfg.model_eval and rank == 0:
         model = _eval_model(data_cfg.model, man, data_cfg.cache, allow_model_mismatch)
@@ -160,9 +160,9 @@ def _from_cache(run_cfg, data_cfg, rank: int, world: int, allow_model_mismatch: 
     return reader, _cache_model_eval(run_cfg, data_cfg, reader, model, prov, allow_model_mismatch), prov
 
 
-def passes_over_cache(t, rows: int, cache) -> bool:
-    """Tell the user when the run passes over the cache more than once, and whether the held-out rows
-    are trained on (returned, and recorded in the run's provenance): they are the first rows of the
+def _holdout_trained_on(t, rows: int, cache) -> bool:
+    """Whether the held-out rows are trained on (recorded in the run's provenance), told to the user with
+    the passes the run makes over the cache when more than one: the held-out rows are the first rows of the
     reader's stream, which from its second pass on holds them again, so the held-out figures are then
     on trained-on rows; a held-out set as large as the cache repeats the cache and is all trained on."""
     asked = t.total_tokens + t.holdout_tokens  # the held-out rows come out of the same stream first

@@ -96,10 +96,13 @@ def _add_list(sub) -> None:
 
 
 def _add_search(sub) -> None:
+    from features.store.substring import MAX_PARTS
+
     q = sub.add_parser("search", help="full-text search over labels and example text")
     q.add_argument("store", help="feature store file")
-    q.add_argument("text", help="words to look for")
-    q.add_argument("--limit", type=int, default=20)
+    q.add_argument("text", help="words to look for (a query in Chinese, Japanese or Thai, or with an emoji or another "
+                                f"symbol, is looked for as substrings: at most {MAX_PARTS} space-separated parts)")
+    q.add_argument("--limit", type=int, default=20, help="most latents listed")
 
 
 def _add_map(sub) -> None:
@@ -224,26 +227,26 @@ def _fmt(x, spec: str = ".4g") -> str:
 
 
 def _example_text(e):
-    """A rich Text of an example's window: its pieces as they are (features.tokentext), shaded by
-    activation, the centre token underlined (or, when its piece is empty, the piece completing it)."""
+    """A rich Text of an example's window: its pieces as they are (features.tokentext), a character
+    split over tokens drawn once in the strongest shade of its tokens and underlined when one of them
+    is the centre (`character_spans`, as the web app and the HTML export draw it: the shade of a
+    character's first byte tokens, which have no text, was lost)."""
     from rich.text import Text
 
-    from features.tokentext import visible
+    from features.tokentext import character_spans
 
-    toks = e.tokens if any(e.tokens) else [f"<{x}>" for x in e.token_ids]
+    toks = (e.tokens if any(e.tokens) else [f"<{x}>" for x in e.token_ids])[:len(e.acts)]
     t = Text()
     peak = max([a for a in e.acts] + [1e-9])
-    underline = False
-    for i, (tok, a) in enumerate(zip(toks, e.acts)):
+    for g, shown in character_spans(toks):
+        a = max(e.acts[i] for i in g)
         style = ""
         if a > 0:
             level = min(1.0, a / peak)
             style = "black on " + ("#ffb347" if level > 0.66 else "#ffd9a0" if level > 0.33 else "#fff0d6")
-        underline = underline or i == e.centre
-        if underline and tok:
+        if e.centre in g:
             style = (style + " bold underline").strip()
-            underline = False
-        t.append(visible(tok, toks[i + 1] if i + 1 < len(toks) else ""), style=style)
+        t.append(shown, style=style)
     return t
 
 

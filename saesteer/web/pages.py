@@ -72,8 +72,9 @@ def _pct(x) -> str:
 
 
 def _tokshow(piece: str, following: str | None = "") -> str:
-    """A token's piece as shown: line breaks and tabs drawn (features.tokentext.visible), the rest as is;
-    `following`: the next piece (`loop.nextitem`), so a CRLF cut in two is drawn as one line break."""
+    """A lone token's piece as shown (the logit tables'): line breaks and tabs drawn (features.tokentext.visible),
+    the rest as is; `following`: the next piece, so a CRLF cut in two is drawn as one line break. The token
+    rows of examples and the fire page draw through `saesteer.web.tokenspans` instead."""
     return visible(piece, following or "")
 
 
@@ -180,7 +181,10 @@ def search(
     limits = request.app.state.web.limits
     q = q.strip()
     api.check_text("q", q, limits.max_query_chars)
-    page = entry.catalog.search(q, offset, min(20, limits.max_page_size)) if q else None
+    try:
+        page = entry.catalog.search(q, offset, min(20, limits.max_page_size)) if q else None
+    except ValueError as e:  # a query the store refuses (too many parts past the word index): as the API says it
+        raise HTTPException(422, f"q: {e}") from e
     exact = None
     if ascii_digits(q.lstrip("#")):  # "#123" or "123": offer that feature directly
         i = int(q.lstrip("#"))

@@ -38,23 +38,19 @@ HEALTH_FLAGS = ("dead", "dense", "bos_only", "single_position")
 MAIN_SCORE_METHODS = ("detection", "fuzzing")
 _SORTS = {"latent": "latent", "frequency": "freq", "n_fires": "n_fires", "max_act": "max_act", "mean_act": "mean_act",
           "level": "level", "label": "label"}
-SEARCH_CAP = 1000  # most hits one search considers (pages are cut from these)
-
-
-def _one_more(want: int) -> int:
-    """How many hits a search asks for to show rows up to `want`: one more tells whether more match
-    (none past SEARCH_CAP, which no page reaches)."""
-    return want + 1 if want < SEARCH_CAP else want
+SEARCH_CAP = 1000  # most hits one search shows (pages are cut from these); it asks for one more: are there more?
 
 
 def _search_page(items: list, found: int, want: int, offset: int, limit: int) -> "Page[FeatureSummary]":
-    """A page of a search that asked for `_one_more(want)` hits and `found` came: a hit past `want`
-    says that more match than were counted (`total` is then a lower bound, `total_exact` false)."""
+    """A page of a search that asked for `want + 1` hits and `found` came: a hit past `want` says that
+    more match than were counted (`total` is then a lower bound, `total_exact` false), and there is a
+    next page unless this one reached SEARCH_CAP (the rows past it are never shown)."""
     more = found > want
     total = min(found, want) + (1 if more else 0)
     nxt = offset + len(items)
+    has_next = nxt < min(found, want) or (more and nxt < SEARCH_CAP)
     return Page[FeatureSummary](items=items, total=total, offset=offset, limit=limit, total_exact=not more,
-                                next_offset=nxt if (nxt < min(found, want) or more) and items else None)
+                                next_offset=nxt if has_next and items else None)
 
 
 def shades(acts: Sequence[float], ref: float | None) -> list[int]:
@@ -244,10 +240,10 @@ class StoreCatalog:
         from autointerp.semantic import MIN_SIMILARITY, semantic_search
 
         want = min(offset + limit, SEARCH_CAP)
-        hits = semantic_search(self.store, emb, text, limit=_one_more(want), min_similarity=MIN_SIMILARITY)
+        hits = semantic_search(self.store, emb, text, limit=want + 1, min_similarity=MIN_SIMILARITY)
         if not hits:
             return None
-        page_hits = hits[offset:offset + limit]
+        page_hits = hits[offset:want]
         known = self.summaries(h.latent for h in page_hits)
         items = [known[h.latent].model_copy(update={"similarity": h.similarity, "output_score": h.output_score})
                  for h in page_hits if h.latent in known]
@@ -260,8 +256,8 @@ class StoreCatalog:
 
     def text_search(self, text: str, offset: int, limit: int) -> Page[FeatureSummary]:
         want = min(offset + limit, SEARCH_CAP)
-        hits = self.store.search(text, limit=_one_more(want))
-        page_hits = hits[offset:offset + limit]
+        hits = self.store.search(text, limit=want + 1)
+        page_hits = hits[offset:want]
         known = self.summaries(h.latent for h in page_hits)
         items = [self._summary_or_hit(h, known.get(h.latent)) for h in page_hits]
         return _search_page(items, len(hits), want, offset, limit)
