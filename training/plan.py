@@ -26,6 +26,7 @@ from training.runner import ActivationRunner
 from training.shards import DTYPES
 from training.packing import (SpecialTokensReading, decide_special_tokens, eos_is_next_bos, special_tokens,
                               tokenizer_fingerprint)
+from training.sources import special_tokens_of_manifest
 from training.text import DocumentSource, TextConfig, dataset_spec, is_conversation, sample_documents
 
 DEFAULT_SHARD_BYTES = 128 << 20
@@ -94,7 +95,7 @@ def _special_tokens_read(text: TextConfig, tokenizer, first: list, out) -> Speci
     choice given is compared with it."""
     if text.special_tokens == "auto" and out and (Path(out) / MANIFEST_NAME).is_file():
         try:
-            return SpecialTokensReading("text" if read_manifest(out).settings["literal_special_tokens"] else "match")
+            return SpecialTokensReading(special_tokens_of_manifest(read_manifest(out).settings))
         except (OSError, ValueError):  # not a readable cache: the build says so
             pass
     return decide_special_tokens(text, tokenizer, first)
