@@ -180,6 +180,16 @@ def refuse_mismatch(out: Path, existing: Manifest, settings: dict[str, Any]) -> 
     if diffs:
         raise CacheMismatchError(
             f"{out} holds a cache made with other settings; refusing to mix them:\n  - "
-            + "\n  - ".join(diffs)
+            + "\n  - ".join(diffs) + _reading_hint(existing, settings)
             + "\nUse another cache folder (CacheConfig.out), or delete this one to rebuild it."
         )
+
+
+def _reading_hint(existing: Manifest, settings: dict[str, Any]) -> str:
+    """The flag that continues a cache whose special-token reading differs (the manifest's field is no flag's name)."""
+    if "literal_special_tokens" not in settings or existing.settings["literal_special_tokens"] == settings[
+            "literal_special_tokens"]:
+        return ""
+    reading = special_tokens_of_manifest(existing.settings)
+    return (f"\nThe cache reads special tokens written out as {reading}: resume it with --special-tokens {reading} or "
+            f"--special-tokens auto (which continues as the cache records).")
