@@ -12,7 +12,7 @@ densities (dead / dense), and CE clean / spliced / zero-ablated and KL over ever
   SAELens   sae_lens.evals.run_evals with every metric on, one batch per `--batch` contexts
 Process CPU seconds of each, in interleaved rounds (the order alternates), one torch thread; medians.
 
-    flock /work/wt/bench.lock python benchmarks/bench_eval.py --rounds 3 --write
+    flock /work/wt/bench.lock python benchmarks/bench_eval.py --contexts 64 --batch 16 --rounds 5 --write  # RESULTS.md
 """
 
 from __future__ import annotations

@@ -26,10 +26,10 @@ TOL = {"rtol": 1e-5, "atol": 2e-5}
 
 @pytest.fixture(scope="module")
 def real_acts(real_models):
-    from helpers.publish_acts import hook_activations
+    from helpers.publish_acts import activations_on_texts
 
     path = real_models.path("gpt2")
-    return path, hook_activations(path, HOOKS)
+    return path, activations_on_texts(path, HOOKS)
 
 
 def our_sae(arch: str, hook: str, model_name: str, x_ND: torch.Tensor) -> saes.SAE:

@@ -34,10 +34,10 @@ D_SAE = 192
 @pytest.fixture(scope="module")
 def real_acts(real_models):
     """The tiny GPT-2's folder and its activations at HOOKS (and the MLP's input), hook-shaped."""
-    from helpers.publish_acts import hook_activations
+    from helpers.publish_acts import activations_on_texts
 
     path = real_models.path("gpt2")
-    return path, hook_activations(path, [*HOOKS, "blocks.0.ln2.hook_normalized"])
+    return path, activations_on_texts(path, [*HOOKS, "blocks.0.ln2.hook_normalized"])
 
 
 def our_sae(arch: str, hook: str, d_in: int, model_name: str, x_ND: torch.Tensor, **kw) -> saes.SAE:

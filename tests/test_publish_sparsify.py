@@ -24,10 +24,10 @@ HOOKPOINTS = {"blocks.1.hook_resid_post": "h.1", "blocks.0.hook_mlp_out": "h.0.m
 
 @pytest.fixture(scope="module")
 def real_acts(real_models):
-    from helpers.publish_acts import hook_activations
+    from helpers.publish_acts import activations_on_texts
 
     path = real_models.path("gpt2")
-    return path, hook_activations(path, list(HOOKPOINTS))
+    return path, activations_on_texts(path, list(HOOKPOINTS))
 
 
 def topk(hook: str, model_name: str, arch: str = "topk", d_in: int = 64) -> saes.SAE:

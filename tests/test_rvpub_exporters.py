@@ -37,10 +37,10 @@ TOL = {"rtol": 1e-5, "atol": 2e-5}
 
 @pytest.fixture(scope="module")
 def real_acts(real_models):
-    from helpers.publish_acts import hook_activations
+    from helpers.publish_acts import activations_on_texts
 
     path = real_models.path("gpt2")
-    return str(path), hook_activations(path, [RESID_PRE, RESID_POST])
+    return str(path), activations_on_texts(path, [RESID_PRE, RESID_POST])
 
 
 def random_sae(arch: str, x_ND: torch.Tensor, model: str, hook: str = RESID_POST, **kw) -> saes.SAE:

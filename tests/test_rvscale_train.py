@@ -13,11 +13,10 @@
 from __future__ import annotations
 
 import re
-import resource
-import signal
 
 import pytest
 
+from helpers.full_disk import file_size_limit
 from helpers.real_cli import saesteer
 
 pytestmark = [pytest.mark.usefixtures("offline_env", "one_thread")]
@@ -44,15 +43,9 @@ def test_the_train_bar_ends_at_its_total_when_the_last_batch_passes_total_tokens
 
 
 def test_a_full_disk_while_training_names_the_checkpoint_file(toy_cache, tmp_path):
-    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
-    before = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails (EFBIG), not the process
-    resource.setrlimit(resource.RLIMIT_FSIZE, (100 * 1024, hard))  # the cache is read; no checkpoint (~1 MB) fits
-    try:
+    with file_size_limit(100 * 1024):  # the cache is read; no checkpoint (~1 MB) fits
         r = saesteer("train", "--cache", toy_cache, "--out", tmp_path / "run", *TRAIN, "--checkpoint-every-tokens",
                      "256", "--no-progress")
-    finally:
-        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
-        signal.signal(signal.SIGXFSZ, before)
     assert r.rc != 0
     r.no_traceback()
     error = [ln for ln in r.err.splitlines() if ln.startswith("error:")]
@@ -68,15 +61,8 @@ def test_a_full_disk_while_saving_an_sae_names_its_file(tmp_path):
     from saesteer.boundary import message_for
 
     sae = saes.create_sae("topk", 128, 512, k=8, generator=torch.Generator().manual_seed(0))
-    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
-    before = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-    resource.setrlimit(resource.RLIMIT_FSIZE, (100 * 1024, hard))
-    try:
-        with pytest.raises(OSError) as caught:
-            saes.save_sae(sae, tmp_path / "sae")
-    finally:
-        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
-        signal.signal(signal.SIGXFSZ, before)
+    with file_size_limit(100 * 1024), pytest.raises(OSError) as caught:
+        saes.save_sae(sae, tmp_path / "sae")
     text, _ = message_for(caught.value)
     assert text.startswith(f"{tmp_path / 'sae' / 'sae_weights.safetensors'}: File too large"), text
     assert not list(tmp_path.iterdir())

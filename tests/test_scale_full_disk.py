@@ -8,10 +8,9 @@ cache) ended in "unexpected SafetensorError ... this is a bug in saesteer" inste
 
 from __future__ import annotations
 
-import resource
-import signal
-
 import pytest
+
+from helpers.full_disk import file_size_limit
 
 pytestmark = [pytest.mark.usefixtures("offline_env", "one_thread")]
 
@@ -38,15 +37,9 @@ def sae_and_cache(tmp_path_factory):
 def test_a_full_disk_while_saving_the_pass_state_is_a_clear_error(sae_and_cache, tmp_path):
     from helpers.real_cli import saesteer
 
-    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
-    before = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails (EFBIG), not the process
-    resource.setrlimit(resource.RLIMIT_FSIZE, (512 * 1024, hard))  # the store's first pages fit, the state does not
-    try:
+    with file_size_limit(512 * 1024):  # the store's first pages fit, the state does not
         r = saesteer("features", "build", "--sae", sae_and_cache / "run/saes/sae", "--cache", sae_and_cache / "cache",
                      "--out", tmp_path / "store.db", "--checkpoint-rows", 512, "--no-progress")
-    finally:
-        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
-        signal.signal(signal.SIGXFSZ, before)
     assert r.rc != 0
     r.no_traceback()
     assert "unexpected" not in r.text and "bug in saesteer" not in r.text, r.text[-800:]

@@ -90,6 +90,20 @@ def test_jumprelu_that_would_start_dead_is_refused_and_the_named_flag_trains_it(
     assert s["l0"] > 0 and s["eval_dead_fraction"] < 1
 
 
+def test_the_threshold_a_dead_start_names_is_one_that_starts_it_alive(cache, tmp_path):
+    """With --encoder-init-scale the encoder (thresholds with it) is scaled by it after the initial
+    threshold is set: the largest pre-activation was measured after that scaling and named as the
+    flag's bound, so at scale 4 the threshold it named (4x too high in the flag's units) was refused again."""
+    import re
+
+    run = ("train", "--cache", cache, "--hook", HOOK, "--architecture", "jumprelu", *QUICK, "--encoder-init-scale", 4,
+           "--holdout-tokens", 256, "--total-tokens", 256)
+    r = saesteer(*run, "--out", tmp_path / "dead").no_traceback()
+    named = re.search(r"--jumprelu-init-threshold below ([0-9.e+-]+)", r.err)
+    assert r.rc != 0 and named is not None, r.err
+    saesteer(*run, "--jumprelu-init-threshold", 0.999 * float(named.group(1)), "--out", tmp_path / "alive").ok()
+
+
 @pytest.mark.parametrize("project", ["lab/sae runs", "gpt2:layer1", "sweep #3?"])
 def test_a_wandb_project_name_wandb_refuses_is_told_as_such_before_loading(project, tmp_path):
     r = saesteer("train", "--cache", tmp_path / "no-cache-needed", "--wandb", "true", "--wandb-project", project,

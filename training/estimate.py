@@ -173,8 +173,8 @@ def estimate_plan(plan: CachePlan, text: TextConfig, cfg: CacheConfig, tokenizer
     if source.pretokenized:
         packer = RowPacker(iter([docs.texts]), text)
     else:
-        packer = ContextPacker(iter([docs.texts]), document_tokenize(tokenizer, text, literal), text, special_tokens(tokenizer),
-                               eos_next_bos=next_bos)
+        packer = ContextPacker(iter([docs.texts]), document_tokenize(tokenizer, text, literal), text,
+                               special_tokens(tokenizer), eos_next_bos=next_bos)
     sample, _ = packer.take(64)
     if len(sample):
         rows_per_context = float((~np.isin(sample, plan.excluded)).sum()) / len(sample)

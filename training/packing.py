@@ -37,7 +37,8 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
 import numpy as np
 
-from training.text import START, DocumentSample, DocumentSource, TextConfig, TextPointer, sample_documents
+from training.text import (START, DocumentSample, DocumentSource, TextConfig, TextPointer, is_conversation,
+                           sample_documents)
 
 if TYPE_CHECKING:
     from training.pretokenized import RowPacker
@@ -168,8 +169,6 @@ def document_tokenize(tokenizer, cfg: TextConfig, literal_specials: bool = True
     (transformers' `sanitize_control_tokens`), less the BOS a template writes first where packing
     puts BOS itself (`bos_policy` prepend or doc). A tokenizer without a chat template is refused:
     a chat dataset is for a chat model."""
-    from training.text import is_conversation
-
     plain = make_tokenize(tokenizer, literal_specials)
     bos = getattr(tokenizer, "bos_token_id", None)
     drop_bos = cfg.bos_policy in ("prepend", "doc") and bos is not None
@@ -184,11 +183,11 @@ def document_tokenize(tokenizer, cfg: TextConfig, literal_specials: bool = True
         return ids[1:] if drop_bos and ids[:1] == [bos] else ids
 
     def tokenize(docs: list) -> list[list[int]]:
-        texts = [i for i, d in enumerate(docs) if not is_conversation(d)]
-        if len(texts) == len(docs):
+        text_at = [i for i, d in enumerate(docs) if not is_conversation(d)]  # the positions of plain texts
+        if len(text_at) == len(docs):
             return plain(docs)
         out: list[list[int]] = [chat(d) if is_conversation(d) else [] for d in docs]
-        for i, ids in zip(texts, plain([docs[i] for i in texts]) if texts else []):
+        for i, ids in zip(text_at, plain([docs[i] for i in text_at]) if text_at else []):
             out[i] = ids
         return out
 
@@ -460,8 +459,9 @@ def open_packer(
 ) -> ContextPacker | RowPacker:
     """A `ContextPacker` over `cfg`'s documents, from `start` (`eos_next_bos`: a resumed cache's
     recorded `eos_is_next_bos`; default: the rule's; `literal_specials`: `make_tokenize`'s, a resumed
-    cache's recorded `literal_special_tokens`; default: `literal_specials_for` the first documents). A pretokenized dataset's rows are checked against the
-    tokenizer and read as they are (`training.pretokenized`)."""
+    cache's recorded `literal_special_tokens`; default: `literal_specials_for` the first documents).
+    A pretokenized dataset's rows are checked against the tokenizer and read as they are
+    (`training.pretokenized`)."""
     source = source or DocumentSource(cfg)
     if source.pretokenized:
         from training.pretokenized import RowPacker, checked_rows

@@ -26,6 +26,7 @@ from training.runner import ActivationRunner
 from training.shards import DTYPES
 from training.packing import (SpecialTokensReading, decide_special_tokens, eos_is_next_bos, special_tokens,
                               tokenizer_fingerprint)
+from training.sources import special_tokens_of_manifest
 from training.text import DocumentSource, TextConfig, dataset_spec, is_conversation, sample_documents
 
 DEFAULT_SHARD_BYTES = 128 << 20
@@ -94,7 +95,7 @@ def _special_tokens_read(text: TextConfig, tokenizer, first: list, out) -> Speci
     choice given is compared with it."""
     if text.special_tokens == "auto" and out and (Path(out) / MANIFEST_NAME).is_file():
         try:
-            return SpecialTokensReading("text" if read_manifest(out).settings["literal_special_tokens"] else "match")
+            return SpecialTokensReading(special_tokens_of_manifest(read_manifest(out).settings))
         except (OSError, ValueError):  # not a readable cache: the build says so
             pass
     return decide_special_tokens(text, tokenizer, first)
@@ -179,6 +180,16 @@ def refuse_mismatch(out: Path, existing: Manifest, settings: dict[str, Any]) -> 
     if diffs:
         raise CacheMismatchError(
             f"{out} holds a cache made with other settings; refusing to mix them:\n  - "
-            + "\n  - ".join(diffs)
+            + "\n  - ".join(diffs) + _reading_hint(existing, settings)
             + "\nUse another cache folder (CacheConfig.out), or delete this one to rebuild it."
         )
+
+
+def _reading_hint(existing: Manifest, settings: dict[str, Any]) -> str:
+    """The flag that continues a cache whose special-token reading differs (the manifest's field is no flag's name)."""
+    if "literal_special_tokens" not in settings or existing.settings["literal_special_tokens"] == settings[
+            "literal_special_tokens"]:
+        return ""
+    reading = special_tokens_of_manifest(existing.settings)
+    return (f"\nThe cache reads special tokens written out as {reading}: resume it with --special-tokens {reading} or "
+            f"--special-tokens auto (which continues as the cache records).")

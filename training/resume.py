@@ -4,7 +4,8 @@
     start.trainer, start.batches, start.holdout_BD, start.resumed_from
 
 Both ways first take the held-out rows (the first `TrainConfig.holdout_tokens` rows of the
-stream, not trained on until a source's second pass over its data) and build the `Trainer`. A fresh run seeds the global RNGs and
+stream, not trained on until a source's second pass over its data; or of a separate `holdout`
+source, never trained on) and build the `Trainer`. A fresh run seeds the global RNGs and
 initialises the SAEs from the held-out rows; a resume checks the config against the
 checkpoint's, loads the trainer's state and puts the data source back where the checkpoint
 left it (its `load_state_dict`, or by skipping the batches already trained on). Either way the

@@ -26,6 +26,7 @@ b_dec starts at the target's median, and losses, FVU and EV are the target's.
 from __future__ import annotations
 
 import copy
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -166,7 +167,15 @@ def refuse_a_dead_start(m: Member, xs_BD: Tensor) -> None:
         f"{m.name}: no latent fires on any of the {xs_BD.shape[0]:,} held-out rows at its initial threshold"
         f"{'' if init is None else f' {init:g}'} (the largest pre-activation is {largest:.3g}), so it would get no "
         f"gradient and stay dead; pass --jumprelu-init-firing-rate 0.01 (each latent's threshold from its own "
-        f"pre-activations) or a --jumprelu-init-threshold below {max(largest, 0.0):.2g}")
+        f"pre-activations) or a --jumprelu-init-threshold below {_two_digits_down(max(largest, 0.0)):g}")
+
+
+def _two_digits_down(x: float) -> float:
+    """`x` to two significant digits, rounded down (1.19 -> 1.1, not 1.2: a bound to stay below)."""
+    if x <= 0 or not math.isfinite(x):
+        return x
+    step = 10.0 ** (math.floor(math.log10(x)) - 1)
+    return math.floor(x / step) * step
 
 
 # ------------------------------------------------------------------------------------ trainer
@@ -256,9 +265,11 @@ class Trainer:
             c = init_scale if init_scale is not None else least_squares_encoder_scale(
                 m.sae.W_enc, m.sae.b_enc, m.sae.W_dec, b_dec_D, xs, getattr(m.sae.cfg, "k", None),
                 target_BO=None if y is None else goal, select=m.sae.select)
+            # before the scaling, which changes no latent's firing: the pre-activations it names are then in the
+            # units of --jumprelu-init-threshold
+            refuse_a_dead_start(m, xs)
             if c != 1.0:  # thresholds too: a JumpReLU's initial threshold is relative to the unscaled encoder
                 m.sae.scale_encoder_(c)
-            refuse_a_dead_start(m, xs)
             for p in m.params:
                 self.coll.broadcast_(p.data)
 

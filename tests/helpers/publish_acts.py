@@ -1,6 +1,6 @@
 """Real activations for the publish tests: a local checkpoint's hook outputs on code, accented prose and CJK.
 
-    acts = hook_activations(real_models.path("gpt2"), ["blocks.1.hook_resid_post", "blocks.1.attn.hook_z"])
+    acts = activations_on_texts(real_models.path("gpt2"), ["blocks.1.hook_resid_post", "blocks.1.attn.hook_z"])
     acts["blocks.1.attn.hook_z"]        # [tokens, n_heads, d_head]: hook-shaped, as SAELens reads it
 """
 
@@ -12,7 +12,7 @@ TEXTS = ["def mean(xs):\n    return sum(xs) / len(xs)  # average",
          "The café's crème brûlée was naïve; 東京で会いましょう。 See you at 9 p.m."]
 
 
-def hook_activations(model_dir, hooks) -> dict[str, torch.Tensor]:
+def activations_on_texts(model_dir, hooks) -> dict[str, torch.Tensor]:
     """{hook: [tokens, *hook dims]} of the model at `model_dir` (loaded as saesteer loads it) on TEXTS."""
     from saesteer.models import load_model
 
