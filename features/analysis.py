@@ -305,8 +305,12 @@ def _norm_gain(ln, center: bool) -> Tensor:
     s = xc.pow(2).mean().sqrt()
     probe = x.view(1, 1, D).to(w.dtype)  # a bf16 LayerNorm refuses float32 input; +-1000 is exact in bf16
     gain = (ln(probe) - ln(-probe)).reshape(D).float() * s / (2 * xc)
-    # the stored weight where it is the gain (exact; the probe is at the norm's precision)
-    return w.float() if torch.allclose(gain, w.float(), rtol=1e-2, atol=1e-2) else gain
+    # the probe is only at the norm's precision (a bf16 Gemma's 1 + w comes out 1% off, reordering near
+    # ties): where it measured one of the forms norms store their gain in, that form, exact
+    for stored in (w.float(), 1 + w.float()):
+        if torch.allclose(gain, stored, rtol=1e-2, atol=1e-2):
+            return stored
+    return gain
 
 
 # hook points of the residual stream's width that are not in it (a direction there is no residual
