@@ -89,14 +89,18 @@ def test_logit_effects_apply_the_gain_each_kind_of_final_norm_applies(case):
 
 def test_logit_effects_of_a_folded_layernorm_are_those_of_the_unfolded_one(tmp_path):
     """HookedTransformer with fold_ln (LNPre): the gain lives in W_U and only the centring is applied;
-    the rankings are HF's own model's (values up to a constant per latent: center_unembed)."""
+    the rankings are HF's own model's (values up to a constant per latent: center_unembed). TransformerLens
+    centres W_U over the residual when it folds, so this checks the gain is not applied twice (LNPre has
+    no weight to probe), not the centring."""
     from transformers import AutoModelForCausalLM
 
     from helpers.real_models import build_family_tokenizer, corpus_documents, hooked_sae_transformer, save_arch_model
 
     tok = build_family_tokenizer("gpt2", corpus_documents()[:4], vocab_size=300)
-    path = save_arch_model(tmp_path / "gpt2", "gpt2", tok, trained_norms=True)
+    path = save_arch_model(tmp_path / "gpt2", "gpt2", tok)
     hf = AutoModelForCausalLM.from_pretrained(str(path)).eval()
+    _spread(hf.transformer.ln_f, seed=9)  # trained_norms spreads only weights named *norm*: GPT-2's is ln_f
+    hf.save_pretrained(path, safe_serialization=True)
     folded = hooked_sae_transformer(path, fold_ln=True, center_writing_weights=True, center_unembed=True)
     assert folded.cfg.normalization_type == "LNPre"
     W_dec = torch.randn(N_LATENTS, 64, generator=torch.Generator().manual_seed(5))
