@@ -110,3 +110,33 @@ def test_logit_effects_of_a_folded_layernorm_are_those_of_the_unfolded_one(tmp_p
     shift = got.top_vals_Fn - want[1]
     assert torch.allclose(shift, shift[:, :1].expand_as(shift), atol=1e-4)
     assert "folded" in got.method
+
+
+def _hf_final_norm(hf):
+    decoder = hf.get_decoder()
+    for name in ("norm", "ln_f", "final_layernorm"):
+        if getattr(decoder, name, None) is not None:
+            return getattr(decoder, name)
+    raise AssertionError(f"no final norm found on {type(decoder).__name__}")
+
+
+# slow (a checkpoint built and loaded per case): the modules above are the fast representatives
+@pytest.mark.slow
+@pytest.mark.parametrize("arch, dtype", [("gemma3", torch.bfloat16), ("gemma3", torch.float32), ("olmo2", torch.float32),
+                                         ("stablelm", torch.float32), ("phi", torch.bfloat16)])
+def test_logit_effects_of_loaded_models_are_hfs_direct_path(tmp_path, arch, dtype):
+    """Through `load_model` (the Bridge), each architecture's final norm as HF applies it: LayerNorm with
+    bias (StableLM, Phi), OLMo-2's RMSNorm, Gemma's 1 + w; in the dtype a user loads it in."""
+    from transformers import AutoModelForCausalLM
+
+    from helpers.real_models import build_family_tokenizer, corpus_documents, save_arch_model
+    from saesteer.models import load_model
+
+    tok = build_family_tokenizer("gemma" if "gemma" in arch else "llama", corpus_documents()[:4], vocab_size=300)
+    path = save_arch_model(tmp_path / arch, arch, tok, trained_norms=True)
+    model = load_model(str(path), dtype=dtype)
+    norm = _hf_final_norm(AutoModelForCausalLM.from_pretrained(str(path)).eval())
+    gain = norm.weight.detach().to(dtype).float() + (1.0 if "gemma" in arch else 0.0)
+    W_dec = torch.randn(200, 64, generator=torch.Generator().manual_seed(2))
+    want = _eager(W_dec, model.W_U.detach(), center=isinstance(norm, torch.nn.LayerNorm), gain=gain)
+    _assert_same(logit_effects(W_dec, model, TOP), want)
