@@ -84,7 +84,12 @@ def test_logit_effects_apply_the_gain_each_kind_of_final_norm_applies(case):
     kind, ln, dtype, d, center, gain = _cases()[case]()
     model = _model(kind, ln, dtype, d)
     W_dec = torch.randn(N_LATENTS if d == D else 400, d, generator=torch.Generator().manual_seed(11))
-    _assert_same(logit_effects(W_dec, model, TOP), _eager(W_dec, model.W_U, center=center, gain=gain))
+    got = logit_effects(W_dec, model, TOP)
+    _assert_same(got, _eager(W_dec, model.W_U, center=center, gain=gain))
+    # the store's meta.logit_method names what was applied; a stored-weight gain reads as it always has
+    said = {"gemma": "times ln_final's gain 1 + w", "without": "centred (LayerNorm mean removal), then",
+            "no final": "W_dec[f] then @ W_U"}
+    assert next((v for k, v in said.items() if k in case), "times ln_final.w, then @ W_U") in got.method
 
 
 def test_logit_effects_of_a_folded_layernorm_are_those_of_the_unfolded_one(tmp_path):
