@@ -270,12 +270,13 @@ def final_norm_transform(model) -> tuple[callable, str]:
     kind = str(getattr(getattr(model, "cfg", None), "normalization_type", None))
     ln = getattr(model, "ln_final", None)
     center = kind in ("LN", "LNPre")
-    gain = _norm_gain(ln, center) if kind in ("LN", "RMS") and isinstance(getattr(ln, "w", None), Tensor) else None
+    gain, gain_is = (_norm_gain(ln, center) if kind in ("LN", "RMS") and isinstance(getattr(ln, "w", None), Tensor)
+                     else (None, ""))
     parts = []
     if center:
         parts.append("centred (LayerNorm mean removal)")
     if gain is not None:
-        parts.append("times ln_final's gain (ln_final.w as the norm applies it: 1 + w for Gemma's)")
+        parts.append(f"times {gain_is}")
     if kind in ("LNPre", "RMSPre"):
         parts.append("ln_final weights already folded into W_U")
     method = (
@@ -294,8 +295,8 @@ def final_norm_transform(model) -> tuple[callable, str]:
 
 
 @torch.no_grad()
-def _norm_gain(ln, center: bool) -> Tensor:
-    """The elementwise gain `ln` applies, from two runs of it: on a probe x of entries +-1000 (large:
+def _norm_gain(ln, center: bool) -> tuple[Tensor, str]:
+    """The elementwise gain `ln` applies and what it is, from two runs of it: on a probe x of entries +-1000 (large:
     the norm's epsilon is lost beside its variance) and on -x. Their difference is 2 g (x - m) / s, the
     bias cancelling; m and s are x's mean (LayerNorm; 0 for RMSNorm) and its scale, known here."""
     w = ln.w.detach()
@@ -305,8 +306,13 @@ def _norm_gain(ln, center: bool) -> Tensor:
     s = xc.pow(2).mean().sqrt()
     probe = x.view(1, 1, D).to(w.dtype)  # a bf16 LayerNorm refuses float32 input; +-1000 is exact in bf16
     gain = (ln(probe) - ln(-probe)).reshape(D).float() * s / (2 * xc)
-    # the stored weight where it is the gain (exact; the probe is at the norm's precision)
-    return w.float() if torch.allclose(gain, w.float(), rtol=1e-2, atol=1e-2) else gain
+    # the probe is only at the norm's precision (a bf16 Gemma's 1 + w comes out 1% off, reordering near
+    # ties): where it measured one of the forms norms store their gain in, that form, exact
+    forms = {"ln_final.w": w.float(), "ln_final's gain 1 + w (w = ln_final.w: Gemma's offset RMSNorm)": 1 + w.float()}
+    for name, stored in forms.items():
+        if torch.allclose(gain, stored, rtol=1e-2, atol=1e-2):
+            return stored, name
+    return gain, "ln_final's gain, measured by running it"
 
 
 # hook points of the residual stream's width that are not in it (a direction there is no residual

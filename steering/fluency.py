@@ -137,19 +137,37 @@ def _token_stats(model: Model, tokens_BT: torch.Tensor, starts: Sequence[int]) -
         if start >= tokens_BT.shape[1] or start < 1:
             out.append((0.0, 0.0, 0.0, 0))
             continue
-        logp_TV = torch.log_softmax(logits_BTV[b, start - 1 : -1].float(), dim=-1)
         target_T = tokens_BT[b, start:]
         keep_T = torch.ones_like(target_T, dtype=torch.bool)
         if eos is not None:
             is_eos = target_T == eos
             keep_T &= ~((is_eos.cumsum(0) - is_eos.long()) > 0)  # strictly after the first EOS
-        nll_T = -logp_TV.gather(-1, target_T.unsqueeze(-1)).squeeze(-1)
-        p_TV = logp_TV.exp()
-        ent_T = -(p_TV * logp_TV).sum(-1)
-        var_T = ((p_TV * logp_TV * logp_TV).sum(-1) - ent_T * ent_T).clamp(min=0)  # varentropy
+        nll_T, ent_T, var_T = _position_stats(logits_BTV[b, start - 1 : -1], target_T)
         out.append((float(nll_T[keep_T].sum()), float(ent_T[keep_T].sum()), float(var_T[keep_T].sum()),
                     int(keep_T.sum())))
     return out
+
+
+# positions whose float32 log-softmax is taken at once (~16 MB): a row of a long generation at Gemma's
+# 262k vocabulary is ~0.5 GB per float32 [positions, vocab] tensor, and the formulas make four of them
+_STATS_CHUNK_ELEMS = 1 << 22
+
+
+def _position_stats(logits_TV: torch.Tensor, target_T: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per position: negative log-likelihood of its target, entropy and variance of log-probability
+    (varentropy) of its prediction, a few positions at a time."""
+    T, V = logits_TV.shape
+    step = max(1, _STATS_CHUNK_ELEMS // V)
+    nll_T, ent_T, var_T = (torch.empty(T, device=logits_TV.device) for _ in range(3))
+    for t0 in range(0, T, step):
+        t1 = min(T, t0 + step)
+        logp_tV = torch.log_softmax(logits_TV[t0:t1].float(), dim=-1)
+        nll_T[t0:t1] = -logp_tV.gather(-1, target_T[t0:t1].unsqueeze(-1)).squeeze(-1)
+        plogp_tV = logp_tV.exp() * logp_tV
+        ent_t = -plogp_tV.sum(-1)
+        ent_T[t0:t1] = ent_t
+        var_T[t0:t1] = ((plogp_tV * logp_tV).sum(-1) - ent_t * ent_t).clamp(min=0)
+    return nll_T, ent_T, var_T
 
 
 def _from_stats(texts: Sequence[str], stats: Sequence[tuple[float, float, float, int]]) -> list[FluencyScore]:

@@ -98,6 +98,9 @@ def test_logit_effects_of_a_bf16_unembedding_make_no_float32_copy_of_it():
     assert _peak_growth_kib("unembed") < 32 * 1024
 
 
+# slow (a whole checkpoint built and loaded twice): tests/test_rvvocab_norms.py runs Gemma's own RMSNorm module
+# (float32 and bf16) against the same eager formula by default
+@pytest.mark.slow
 def test_logit_effects_of_a_gemma_model_scale_by_its_norms_1_plus_w(tmp_path):
     """Gemma's RMSNorm stores an offset w and multiplies by 1 + w; the Bridge's ln_final.w is that
     offset (zeros in a fresh checkpoint: every effect was 0 and the 'top tokens' ids 0..n)."""

@@ -3,6 +3,7 @@ call that reads a vocabulary-sized tensor, printed as two numbers.
 
     python bigvocab_child.py ce_kl      # training.evaluate's CE/KL of [4, 64, 32768] float32 logits
     python bigvocab_child.py unembed    # features.analysis.logit_effects through a bf16 [512, 65536] W_U
+    python bigvocab_child.py token_stats  # steering.fluency's per-token stats of [2, 256, 32768] logits
 """
 
 import resource
@@ -50,6 +51,29 @@ def unembed() -> None:
     print(before, peak(), flush=True)
 
 
+def token_stats() -> None:
+    import torch
+
+    import steering.fluency as fl
+
+    fl._STATS_CHUNK_ELEMS = 1 << 18  # 1 MB slices
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(2, 256, 32768, generator=g)  # 32 MB a row
+    tokens = torch.randint(0, 32768, (2, 256), generator=g)
+
+    class FixedLogits:  # a model whose forward gives these logits
+        tokenizer = SimpleNamespace(eos_token_id=None)
+
+        def __call__(self, toks, padding_side):
+            return logits[:, :toks.shape[1]]
+
+    model = FixedLogits()
+    fl._token_stats(model, tokens[:, :3], [1, 1])  # torch's first-call set-up, not measured
+    before = peak()
+    fl._token_stats(model, tokens, [1, 1])
+    print(before, peak(), flush=True)
+
+
 if __name__ == "__main__":
     __import__("torch").set_num_threads(1)
-    {"ce_kl": ce_kl, "unembed": unembed}[sys.argv[1]]()
+    {"ce_kl": ce_kl, "unembed": unembed, "token_stats": token_stats}[sys.argv[1]]()
