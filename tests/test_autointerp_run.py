@@ -191,12 +191,13 @@ def test_the_injection_test_can_fail(tmp_path, monkeypatch):
 def test_dead_judge_stops_the_run_after_a_streak_of_failures(tmp_path):
     import socket
 
-    with socket.socket() as s:  # a port nobody listens on
+    # a port bound and never listened on refuses connections, and stays ours while the run lasts (a port
+    # closed first may be taken by another server meanwhile, or be the client's own port: a self-connect)
+    with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    judge = Judge(OpenAIBackend("fake-judge", base_url=f"http://127.0.0.1:{port}/v1", timeout_s=2.0),
-                  retry=RetryPolicy(max_retries=1, base_s=0.0, max_s=0.0), concurrency=1)
-    report = label_latents(MemoryLabelStore(make_latents(10)), judge, LabelConfig(max_consecutive_failures=3),
-                           progress=False)
+        judge = Judge(OpenAIBackend("fake-judge", base_url=f"http://127.0.0.1:{s.getsockname()[1]}/v1", timeout_s=2.0),
+                      retry=RetryPolicy(max_retries=1, base_s=0.0, max_s=0.0), concurrency=1)
+        report = label_latents(MemoryLabelStore(make_latents(10)), judge, LabelConfig(max_consecutive_failures=3),
+                               progress=False)
     assert report.stopped == "failures" and len(report.failed) == 3 and report.labelled == 0
     assert "connection" in report.failed[0].reason.lower()

@@ -50,3 +50,30 @@ def test_gemma_contexts_start_with_bos_and_leaving_it_out_is_said(real_corpus, d
 def test_no_warning_where_the_tokenizer_adds_no_bos(real_models, data, tmp_path, family):
     r = _cache(real_models.path(family, train_steps=0), data, tmp_path / "none", "none").ok()
     assert WARNING not in r.text
+
+
+def test_the_published_tokenizer_is_loaded_once_per_process(real_corpus, tmp_path, monkeypatch):
+    """Each `open_packer` asks whether the tokenizer as published adds BOS; it is loaded from disk once
+    (about a second at Gemma's size), and another tokenizer's folder is loaded for itself."""
+    import transformers
+
+    from training import packing
+    from training.text import TextConfig
+
+    loads, load = [], transformers.AutoTokenizer.from_pretrained
+
+    def counted(name, *a, **kw):
+        loads.append(str(name))
+        return load(name, *a, **kw)
+
+    tok = build_family_tokenizer("gemma", real_corpus.train_docs, 600)
+    for name in ("a", "b"):
+        tok.save_pretrained(tmp_path / name)
+    packing._published_starts_with.cache_clear()
+    mine = [transformers.AutoTokenizer.from_pretrained(str(tmp_path / name)) for name in ("a", "a", "b")]
+    monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", counted)
+    cfg = TextConfig(dataset="x", context_length=32, bos_policy="none")
+    for t in mine:
+        with pytest.warns(UserWarning, match=WARNING):
+            packing.warn_bos_left_out(cfg, t)
+    assert loads == [str(tmp_path / "a"), str(tmp_path / "b")]

@@ -39,3 +39,20 @@ def test_the_same_sae_in_float32_is_refused_naming_both_dtypes(bf16_store):
         store.check_sae(as_float32.to(torch.bfloat16))  # loaded as the message says: taken
         with pytest.raises(StoreMismatchError, match=r"built from another SAE \(fingerprint"):
             store.check_sae(make_sae("matryoshka_batchtopk", d_in=8, d_sae=32, seed=1))
+
+
+def test_stores_for_several_saes_name_the_dtype_of_the_same_sae_in_another_precision(bf16_store):
+    """`open_stores` (--store once per --sae): a store no SAE pairs with, of one SAE's weights held in
+    another dtype, gives check_sae's dtype hint, not two fingerprints."""
+    from saesteer.commands._steering import CLIError, open_stores
+
+    path, folder = bf16_store
+    saes_given = {"other": make_sae("matryoshka_batchtopk", d_in=8, d_sae=32, seed=1),
+                  "mine": saes.load_sae(folder, dtype=torch.float32)}
+    with pytest.raises(CLIError, match=r"SAE 'mine' has its weights in another dtype: .* built from this SAE's "
+                                       r"weights in bfloat16, but the SAE given holds them in float32") as e:
+        open_stores([str(path), str(path)], saes_given)
+    assert "fingerprint" not in str(e.value)
+    del saes_given["mine"]  # another SAE only: the fingerprints, as before
+    with pytest.raises(CLIError, match=r"has weights fingerprint .*; the SAEs given: 'other' "):
+        open_stores([str(path), str(path)], saes_given)

@@ -102,10 +102,8 @@ def test_logit_effects_of_a_folded_layernorm_are_those_of_the_unfolded_one(tmp_p
     from helpers.real_models import build_family_tokenizer, corpus_documents, hooked_sae_transformer, save_arch_model
 
     tok = build_family_tokenizer("gpt2", corpus_documents()[:4], vocab_size=300)
-    path = save_arch_model(tmp_path / "gpt2", "gpt2", tok)
+    path = save_arch_model(tmp_path / "gpt2", "gpt2", tok, trained_norms=True)
     hf = AutoModelForCausalLM.from_pretrained(str(path)).eval()
-    _spread(hf.transformer.ln_f, seed=9)  # trained_norms spreads only weights named *norm*: GPT-2's is ln_f
-    hf.save_pretrained(path, safe_serialization=True)
     folded = hooked_sae_transformer(path, fold_ln=True, center_writing_weights=True, center_unembed=True)
     assert folded.cfg.normalization_type == "LNPre"
     W_dec = torch.randn(N_LATENTS, 64, generator=torch.Generator().manual_seed(5))

@@ -104,3 +104,22 @@ def test_evaluation_helpers():
         "documents_fully_grammatical": 0.5, "on_topic_fraction": 1.0, "samples_ending_with_eos": 1.0,
         "top_rejection_reasons": [["x", 1]], "example_samples": ["a"], "weights_sha256": "0"})
     assert "| toy model | 1.0000 |" in md
+
+
+def test_a_full_disk_while_training_is_one_line_naming_the_weights_file(tmp_path, capsys):
+    """safetensors' writer reports a failed write as its own SafetensorError: `python -m toyworld.train`
+    says it as the OSError any other write gives, in one line (a file size limit fails the write as a
+    full disk does)."""
+    from helpers.full_disk import file_size_limit
+    from toyworld.train import main
+
+    out = tmp_path / "m"
+    argv = ["--out", str(out), "--steps", "1", "--batch-size", "2", "--n-ctx", "32", "--d-model", "32",
+            "--n-layers", "1", "--n-heads", "2", "--d-mlp", "64", "--eval-rows", "2", "--warmup-steps", "1"]
+    with file_size_limit(4096), pytest.raises(SystemExit) as e:
+        main(argv)
+    err = capsys.readouterr().err.strip()  # the progress bar's lines, then the error
+    last = err.splitlines()[-1]
+    assert e.value.code == 1 and "Traceback" not in err, err
+    assert last.startswith(f"python -m toyworld.train: error: could not write {out / 'model.safetensors'}: "), err
+    assert not (out / "model.safetensors").exists() and list(out.glob(".model.safetensors.*")) == []

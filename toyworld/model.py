@@ -83,6 +83,7 @@ def save_model(model, directory: str | os.PathLike, extra_config: dict | None = 
     """Write model.safetensors + config.json + tokenizer.json into `directory` (atomic per file)."""
     import tempfile
 
+    from safetensors import SafetensorError
     from safetensors.torch import save_file
 
     from toyworld.tokenizer import atomic_write_json, save_tokenizer
@@ -94,7 +95,10 @@ def save_model(model, directory: str | os.PathLike, extra_config: dict | None = 
     os.chmod(tmp, 0o644)  # by name: os.fchmod is POSIX-only before Python 3.13 (Windows)
     os.close(fd)
     try:
-        save_file(parameter_state(model), tmp, metadata={"format": "pt", "model_name": cfg["model_name"]})
+        try:
+            save_file(parameter_state(model), tmp, metadata={"format": "pt", "model_name": cfg["model_name"]})
+        except SafetensorError as e:  # its Rust writer's failed write (a full disk): the OSError any other gives
+            raise OSError(f"could not write {directory / WEIGHTS_FILE}: {e}") from e
         os.chmod(tmp, 0o644)
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())

@@ -183,7 +183,10 @@ def main(argv: list[str] | None = None) -> int:
     if is_installed_assets(args.out):
         p.error(f"--out {args.out} is the shipped toy model of an installed saesteer; pass --out DIR for your own")
     cfg = TrainConfig(**{f.name: getattr(args, f.name) for f in fields(TrainConfig)})
-    res = train(cfg)
+    try:
+        res = train(cfg)
+    except OSError as e:  # a full disk, an unwritable --out: one line, not a traceback
+        p.exit(1, f"{p.prog}: error: {e}\n")
     print(f"trained {res.steps} steps, {res.tokens:,} tokens in {res.seconds / 60:.1f} min; "
           f"train loss {res.train_loss:.4f}, validation loss {res.validation_loss:.4f}; wrote {cfg.out}")
     return 0

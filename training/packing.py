@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 import hashlib
 import itertools
 import json
@@ -441,14 +442,26 @@ def _adds_bos_as_published(tokenizer, bos: int) -> bool:
     """Whether the tokenizer as its model publishes it (loaded again from where it came from:
     TransformerLens sets add_bos_token on every one it loads) starts a text with BOS; False when
     that cannot be told."""
+    name = getattr(tokenizer, "name_or_path", None)
+    if not name:  # built in memory: nothing published to load
+        return False
+    return _published_starts_with(name, bos)
+
+
+@functools.lru_cache(maxsize=16)
+def _published_starts_with(name: str, bos: int) -> bool:
+    """`_adds_bos_as_published`, remembered per tokenizer name or folder: loading one again takes about
+    a second at Gemma's size, and each `open_packer` asks. A hub tokenizer is loaded at its default
+    revision: transformers does not record the one it was loaded at (a pinned --model-revision whose
+    tokenizer adds BOS otherwise than main's is the one case told wrong, as before)."""
     probe = "A probe of what the tokenizer adds."
     try:
         from transformers import AutoTokenizer
 
-        published = AutoTokenizer.from_pretrained(tokenizer.name_or_path)
+        published = AutoTokenizer.from_pretrained(name)
         full = published(probe, verbose=False)["input_ids"]
         plain = published(probe, add_special_tokens=False, verbose=False)["input_ids"]
-    except Exception:  # not loadable from its name (the toy tokenizer, an object built in memory)
+    except Exception:  # not loadable from its name (the toy tokenizer)
         return False
     return full[:1] == [bos] and plain[:1] != [bos]
 

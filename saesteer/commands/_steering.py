@@ -325,7 +325,7 @@ def open_stores(paths: list[str], saes: dict[str, Any]) -> tuple[list[Any], dict
             names = [name for name, why in refusals.items() if why is None]
             if not names:
                 raise CLIError(f"the store {path} was built for none of the SAEs given: "
-                               f"{_why_none(store, fingerprints, refusals)}; "
+                               f"{_why_none(store, saes, fingerprints, refusals)}; "
                                f"give the store built for each --sae (or build one with `saesteer features build`)")
             for name in names:
                 if name in paired:
@@ -359,13 +359,19 @@ def _refusal(store: Any, sae: Any, fingerprint: str) -> str | None:
     return None
 
 
-def _why_none(store: Any, fingerprints: dict[str, str], refusals: dict[str, str]) -> str:
+def _why_none(store: Any, saes: dict[str, Any], fingerprints: dict[str, str], refusals: dict[str, str]) -> str:
     """Both sides of a store no SAE pairs with: an SAE of its weights used at another hook, with
-    check_sae's reason (`refusals`); else the store's SAE beside the SAEs given, by weights fingerprint
+    check_sae's reason (`refusals`); an SAE of its weights in another dtype, with check_sae's reason
+    (the dtype to load it in); else the store's SAE beside the SAEs given, by weights fingerprint
     (the folder it records may be one of theirs, retrained since)."""
+    from saes.fingerprint import dtype_of_fingerprint
+
     if refusals:
         name, why = next(iter(refusals.items()))
         return f"SAE {name!r} has its weights, but {why}"
+    for name, sae in saes.items():  # hashed again in other dtypes only here, on the way to a refusal
+        if dtype_of_fingerprint(sae, store.sae_fingerprint) is not None:
+            return f"SAE {name!r} has its weights in another dtype: {_refusal(store, sae, fingerprints[name])}"
     built = store.meta.get("sae") or {}
     given = ", ".join(f"{name!r} {fp[:12]}" for name, fp in fingerprints.items())
     return (f"its SAE ({built.get('path') or 'an in-memory SAE'} at {built.get('hook_name') or 'an unrecorded hook'}) "

@@ -431,12 +431,18 @@ def olmo3_checkpoint(directory, tok) -> Path:
 
 def spread_norm_weights(hf) -> None:
     """Norm gains far from 1, as a trained model's are (a fresh one's are all 1, which hides a hook read
-    before the gain is applied from one read after it)."""
+    before the gain is applied from one read after it). Norms are found by type, not by name: GPT-2's
+    and GPT-J's are `ln_1`/`ln_2`/`ln_f`."""
     import torch
 
+    def is_norm(module) -> bool:  # nn.LayerNorm, and each family's own RMSNorm/LayerNorm class
+        return isinstance(module, torch.nn.LayerNorm) or "norm" in type(module).__name__.lower()
+
     with torch.no_grad():
-        for name, p in hf.named_parameters():
-            if "norm" in name:
+        for module_name, module in hf.named_modules():
+            if not is_norm(module):
+                continue
+            for name, p in module.named_parameters(prefix=module_name, recurse=False):
                 p.copy_(1 + 0.5 * torch.randn(p.shape, generator=torch.Generator().manual_seed(len(name))))
 
 
