@@ -219,3 +219,17 @@ def test_neuronpedia_sae_takes_the_saes_page_address_as_the_other_flags_do(tmp_p
     assert "feature 4: café menus" in capsys.readouterr().out
     assert main(["label", "--store", str(store), "--import-neuronpedia", str(rows), "--neuronpedia-sae", "mymodel"]) == 2
     assert "--neuronpedia-sae" in capsys.readouterr().err
+
+
+def test_search_help_names_the_stores_part_cap():
+    """The parser writes the substring search's cap out (importing it would load the store package at
+    `--help`); it must say the number the store enforces."""
+    import re
+
+    from features.store.substring import MAX_PARTS
+    from saesteer.cli import build_parser
+
+    search = build_parser()._subparsers._group_actions[0].choices["features"]
+    search = search._subparsers._group_actions[0].choices["search"]
+    help_text = next(a.help for a in search._actions if a.dest == "text")
+    assert re.search(r"at most (\d+) space-separated", help_text).group(1) == str(MAX_PARTS)

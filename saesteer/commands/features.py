@@ -96,12 +96,13 @@ def _add_list(sub) -> None:
 
 
 def _add_search(sub) -> None:
-    from features.store.substring import MAX_PARTS
-
+    # features.store.substring.MAX_PARTS, written out: importing it would load the store package (and
+    # numpy) while building the parser; tests/test_features_cli.py checks the two agree.
+    max_parts = 8
     q = sub.add_parser("search", help="full-text search over labels and example text")
     q.add_argument("store", help="feature store file")
     q.add_argument("text", help="words to look for (a query in Chinese, Japanese or Thai, or with an emoji or another "
-                                f"symbol, is looked for as substrings: at most {MAX_PARTS} space-separated parts)")
+                                f"symbol, is looked for as substrings: at most {max_parts} space-separated parts)")
     q.add_argument("--limit", type=int, default=20, help="most latents listed")
 
 
