@@ -145,7 +145,9 @@ def features_on_text(
             check_same_model(store.recorded_model(), identity_of_model(model), recorded_in=f"the feature store {store.path}",
                              given_as="the model given", override="allow_model_mismatch=True",
                              fix="load the model it records (saesteer.models.load_model)")
-    reading = special_tokens or trained_special_tokens(loaded) or "match"
+    # a chat template rendered to text is read as the model reads a chat, whatever the SAE's training read
+    reading = special_tokens or ("match" if holds_chat_markers(getattr(model, "tokenizer", None), text) else None) \
+        or trained_special_tokens(loaded) or "match"
     tokens_BS = text_tokens(model, text, prepend_bos_for(model, [loaded], prepend_bos), literal_specials=reading == "text")
     x = hook_activations(model, hook, tokens_BS)[0]  # [S, ...]
     x_SD = x.reshape(x.shape[0], -1)
@@ -169,6 +171,20 @@ def features_on_text(
         totals.append(LatentTotal(int(i), float(col.max()), float(col.sum()), int(fired[:, i].sum()), labels.get(int(i))))
     totals.sort(key=lambda t: (-t.max_act, t.latent))
     return TextActivations(text, hook, tokens, totals, acts_SF, reading)
+
+
+def holds_chat_markers(tokenizer, text: str) -> bool:
+    """Whether `text` holds a special token the model's chat template writes (its BOS included): a chat
+    rendered to text ("<s>[INST] ..."), whose markers the model reads as tokens. A special token no
+    template writes (GPT-2's <|endoftext|> in scraped text) does not count."""
+    template = getattr(tokenizer, "chat_template", None)
+    if isinstance(template, dict):  # named templates ("default", "tool_use")
+        template = " ".join(t for t in template.values() if isinstance(t, str))
+    if not isinstance(template, str) or not template:
+        return False
+    bos = getattr(tokenizer, "bos_token", None)
+    return any(s and s in text and (s in template or (s == bos and "bos_token" in template))
+               for s in getattr(tokenizer, "all_special_tokens", None) or [])
 
 
 def trained_special_tokens(loaded) -> str | None:
