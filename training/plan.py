@@ -78,7 +78,8 @@ def plan_cache(model, text: TextConfig, cfg: CacheConfig, tokenizer, model_id, m
     ident = identity_of_model(model)
     if ident is not None:  # a model loaded by saesteer.models knows who it is
         model_id, model_revision = model_id or ident.id, model_revision or ident.revision
-    first = [] if source.pretokenized else sample_documents(source).texts
+    # the first documents from a source of their own: plan.source is the prefetcher's, read in its thread
+    first = [] if source.pretokenized else sample_documents(DocumentSource(text)).texts
     if any(map(is_conversation, first)):  # written by the chat template: another template, other tokens
         spec["chat_template_sha256"] = hashlib.sha256(str(getattr(tokenizer, "chat_template", None) or "").encode()).hexdigest()
     reading = SpecialTokensReading("text") if source.pretokenized else _special_tokens_read(text, tokenizer, first, cfg.out)
