@@ -25,9 +25,9 @@ def add_top_on_text(sub) -> None:
     t.add_argument("--no-bos", action="store_true", help="the same as --prepend-bos false")
     t.add_argument("--special-tokens", choices=("text", "match"), default=None,
                    help="a special token written out in the text (<|endoftext|>, <s>): text = read as its characters, "
-                        "match = as the token it names (a chat template's markers) (default: as the SAE's training "
-                        "data read them, recorded in its saesteer.json; else match, as the model's tokenizer reads a "
-                        "prompt)")
+                        "match = as the token it names (default: matched where the model's chat template writes it, a chat "
+                        "rendered to text; else as the SAE's training data read them, recorded in its saesteer.json; "
+                        "else match, as the model's tokenizer reads a prompt)")
 
 
 def top_on_text(args) -> int:
