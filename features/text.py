@@ -183,8 +183,12 @@ def holds_chat_markers(tokenizer, text: str) -> bool:
     if not isinstance(template, str) or not template:
         return False
     bos = getattr(tokenizer, "bos_token", None)
-    return any(s and s in text and (s in template or (s == bos and "bos_token" in template))
-               for s in getattr(tokenizer, "all_special_tokens", None) or [])
+    return any(s in template or (s == bos and "bos_token" in template) for s in written_special_tokens(tokenizer, text))
+
+
+def written_special_tokens(tokenizer, text: str) -> list[str]:
+    """The tokenizer's special tokens written out in `text`, each once."""
+    return [s for s in dict.fromkeys(getattr(tokenizer, "all_special_tokens", None) or []) if s and s in text]
 
 
 def trained_special_tokens(loaded) -> str | None:

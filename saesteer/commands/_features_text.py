@@ -38,7 +38,7 @@ def top_on_text(args) -> int:
     from rich.table import Table
 
     from features import FeatureStore
-    from features.text import features_on_text
+    from features.text import features_on_text, written_special_tokens
     from saes.formats import resolve_sae
     from saesteer.terminal import plain
 
@@ -89,8 +89,3 @@ def top_on_text(args) -> int:
         con.print(plain(f"note: {', '.join(written)} written in the text: {how}, {why}; --special-tokens {other} "
                         f"reads them the other way"))
     return 0
-
-
-def written_special_tokens(tokenizer, text: str) -> list[str]:
-    """The tokenizer's special tokens written out in `text`, each once."""
-    return [s for s in dict.fromkeys(getattr(tokenizer, "all_special_tokens", None) or []) if s and s in text]
