@@ -27,7 +27,7 @@ from training.pretokenized import RowPacker
 from training.plan import CachePlan, bytes_per_row, plan_cache, refuse_mismatch
 from training.shards import DTYPES
 from training.packing import ContextPacker, document_tokenize, estimate_stream_tokens, special_tokens
-from training.text import DocumentSource, TextConfig, sample_documents
+from training.text import DocumentSource, TextConfig
 from training.writer import ShardBuffer, fill_batch, fmt_bytes, free_bytes
 
 
@@ -162,10 +162,10 @@ def estimate_plan(plan: CachePlan, text: TextConfig, cfg: CacheConfig, tokenizer
                   contexts_done: int) -> CacheEstimate:
     """The estimate of a planned build of which `contexts_done` contexts are already cached."""
     L = text.context_length
-    # a source of its own: the prefetcher reads plan.source in its thread meanwhile, and two threads
-    # iterating one streaming dataset can shift its document boundaries (and so the resume pointers)
-    source = DocumentSource(text)
-    docs = sample_documents(source, 512)  # one read serves both estimates
+    # the plan's first documents and their source, not plan.source: the prefetcher reads that in its thread
+    # meanwhile, and two threads iterating one streaming dataset can shift its document boundaries (and so
+    # the resume pointers); one read serves both estimates
+    source, docs = plan.first_source, plan.first
     # packed as the build packs: a resumed cache by the rule it records (an older cache: EOS and BOS
     # between documents even where the current rule writes one token), which refuse_mismatch put in plan.settings
     next_bos = plan.settings.get("eos_is_next_bos")

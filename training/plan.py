@@ -27,7 +27,7 @@ from training.shards import DTYPES
 from training.packing import (SpecialTokensReading, decide_special_tokens, eos_is_next_bos, special_tokens,
                               tokenizer_fingerprint)
 from training.sources import special_tokens_of_manifest
-from training.text import DocumentSource, TextConfig, dataset_spec, is_conversation, sample_documents
+from training.text import DocumentSample, DocumentSource, TextConfig, dataset_spec, is_conversation, sample_documents
 
 DEFAULT_SHARD_BYTES = 128 << 20
 
@@ -42,6 +42,10 @@ class CachePlan(NamedTuple):
     excluded: np.ndarray
     dataset_files: list[str] | None  # the absolute paths of the local files read (provenance)
     special_tokens: SpecialTokensReading | None = None  # how special tokens written out are read (what auto decided)
+    # the first documents, read from a source of their own (`first_source`: never the prefetcher's `source`),
+    # for the special-token decision and `training.estimate.estimate_plan`
+    first_source: DocumentSource | None = None
+    first: DocumentSample | None = None
 
 
 def identity_record(model) -> dict[str, Any] | None:
@@ -79,14 +83,16 @@ def plan_cache(model, text: TextConfig, cfg: CacheConfig, tokenizer, model_id, m
     if ident is not None:  # a model loaded by saesteer.models knows who it is
         model_id, model_revision = model_id or ident.id, model_revision or ident.revision
     # the first documents from a source of their own: plan.source is the prefetcher's, read in its thread
-    first = [] if source.pretokenized else sample_documents(DocumentSource(text)).texts
+    first_source = DocumentSource(text)
+    sample = sample_documents(first_source)
+    first = [] if source.pretokenized else sample.texts
     if any(map(is_conversation, first)):  # written by the chat template: another template, other tokens
         spec["chat_template_sha256"] = hashlib.sha256(str(getattr(tokenizer, "chat_template", None) or "").encode()).hexdigest()
     reading = SpecialTokensReading("text") if source.pretokenized else _special_tokens_read(text, tokenizer, first, cfg.out)
     settings = cache_settings(model, runner, d_in, text, cfg, tokenizer, model_id, model_revision, spec, reading.literal)
     files = [str(p) for p in source.data.files] if source.data.is_local else None
     return CachePlan(runner, d_in, settings, source, np.asarray(settings["excluded_token_ids"], dtype=np.int64), files,
-                     reading)
+                     reading, first_source, sample)
 
 
 def _special_tokens_read(text: TextConfig, tokenizer, first: list, out) -> SpecialTokensReading:
