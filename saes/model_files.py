@@ -4,6 +4,7 @@ the hub repo an HF-cache snapshot directory is a copy of. Standard library only.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 from pathlib import Path, PurePath
@@ -33,9 +34,21 @@ def hash_files(paths: list[Path]) -> str:
 
 
 def local_weights_sha256(directory: str | os.PathLike) -> str | None:
-    """SHA-256 of the weight files of a local checkpoint directory (what a 'local' identity records)."""
+    """SHA-256 of the weight files of a local checkpoint directory (what a 'local' identity records).
+    Read once per process while the files keep their size and modification time: every steering
+    request's model check (`saes.identity.check_named_model`) asks it again, and a full hash reads
+    up to FULL_HASH_LIMIT_BYTES."""
     files = [p for p in Path(directory).iterdir() if p.is_file() and p.name.endswith(WEIGHT_SUFFIXES)]
-    return hash_files(files) if files else None
+    if not files:
+        return None
+    return _hash_unchanged(tuple((str(p), st.st_size, st.st_mtime_ns) for p in files
+                                 for st in [p.stat()]))
+
+
+@functools.lru_cache(maxsize=16)
+def _hash_unchanged(files: tuple[tuple[str, int, int], ...]) -> str:
+    """`hash_files` of the files (path, size, mtime_ns) name; cached on all three."""
+    return hash_files([Path(path) for path, _, _ in files])
 
 
 def hub_snapshot_repo(path: str | os.PathLike) -> str | None:
