@@ -1,0 +1,130 @@
+"""An SAE written in another library's layout, whole or not at all (`saesteer convert`):
+
+    done = export_sae(resolve_sae("runs/x/saes/topk_k32_f4096").sae, "sparsify", "share/sparsify")
+    done.path, done.what, done.load_with
+
+Each target is the writer its module owns (`saes.io.save_sae`, `sparsify.save`, `dictionary_learning.save`);
+what a target cannot hold is refused by that writer, naming the SAE's side and the target's. The folder is
+built under a temporary name beside `out` and renamed into place, so a refusal, a full disk or a crash
+leaves no half-written folder; `overwrite` replaces an earlier SAE folder at `out` (only one: a folder
+that holds anything else is refused, so a mistyped --out never deletes someone's files).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from saes.fileio import fsync_dir, make_temp_dir, name_the_final_file
+from saes.formats import dictionary_learning, sae_lens_folder, sparsify
+from saes.io import PROVENANCE_FILENAME, SAEFormatError, save_sae, without_local_paths
+
+TARGETS = {
+    "saesteer": "SAELens's cfg.json + sae_weights.safetensors with saesteer.json (the provenance, local paths cut)",
+    "saelens": "SAELens's cfg.json + sae_weights.safetensors (what SAE.save_model writes)",
+    "sparsify": "a sparsify run folder: HOOKPOINT/cfg.json + sae.safetensors and the run's config.json",
+    "dictionary_learning": "dictionary_learning's ae.pt + config.json (what trainSAE writes)",
+    "neuronpedia": "refused: Neuronpedia takes the weights as a SAELens folder and the dashboards from a feature store",
+}
+NEURONPEDIA_HINT = ("Neuronpedia takes an SAE's weights as a SAELens folder (`saesteer convert SAE --to saelens`) "
+                    "and its latents' dashboards from a feature store (`saesteer features build --sae SAE ...`, then "
+                    "`saesteer features export STORE OUT --format neuronpedia`)")
+_TMP_MARK = ".convert-"
+
+
+@dataclass(frozen=True)
+class Exported:
+    path: Path  # the folder written
+    what: str  # what it holds, in the target's words ("dictionary_learning BatchTopKSAE")
+    load_with: str  # the target library's call that loads it
+
+
+def export_sae(sae: Any, target: str, out: str | os.PathLike, *, provenance: dict[str, Any] | None = None,
+               overwrite: bool = False, hookpoint: str | None = None) -> Exported:
+    """Write `sae` for `target` (a TARGETS key) as folder `out`. `provenance` goes into saesteer.json
+    (target "saesteer"); `hookpoint` is the HF module a sparsify SAE is stored under (default:
+    `sparsify.default_hookpoint`). Errors: `SAEFormatError` for what the target cannot hold,
+    `FileExistsError` for an `out` that is there (without `overwrite`, or not an SAE folder)."""
+    if target not in TARGETS:
+        raise SAEFormatError(f"unknown target {target!r}; one of {', '.join(TARGETS)}")
+    if target == "neuronpedia":
+        raise SAEFormatError(f"there is no Neuronpedia file format for SAE weights; {NEURONPEDIA_HINT}")
+    out = Path(out)
+    _check_out(out, overwrite)
+    if target == "sparsify" and hookpoint is None:
+        hookpoint = sparsify.default_hookpoint(sae)
+        if hookpoint is None:
+            raise SAEFormatError(f"the SAE reads {sae.cfg.metadata.get('hook_name') or 'no recorded hook'}, which "
+                                 f"saesteer names no sparsify hookpoint for; give --hookpoint, the HF module whose "
+                                 f"output it reads (e.g. layers.6, h.6 on GPT-2)")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = make_temp_dir(f".{out.name}{_TMP_MARK}", out.parent)
+    try:
+        done = _write(sae, target, tmp, out, provenance, hookpoint)
+        _put_in_place(tmp, out)
+    except BaseException as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        name_the_final_file(e, tmp, out)
+        raise
+    return done
+
+
+def _write(sae: Any, target: str, tmp: Path, out: Path, provenance: dict[str, Any] | None,
+           hookpoint: str | None) -> Exported:
+    if target == "sparsify":
+        folder = sparsify.save(sae, tmp, hookpoint)
+        return Exported(out, f"sparsify TopK {'transcoder' if sae.is_transcoder else 'SAE'} at hookpoint {hookpoint!r}",
+                        f"sparsify.SparseCoder.load_from_disk('{out / folder.name}') or "
+                        f"SparseCoder.load_many('{out}')")
+    if target == "dictionary_learning":
+        dictionary_learning.save(sae, tmp)
+        dict_class = dictionary_learning.dict_class_for(sae)
+        why = ""
+        if sae.architecture in ("batchtopk", "matryoshka_batchtopk") and dict_class == "JumpReluAutoEncoder":
+            why = (f" (same latents: its latents have their own thresholds, and "
+                   f"{'BatchTopKSAE' if sae.architecture == 'batchtopk' else 'MatryoshkaBatchTopKSAE'} holds one)")
+        return Exported(out, f"dictionary_learning {dict_class}{why}",
+                        f"dictionary_learning.utils.load_dictionary('{out}', device)")
+    record = without_local_paths(provenance or {}) if target == "saesteer" else None
+    save_sae(sae, tmp, provenance=record)
+    if target == "saelens":
+        (tmp / PROVENANCE_FILENAME).unlink()
+    return Exported(out, f"{'saesteer' if target == 'saesteer' else 'SAELens'} folder ({sae.saved_architecture()})",
+                    f"sae_lens.SAE.load_from_disk('{out}')")
+
+
+def _check_out(out: Path, overwrite: bool) -> None:
+    """Refuse an `out` that is there, unless `overwrite` and it is an SAE folder (or empty)."""
+    if not os.path.lexists(out):
+        return
+    if not out.is_dir() or out.is_symlink():
+        raise FileExistsError(f"--out {out} is there and is not a folder; give a new folder's name")
+    if not overwrite:
+        raise FileExistsError(f"--out {out} is there; pass --overwrite to replace it, or give a new folder's name")
+    empty = not any(out.iterdir())
+    if not (empty or sae_lens_folder.is_folder(out) or dictionary_learning.is_folder(out)
+            or sparsify.hookpoint_folders(out)):
+        raise FileExistsError(f"--out {out} holds files that are no SAE folder; --overwrite replaces only an SAE "
+                              f"folder: give a new folder's name")
+
+
+def _put_in_place(tmp: Path, out: Path) -> None:
+    """Rename the finished folder `tmp` to `out`; an earlier `out` (overwrite) is moved aside first and
+    removed once the new one is in place (moved back if that fails)."""
+    aside = None
+    if os.path.lexists(out):
+        aside = make_temp_dir(f".{out.name}.old-", out.parent)
+        os.rmdir(aside)
+        os.rename(out, aside)
+    try:
+        os.rename(tmp, out)
+    except BaseException:
+        if aside is not None:
+            os.rename(aside, out)
+        raise
+    fsync_dir(out.parent)
+    if aside is not None:
+        shutil.rmtree(aside, ignore_errors=True)
