@@ -234,6 +234,10 @@ def test_an_existing_out_is_replaced_only_with_overwrite_and_only_when_it_is_an_
     assert sorted(p.name for p in out.iterdir()) == ["ae.pt", "config.json"]  # replaced whole, no SAELens file left
     no_leftovers(tmp_path)
 
+    r = convert(src, "dictionary_learning", src, "--overwrite")  # the original itself, or the folder holding it
+    assert r.rc == 2 and "holds the SAE being converted" in r.err and (src / "cfg.json").is_file(), r.text
+    assert convert(src, "saelens", tmp_path, "--overwrite").rc == 2 and (src / "cfg.json").is_file()
+
     mine = tmp_path / "mine"
     mine.mkdir()
     (mine / "notes.txt").write_text("mine")
@@ -294,3 +298,42 @@ def test_saving_into_an_existing_trainer_folder_never_leaves_the_old_config_besi
         dictionary_learning.save(batchtopk, tmp_path / "trainer_1")
     assert not (tmp_path / "trainer_1").exists()
     no_leftovers(tmp_path)
+
+
+def test_a_gemma_scope_sae_goes_to_dictionary_learning_at_the_hook_given(real_acts, tmp_path):
+    """Gemma Scope's params.npz records no hook: refused until --hook names it, then dictionary_learning computes
+    what the Gemma Scope tutorial's JumpReLUSAE does."""
+    from helpers.foreign_saes import gemma_scope_reference, random_gemma_scope, write_gemma_scope
+
+    model, x = real_acts
+    params = random_gemma_scope(x.shape[1], 128, seed=3)
+    npz = write_gemma_scope(tmp_path / "gs" / "params.npz", params)
+    r = convert(npz, "dictionary_learning", tmp_path / "dl", "--model", model).no_traceback()
+    assert r.rc == 2 and "record no hook point" in r.err and "--hook" in r.err, r.text
+    assert not (tmp_path / "dl").exists()
+
+    convert(npz, "dictionary_learning", tmp_path / "dl", "--model", model, "--hook", HOOK).ok()
+    ae, config = load_dictionary(str(tmp_path / "dl"), "cpu")
+    acts, recon = gemma_scope_reference(params, x)
+    assert type(ae).__name__ == "JumpReluAutoEncoder" and config["trainer"]["submodule_name"] == "resid_post_layer_1"
+    assert (acts > 0).sum().item() > x.shape[0]
+    torch.testing.assert_close(ae.encode(x), acts, **TOL)
+    torch.testing.assert_close(ae(x), recon, **TOL)
+
+
+def test_a_topk_transcoder_goes_to_sparsify_and_is_refused_for_dictionary_learning(real_acts, tmp_path):
+    model, x = real_acts
+    tc = saes.create_sae("topk", x.shape[1], 128, k=8, d_out=x.shape[1], apply_b_dec_to_input=False,
+                         generator=torch.Generator().manual_seed(2),
+                         metadata={"hook_name": "blocks.1.hook_resid_pre", "hook_name_out": HOOK, "model_name": model})
+    src = saes.save_sae(tc, tmp_path / "tc")
+    r = convert(src, "dictionary_learning", tmp_path / "dl").no_traceback()
+    assert r.rc == 2 and "a transcoder cannot be saved for dictionary_learning" in r.err, r.text
+    assert not (tmp_path / "dl").exists()
+
+    convert(src, "sparsify", tmp_path / "sp").ok()
+    coder = SparseCoder.load_from_disk(tmp_path / "sp" / "layers.1")
+    assert coder.cfg.transcode
+    torch.testing.assert_close(coder(x).sae_out, tc(x).recon, **TOL)
+    back = resolve_sae(tmp_path / "sp" / "layers.1").sae
+    assert back.cfg.metadata["hook_name"] == "blocks.1.hook_resid_pre" and back.cfg.metadata["hook_name_out"] == HOOK

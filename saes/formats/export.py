@@ -54,6 +54,9 @@ def export_sae(sae: Any, target: str, out: str | os.PathLike, *, provenance: dic
         raise SAEFormatError(f"there is no Neuronpedia file format for SAE weights; {NEURONPEDIA_HINT}")
     out = Path(out)
     _check_out(out, overwrite)
+    if target in ("sparsify", "dictionary_learning") and not sae.cfg.metadata.get("hook_name"):
+        raise SAEFormatError(f"the SAE's files record no hook point, and a {target} folder names the module it reads; "
+                             f"give --hook (the hook point it was trained on, e.g. blocks.6.hook_resid_post)")
     if target == "sparsify" and hookpoint is None:
         hookpoint = sparsify.default_hookpoint(sae)
         if hookpoint is None:

@@ -55,6 +55,7 @@ def run(args) -> int:
 
     if args.hookpoint and args.to != "sparsify":
         raise ValueError(f"--hookpoint names a sparsify hookpoint; --to {args.to} has none: drop it")
+    _refuse_out_holding_the_source(args.sae, args.out)
     try:
         loaded = resolve_sae(args.sae, hook=args.hook, model=args.model, device="cpu")
     except (FileNotFoundError, ValueError) as e:
@@ -64,3 +65,16 @@ def run(args) -> int:
     print(f"wrote {done.path}: {done.what}")
     print(f"load it with {done.load_with}")
     return 0
+
+
+def _refuse_out_holding_the_source(sae: str, out: str) -> None:
+    """--out that is the SAE's own folder (or holds it): --overwrite would replace the original, and with it
+    what its folder holds beside the weights (checkpoints, the run's other hookpoints)."""
+    from pathlib import Path
+
+    src, dest = Path(sae).expanduser(), Path(out).expanduser()
+    if not src.exists() or not dest.exists():
+        return
+    src, dest = src.resolve(), dest.resolve()
+    if dest == src or dest in src.parents:
+        raise ValueError(f"--out {out} holds the SAE being converted ({sae}); write the copy to another folder")
