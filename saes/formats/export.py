@@ -87,16 +87,20 @@ def _write(sae: Any, target: str, tmp: Path, out: Path, provenance: dict[str, An
         dict_class = dictionary_learning.dict_class_for(sae)
         why = ""
         if sae.architecture in ("batchtopk", "matryoshka_batchtopk") and dict_class == "JumpReluAutoEncoder":
-            why = (f" (same latents: its latents have their own thresholds, and "
-                   f"{'BatchTopKSAE' if sae.architecture == 'batchtopk' else 'MatryoshkaBatchTopKSAE'} holds one)")
+            own = "BatchTopKSAE" if sae.architecture == "batchtopk" else "MatryoshkaBatchTopKSAE"
+            lost = f"; the Matryoshka prefixes {sae.levels} are not kept" if sae.architecture != "batchtopk" else ""
+            why = (f", which computes the same latents (they have thresholds of their own, and {own} holds one "
+                   f"threshold for all{lost})")
         return Exported(out, f"dictionary_learning {dict_class}{why}",
                         f"dictionary_learning.utils.load_dictionary('{out}', device)")
     record = without_local_paths(provenance or {}) if target == "saesteer" else None
     save_sae(sae, tmp, provenance=record)
     if target == "saelens":
         (tmp / PROVENANCE_FILENAME).unlink()
-    return Exported(out, f"{'saesteer' if target == 'saesteer' else 'SAELens'} folder ({sae.saved_architecture()})",
-                    f"sae_lens.SAE.load_from_disk('{out}')")
+    form = (f"{sae.architecture} in its {sae.saved_architecture()} inference form"
+            if sae.saved_architecture() != sae.architecture else sae.architecture)
+    return Exported(out, f"{'saesteer' if target == 'saesteer' else 'SAELens'} folder, {form}",
+                    f"sae_lens.SAE.load_from_disk('{out}'), or saesteer's --sae {out}")
 
 
 def _check_out(out: Path, overwrite: bool) -> None:
