@@ -337,3 +337,33 @@ def test_a_topk_transcoder_goes_to_sparsify_and_is_refused_for_dictionary_learni
     torch.testing.assert_close(coder(x).sae_out, tc(x).recon, **TOL)
     back = resolve_sae(tmp_path / "sp" / "layers.1").sae
     assert back.cfg.metadata["hook_name"] == "blocks.1.hook_resid_pre" and back.cfg.metadata["hook_name_out"] == HOOK
+
+
+def test_a_sparsify_run_takes_the_sae_of_another_layer_beside_its_own(real_acts, tmp_path):
+    """Several layers' SAEs shared as one sparsify run, as `SparseCoder.load_many` reads one: each convert adds
+    its hookpoint; one already there is replaced only with --overwrite; another model's SAE is refused."""
+    model, x = real_acts
+    sae1, src1 = source_folder("topk", model, x, tmp_path)
+    sae0 = saes.create_sae("topk", x.shape[1], 128, k=8, generator=torch.Generator().manual_seed(1),
+                           metadata={"hook_name": "blocks.0.hook_resid_post", "model_name": model})
+    src0 = saes.save_sae(sae0, tmp_path / "src0")
+    run = tmp_path / "run"
+    convert(src1, "sparsify", run).ok()
+    convert(src0, "sparsify", run).ok()
+    coders = SparseCoder.load_many(run, local=True)
+    assert set(coders) == {"layers.0", "layers.1"}
+    assert json.loads((run / "config.json").read_text())["hookpoints"] == ["layers.0", "layers.1"]
+    torch.testing.assert_close(coders["layers.0"](x).sae_out, sae0(x).recon, **TOL)
+    torch.testing.assert_close(coders["layers.1"](x).sae_out, sae1(x).recon, **TOL)
+
+    r = convert(src0, "sparsify", run)
+    assert r.rc == 2 and "already holds hookpoint layers.0" in r.err, r.text
+    convert(src1, "sparsify", run, "--hookpoint", "layers.0")  # refused: not the SAE's hook
+    convert(src0, "sparsify", run, "--overwrite").ok()
+    other = saes.create_sae("topk", x.shape[1], 128, k=8, metadata={"hook_name": "blocks.2.hook_resid_post",
+                                                                    "model_name": "org/another"})
+    r = convert(saes.save_sae(other, tmp_path / "other"), "sparsify", run)
+    assert r.rc == 2 and "org/another" in r.err, r.text
+    assert sorted(p.name for p in run.iterdir()) == ["config.json", "layers.0", "layers.1"]
+    assert set(SparseCoder.load_many(run, local=True)) == {"layers.0", "layers.1"}
+    no_leftovers(tmp_path)

@@ -7,7 +7,8 @@ Each target is the writer its module owns (`saes.io.save_sae`, `sparsify.save`, 
 what a target cannot hold is refused by that writer, naming the SAE's side and the target's. The folder is
 built under a temporary name beside `out` and renamed into place, so a refusal, a full disk or a crash
 leaves no half-written folder; `overwrite` replaces an earlier SAE folder at `out` (only one: a folder
-that holds anything else is refused, so a mistyped --out never deletes someone's files).
+that holds anything else is refused, so a mistyped --out never deletes someone's files). A sparsify run
+folder takes one more hookpoint (its other hookpoints kept, as `SparseCoder.load_many` reads a run).
 """
 
 from __future__ import annotations
@@ -53,7 +54,9 @@ def export_sae(sae: Any, target: str, out: str | os.PathLike, *, provenance: dic
     if target == "neuronpedia":
         raise SAEFormatError(f"there is no Neuronpedia file format for SAE weights; {NEURONPEDIA_HINT}")
     out = Path(out)
-    _check_out(out, overwrite)
+    into_run = target == "sparsify" and out.is_dir() and not out.is_symlink() and bool(sparsify.hookpoint_folders(out))
+    if not into_run:  # a sparsify run takes another hookpoint (load_many reads them all)
+        _check_out(out, overwrite)
     if target in ("sparsify", "dictionary_learning") and not sae.cfg.metadata.get("hook_name"):
         raise SAEFormatError(f"the SAE's files record no hook point, and a {target} folder names the module it reads; "
                              f"give --hook (the hook point it was trained on, e.g. blocks.6.hook_resid_post)")
@@ -64,14 +67,21 @@ def export_sae(sae: Any, target: str, out: str | os.PathLike, *, provenance: dic
                                  f"saesteer names no sparsify hookpoint for; give --hookpoint, the HF module whose "
                                  f"output it reads (e.g. layers.6, h.6 on GPT-2)")
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = make_temp_dir(f".{out.name}{_TMP_MARK}", out.parent)
+    tmp = make_temp_dir(f".{out.name}{_TMP_MARK}", out.parent)  # beside: load_many reads every folder in a run
     try:
-        done = _write(sae, target, tmp, out, provenance, hookpoint)
-        _put_in_place(tmp, out)
+        if into_run:
+            if (out / sparsify.RUN_CONFIG).is_file():  # its model is checked, its hookpoints kept
+                shutil.copyfile(out / sparsify.RUN_CONFIG, tmp / sparsify.RUN_CONFIG)
+            done = _write(sae, target, tmp, out, provenance, hookpoint)
+            _add_hookpoint(tmp, out, hookpoint, overwrite)
+        else:
+            done = _write(sae, target, tmp, out, provenance, hookpoint)
+            _put_in_place(tmp, out)
     except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
         name_the_final_file(e, tmp, out)
         raise
+    shutil.rmtree(tmp, ignore_errors=True)  # what is left of a run's (its config, now in place)
     return done
 
 
@@ -118,12 +128,23 @@ def _check_out(out: Path, overwrite: bool) -> None:
                               f"folder: give a new folder's name")
 
 
-def _put_in_place(tmp: Path, out: Path) -> None:
+def _add_hookpoint(tmp: Path, run: Path, hookpoint: str, overwrite: bool) -> None:
+    """Move the hookpoint folder written in `tmp` into the sparsify run `run`, then its config.json naming
+    every hookpoint; one already there is replaced only with `overwrite` (moved aside, then removed)."""
+    if os.path.lexists(run / hookpoint) and not overwrite:
+        raise FileExistsError(f"--out {run} already holds hookpoint {hookpoint}; pass --overwrite to replace it, or "
+                              f"give another --hookpoint")
+    _put_in_place(tmp / hookpoint, run / hookpoint, aside_in=run.parent)
+    os.replace(tmp / sparsify.RUN_CONFIG, run / sparsify.RUN_CONFIG)
+    fsync_dir(run)
+
+
+def _put_in_place(tmp: Path, out: Path, aside_in: Path | None = None) -> None:
     """Rename the finished folder `tmp` to `out`; an earlier `out` (overwrite) is moved aside first and
     removed once the new one is in place (moved back if that fails)."""
     aside = None
     if os.path.lexists(out):
-        aside = make_temp_dir(f".{out.name}.old-", out.parent)
+        aside = make_temp_dir(f".{out.name}.old-", aside_in or out.parent)
         os.rmdir(aside)
         os.rename(out, aside)
     try:

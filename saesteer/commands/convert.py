@@ -22,7 +22,8 @@ BatchTopK and Matryoshka as its BatchTopKSAE and MatryoshkaBatchTopKSAE where ev
 threshold, else (per-latent thresholds, as saesteer trains them) as its JumpReluAutoEncoder, which computes
 them exactly. Neuronpedia takes the weights as a SAELens folder and the dashboards from a feature store
 (`saesteer features export STORE OUT --format neuronpedia`). OUT is written whole or not at all (built
-beside under a temporary name, then renamed).
+beside under a temporary name, then renamed). A sparsify run folder at OUT takes one more hookpoint (another
+layer's SAE), its other hookpoints kept.
 
 examples:
   saesteer convert runs/toy/saes/topk_k32_f1024 --to sparsify --out share/sparsify
@@ -39,7 +40,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--out", required=True, metavar="DIR", help="the folder to write (must not exist, unless "
                                                                     "--overwrite)")
     parser.add_argument("--overwrite", action="store_true",
-                        help="replace an SAE folder already at --out (a folder holding anything else is refused)")
+                        help="replace an SAE folder already at --out (a folder holding anything else is refused); "
+                             "sparsify: replace the hookpoint in the run at --out")
     parser.add_argument("--hook", default=None,
                         help="hook point of an SAE whose files do not record one (e.g. blocks.6.hook_resid_post)")
     parser.add_argument("--model", default=None, help="model of an SAE whose files do not record one")
