@@ -1,8 +1,8 @@
 """An SAE shared for dictionary_learning users (`saes.formats.dictionary_learning.save`), loaded by its own
 `dictionary_learning.utils.load_dictionary`, on a real tiny GPT-2's activations: TopK as its
-AutoEncoderTopK, the threshold SAEs (BatchTopK, Matryoshka, JumpReLU) as its JumpReluAutoEncoder with
-the input centring folded into the bias; back into saesteer at the same hook and model, TopK with the
-same fingerprint; what it cannot hold refused.
+AutoEncoderTopK, the threshold SAEs of per-latent thresholds (BatchTopK, Matryoshka, JumpReLU) as its
+JumpReluAutoEncoder (one threshold: tests/test_convert.py) with the input centring folded into the bias; back
+into saesteer at the same hook and model, TopK with the same fingerprint; what it cannot hold refused.
 """
 
 from __future__ import annotations

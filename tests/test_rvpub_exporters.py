@@ -194,4 +194,4 @@ def test_a_full_disk_while_sharing_for_dictionary_learning_is_an_os_error_naming
     text, status = message_for(caught.value)
     assert text.startswith(f"{tmp_path / 'dl' / 'ae.pt'}: File too large"), text
     assert "file size limit" in text and "bug" not in text and status == 1, text
-    assert not list((tmp_path / "dl").iterdir())  # no partial or temporary file left
+    assert not list(tmp_path.iterdir())  # no partial folder or temporary file left

@@ -361,7 +361,8 @@ def hf_model_identity(name: Any) -> ModelIdentity | None:
 
 
 # ---------------------------------------------------------------------------------- writing
-SHARE_FOLDER_HINT = "share its SAE folder (SAELens's layout, `saes.save_sae`) instead"
+SHARE_FOLDER_HINT = ("share it as a SAELens folder instead (`saesteer convert SAE --to saelens`; in Python "
+                     "`saes.save_sae`), which SAELens and saesteer load")
 
 
 def encoder_bias_for(state: dict[str, torch.Tensor], sae_centres: bool, writer_centres: bool) -> torch.Tensor:

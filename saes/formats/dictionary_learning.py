@@ -27,20 +27,24 @@ The classes, as `dictionary_learning.utils.load_dictionary` loads them:
   encoder's columns there, x_enc here).
 `AutoEncoderNew` has no counterpart here and is refused.
 
-`save` writes the other way, for dictionary_learning users: TopK as `AutoEncoderTopK`, ReLU as `AutoEncoder`
-(a unit-norm decoder) and threshold SAEs as `JumpReluAutoEncoder`.
+`save` writes the other way, for dictionary_learning users: TopK as `AutoEncoderTopK`, BatchTopK and
+Matryoshka of one threshold as `BatchTopKSAE` / `MatryoshkaBatchTopKSAE`, ReLU as `AutoEncoder` (a unit-norm
+decoder) and the other threshold SAEs as `JumpReluAutoEncoder`.
 """
 
 from __future__ import annotations
 
 import io
+import json
+import os
 import re
+import shutil
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from saes.fileio import atomic_write_bytes, atomic_write_json, read_json
+from saes.fileio import atomic_write_bytes, fsync_dir, make_temp_dir, name_the_final_file, read_json
 from saes.formats.base import (
     SHARE_FOLDER_HINT,
     TRANSCODER_HINT,
@@ -257,15 +261,22 @@ def save(sae: Any, folder: str | Path) -> Path:
     """Write an SAE as dictionary_learning's `trainSAE` writes one: `folder/ae.pt` (a plain {name: tensor}
     state dict) + `config.json` (`trainer`: dict_class, sizes, k, lm_name, layer, submodule_name as its
     demo names the site; `buffer`: io "out"), which `dictionary_learning.utils.load_dictionary` loads.
-    TopK is its `AutoEncoderTopK`; a ReLU SAE its `AutoEncoder` where the decoder rows are unit-norm
-    (`AutoEncoder.from_pretrained` rescales any other decoder, and the latents with it); a threshold SAE
-    (BatchTopK and Matryoshka in their inference form, JumpReLU, gated) and a ReLU SAE of another
-    decoder its `JumpReluAutoEncoder` (threshold 0 computes relu). Where the class centres the input
-    otherwise than the SAE (JumpReluAutoEncoder never subtracts b_dec; the others always do), the
-    centring is folded into the encoder bias (`base.encoder_bias_for`: equal up to float rounding, so it
-    reads back with another fingerprint). The hook must be a block's resid_post / mlp_out / attn_out
-    (what its buffer reads), or resid_pre of a block after the first (the previous block's output, read
-    back as its resid_post); transcoders are refused."""
+    TopK is its `AutoEncoderTopK`; BatchTopK and Matryoshka its `BatchTopKSAE` and `MatryoshkaBatchTopKSAE`
+    where every latent has the same inference threshold (those classes hold one number; the per-latent
+    thresholds saesteer learns go to `JumpReluAutoEncoder`, which computes them exactly); a ReLU SAE its
+    `AutoEncoder` where the decoder rows are unit-norm (`AutoEncoder.from_pretrained` rescales any other
+    decoder, and the latents with it); the other threshold SAEs (JumpReLU, gated) and a ReLU SAE of another
+    decoder its `JumpReluAutoEncoder` (threshold 0 computes relu). `dict_class_for` says which. Where the
+    class centres the input otherwise than the SAE (JumpReluAutoEncoder never subtracts b_dec; the others
+    always do), the centring is folded into the encoder bias (`base.encoder_bias_for`: equal up to float
+    rounding, so it reads back with another fingerprint). The hook must be a block's resid_post / mlp_out /
+    attn_out (what its buffer reads), or resid_pre of a block after the first (the previous block's output,
+    read back as its resid_post); transcoders are refused.
+
+    The pair is written together: a new folder is built beside under a temporary name and renamed into
+    place; in an existing one (a trainer folder holding more, e.g. checkpoints/) the old config.json is
+    removed before ae.pt is replaced, so a crash between the two leaves no config that names another
+    class (load_dictionary then refuses the folder) rather than one that loads the new weights wrongly."""
     cfg = sae_lens_config(sae)
     meta = cfg["metadata"]
     arch = meta.get("training_architecture") or cfg["architecture"]
@@ -284,29 +295,85 @@ def save(sae: Any, folder: str | Path) -> Path:
                                "layer": int(site.group(1)), "submodule_name": f"{_SITES[site.group(2)]}_layer_{site.group(1)}"}
     encoder = {"encoder.weight": state["W_enc"].T, "encoder.bias": encoder_bias_for(state, centres, True),
                "decoder.weight": state["W_dec"].T}
-    if cfg["architecture"] == "topk":
-        trainer.update(dict_class="AutoEncoderTopK", trainer_class="TopKTrainer", k=int(cfg["k"]))
+    dict_class = dict_class_for(sae)
+    if dict_class == "AutoEncoderTopK":
+        trainer.update(dict_class=dict_class, trainer_class="TopKTrainer", k=int(cfg["k"]))
         ae = {**encoder, "b_dec": state["b_dec"], "k": torch.tensor(int(cfg["k"]), dtype=torch.int),
               "threshold": torch.tensor(-1.0)}
-    elif cfg["architecture"] == "standard" and _unit_rows(state["W_dec"]):
-        trainer.update(dict_class="AutoEncoder", trainer_class="StandardTrainer")
+    elif dict_class in ("BatchTopKSAE", "MatryoshkaBatchTopKSAE"):  # one threshold, as their encode compares
+        k = int(sae.cfg.k)
+        one = {"k": torch.tensor(k, dtype=torch.int), "threshold": _one_threshold(state).float()}
+        if dict_class == "BatchTopKSAE":
+            trainer.update(dict_class=dict_class, trainer_class="BatchTopKTrainer", k=k)
+            ae = {**encoder, "b_dec": state["b_dec"], **one}
+        else:
+            widths = [int(w) for w in sae.cfg.matryoshka_widths]
+            sizes = [b - a for a, b in zip([0, *widths], widths)]
+            trainer.update(dict_class=dict_class, trainer_class="MatryoshkaBatchTopKTrainer", k=k,
+                           group_fractions=[s / sae.d_sae for s in sizes])
+            ae = {"W_enc": state["W_enc"], "b_enc": encoder_bias_for(state, centres, True), "W_dec": state["W_dec"],
+                  "b_dec": state["b_dec"], **one, "group_sizes": torch.tensor(sizes)}
+    elif dict_class == "AutoEncoder":
+        trainer.update(dict_class=dict_class, trainer_class="StandardTrainer")
         ae = {**encoder, "bias": state["b_dec"]}
-    elif cfg["architecture"] in ("jumprelu", "standard"):
-        trainer.update(dict_class="JumpReluAutoEncoder", trainer_class="JumpReluTrainer")
+    elif dict_class == "JumpReluAutoEncoder":
+        trainer.update(dict_class=dict_class, trainer_class="JumpReluTrainer")
         threshold = state.get("threshold", torch.zeros(sae.d_sae, dtype=state["b_enc"].dtype))
         ae = {"W_enc": state["W_enc"], "b_enc": encoder_bias_for(state, centres, False), "W_dec": state["W_dec"],
               "b_dec": state["b_dec"], "threshold": threshold.clamp_min(0)}  # ours fires above max(threshold, 0)
     else:
         raise SAEFormatError(f"a {arch} SAE cannot be saved for dictionary_learning: it has no class computing it "
-                             f"(saesteer writes TopK as AutoEncoderTopK, ReLU as AutoEncoder and threshold SAEs as "
-                             f"JumpReluAutoEncoder); {SHARE_FOLDER_HINT}")
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
+                             f"(saesteer writes TopK as AutoEncoderTopK, BatchTopK and Matryoshka as BatchTopKSAE and "
+                             f"MatryoshkaBatchTopKSAE, ReLU as AutoEncoder and threshold SAEs as JumpReluAutoEncoder); "
+                             f"{SHARE_FOLDER_HINT}")
     blob = io.BytesIO()  # torch.save's zip writer reports a failed write (a full disk) as a RuntimeError
     torch.save({k: v.contiguous() for k, v in ae.items()}, blob)  # naming no file: the bytes are written by us
-    atomic_write_bytes(folder / WEIGHTS, blob.getvalue())
     buffer = {"io": "out", **({"ctx_len": meta["context_size"]} if meta.get("context_size") else {})}
-    atomic_write_json(folder / CONFIG, {"trainer": trainer, "buffer": buffer}, indent=4)
+    config = (json.dumps({"trainer": trainer, "buffer": buffer}, indent=4) + "\n").encode()
+    return _write_pair(Path(folder), blob.getvalue(), config)
+
+
+def dict_class_for(sae: Any) -> str | None:
+    """The dictionary_learning class `save` writes `sae` as (None: none computes it)."""
+    arch, saved = sae.architecture, sae.saved_architecture()
+    if saved == "topk":
+        return "AutoEncoderTopK"
+    if arch in ("batchtopk", "matryoshka_batchtopk") and _one_threshold(sae_state_dict(sae)) is not None:
+        return "BatchTopKSAE" if arch == "batchtopk" else "MatryoshkaBatchTopKSAE"
+    if saved == "standard" and _unit_rows(sae.W_dec.detach()):
+        return "AutoEncoder"
+    if saved in ("jumprelu", "standard"):
+        return "JumpReluAutoEncoder"
+    return None
+
+
+def _one_threshold(state: dict[str, torch.Tensor]) -> torch.Tensor | None:
+    """The one threshold every latent fires above (ours fire above max(threshold, 0), theirs above the
+    threshold after a relu: the same), or None where the latents have their own."""
+    thr_F = state["threshold"].detach().clamp_min(0)
+    return thr_F[0].clone() if bool((thr_F == thr_F[0]).all()) else None
+
+
+def _write_pair(folder: Path, weights: bytes, config: bytes) -> Path:
+    """ae.pt and config.json into `folder` as one (see `save`)."""
+    if folder.exists():
+        if not folder.is_dir():
+            raise FileExistsError(f"{folder} exists and is not a folder")
+        (folder / CONFIG).unlink(missing_ok=True)  # never the old config beside the new weights
+        atomic_write_bytes(folder / WEIGHTS, weights)
+        atomic_write_bytes(folder / CONFIG, config)
+        return folder
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = make_temp_dir(f".{folder.name}.tmp-", folder.parent)
+    try:
+        atomic_write_bytes(tmp / WEIGHTS, weights)
+        atomic_write_bytes(tmp / CONFIG, config)
+        os.rename(tmp, folder)
+    except BaseException as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        name_the_final_file(e, tmp, folder)  # a full disk: the folder's file, not the temporary one's
+        raise
+    fsync_dir(folder.parent)
     return folder
 
 

@@ -239,3 +239,24 @@ def _check_hookpoint(sae: Any, hookpoint: str, meta: dict[str, Any]) -> None:
                                  f"the {kind} {verb} {hook or 'no recorded hook'}; give the HF module whose "
                                  f"{'input and output are' if sae.is_transcoder else 'output is'} the {kind}'s "
                                  f"(e.g. {example})")
+
+
+def default_hookpoint(sae: Any) -> str | None:
+    """The hookpoint `save` puts an SAE at when none is given: sparsify's own name for a decoder layer
+    (`layers.N`, as `get_layer_list` finds it on most models; GPT-2 calls it `h.N`), its MLP (`layers.N.mlp`)
+    or attention (`layers.N.self_attn`), the first whose hook(s) are the SAE's; None when none is."""
+    import re
+
+    meta = sae.cfg.metadata
+    m = re.match(r"^blocks\.(\d+)\.", str(meta.get("hook_name") or ""))
+    if m is None:
+        return None
+    n = int(m.group(1))
+    candidates = [f"layers.{n}", f"layers.{n}.mlp", f"layers.{n}.self_attn"] + ([f"layers.{n - 1}"] if n else [])
+    for hookpoint in candidates:
+        try:
+            _check_hookpoint(sae, hookpoint, meta)
+        except SAEFormatError:
+            continue
+        return hookpoint
+    return None

@@ -1,0 +1,158 @@
+"""An SAE written in another library's layout, whole or not at all (`saesteer convert`):
+
+    done = export_sae(resolve_sae("runs/x/saes/topk_k32_f4096").sae, "sparsify", "share/sparsify")
+    done.path, done.what, done.load_with
+
+Each target is the writer its module owns (`saes.io.save_sae`, `sparsify.save`, `dictionary_learning.save`);
+what a target cannot hold is refused by that writer, naming the SAE's side and the target's. The folder is
+built under a temporary name beside `out` and renamed into place, so a refusal, a full disk or a crash
+leaves no half-written folder; `overwrite` replaces an earlier SAE folder at `out` (only one: a folder
+that holds anything else is refused, so a mistyped --out never deletes someone's files). A sparsify run
+folder takes one more hookpoint (its other hookpoints kept, as `SparseCoder.load_many` reads a run).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from saes.fileio import fsync_dir, make_temp_dir, name_the_final_file
+from saes.formats import dictionary_learning, sae_lens_folder, sparsify
+from saes.io import PROVENANCE_FILENAME, SAEFormatError, save_sae, without_local_paths
+
+TARGETS = {
+    "saesteer": "SAELens's cfg.json + sae_weights.safetensors with saesteer.json (the provenance, local paths cut)",
+    "saelens": "SAELens's cfg.json + sae_weights.safetensors (what SAE.save_model writes)",
+    "sparsify": "a sparsify run folder: HOOKPOINT/cfg.json + sae.safetensors and the run's config.json",
+    "dictionary_learning": "dictionary_learning's ae.pt + config.json (what trainSAE writes)",
+    "neuronpedia": "refused: Neuronpedia takes the weights as a SAELens folder and the dashboards from a feature store",
+}
+NEURONPEDIA_HINT = ("Neuronpedia takes an SAE's weights as a SAELens folder (`saesteer convert SAE --to saelens`) "
+                    "and its latents' dashboards from a feature store (`saesteer features build --sae SAE ...`, then "
+                    "`saesteer features export STORE OUT --format neuronpedia`)")
+_TMP_MARK = ".convert-"
+
+
+@dataclass(frozen=True)
+class Exported:
+    path: Path  # the folder written
+    what: str  # what it holds, in the target's words ("dictionary_learning BatchTopKSAE")
+    load_with: str  # the target library's call that loads it
+
+
+def export_sae(sae: Any, target: str, out: str | os.PathLike, *, provenance: dict[str, Any] | None = None,
+               overwrite: bool = False, hookpoint: str | None = None) -> Exported:
+    """Write `sae` for `target` (a TARGETS key) as folder `out`. `provenance` goes into saesteer.json
+    (target "saesteer"); `hookpoint` is the HF module a sparsify SAE is stored under (default:
+    `sparsify.default_hookpoint`). Errors: `SAEFormatError` for what the target cannot hold,
+    `FileExistsError` for an `out` that is there (without `overwrite`, or not an SAE folder)."""
+    if target not in TARGETS:
+        raise SAEFormatError(f"unknown target {target!r}; one of {', '.join(TARGETS)}")
+    if target == "neuronpedia":
+        raise SAEFormatError(f"there is no Neuronpedia file format for SAE weights; {NEURONPEDIA_HINT}")
+    out = Path(out)
+    into_run = target == "sparsify" and out.is_dir() and not out.is_symlink() and bool(sparsify.hookpoint_folders(out))
+    if not into_run:  # a sparsify run takes another hookpoint (load_many reads them all)
+        _check_out(out, overwrite)
+    if target in ("sparsify", "dictionary_learning") and not sae.cfg.metadata.get("hook_name"):
+        raise SAEFormatError(f"the SAE's files record no hook point, and a {target} folder names the module it reads; "
+                             f"give --hook (the hook point it was trained on, e.g. blocks.6.hook_resid_post)")
+    if target == "sparsify" and hookpoint is None:
+        hookpoint = sparsify.default_hookpoint(sae)
+        if hookpoint is None:
+            raise SAEFormatError(f"the SAE reads {sae.cfg.metadata.get('hook_name') or 'no recorded hook'}, which "
+                                 f"saesteer names no sparsify hookpoint for; give --hookpoint, the HF module whose "
+                                 f"output it reads (e.g. layers.6, h.6 on GPT-2)")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = make_temp_dir(f".{out.name}{_TMP_MARK}", out.parent)  # beside: load_many reads every folder in a run
+    try:
+        if into_run:
+            if (out / sparsify.RUN_CONFIG).is_file():  # its model is checked, its hookpoints kept
+                shutil.copyfile(out / sparsify.RUN_CONFIG, tmp / sparsify.RUN_CONFIG)
+            done = _write(sae, target, tmp, out, provenance, hookpoint)
+            _add_hookpoint(tmp, out, hookpoint, overwrite)
+        else:
+            done = _write(sae, target, tmp, out, provenance, hookpoint)
+            _put_in_place(tmp, out)
+    except BaseException as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        name_the_final_file(e, tmp, out)
+        raise
+    shutil.rmtree(tmp, ignore_errors=True)  # what is left of a run's (its config, now in place)
+    return done
+
+
+def _write(sae: Any, target: str, tmp: Path, out: Path, provenance: dict[str, Any] | None,
+           hookpoint: str | None) -> Exported:
+    if target == "sparsify":
+        folder = sparsify.save(sae, tmp, hookpoint)
+        return Exported(out, f"sparsify TopK {'transcoder' if sae.is_transcoder else 'SAE'} at hookpoint {hookpoint!r}",
+                        f"sparsify.SparseCoder.load_from_disk('{out / folder.name}') or "
+                        f"SparseCoder.load_many('{out}')")
+    if target == "dictionary_learning":
+        dictionary_learning.save(sae, tmp)
+        dict_class = dictionary_learning.dict_class_for(sae)
+        why = ""
+        if sae.architecture in ("batchtopk", "matryoshka_batchtopk") and dict_class == "JumpReluAutoEncoder":
+            own = "BatchTopKSAE" if sae.architecture == "batchtopk" else "MatryoshkaBatchTopKSAE"
+            lost = f"; the Matryoshka prefixes {sae.levels} are not kept" if sae.architecture != "batchtopk" else ""
+            why = (f", which computes the same latents (they have thresholds of their own, and {own} holds one "
+                   f"threshold for all{lost})")
+        return Exported(out, f"dictionary_learning {dict_class}{why}",
+                        f"dictionary_learning.utils.load_dictionary('{out}', device)")
+    record = without_local_paths(provenance or {}) if target == "saesteer" else None
+    save_sae(sae, tmp, provenance=record)
+    if target == "saelens":
+        (tmp / PROVENANCE_FILENAME).unlink()
+    form = (f"{sae.architecture} in its {sae.saved_architecture()} inference form"
+            if sae.saved_architecture() != sae.architecture else sae.architecture)
+    return Exported(out, f"{'saesteer' if target == 'saesteer' else 'SAELens'} folder, {form}",
+                    f"sae_lens.SAE.load_from_disk('{out}'), or saesteer's --sae {out}")
+
+
+def _check_out(out: Path, overwrite: bool) -> None:
+    """Refuse an `out` that is there, unless `overwrite` and it is an SAE folder (or empty)."""
+    if not os.path.lexists(out):
+        return
+    if not out.is_dir() or out.is_symlink():
+        raise FileExistsError(f"--out {out} is there and is not a folder; give a new folder's name")
+    if not overwrite:
+        raise FileExistsError(f"--out {out} is there; pass --overwrite to replace it, or give a new folder's name")
+    empty = not any(out.iterdir())
+    if not (empty or sae_lens_folder.is_folder(out) or dictionary_learning.is_folder(out)
+            or sparsify.hookpoint_folders(out)):
+        raise FileExistsError(f"--out {out} holds files that are no SAE folder; --overwrite replaces only an SAE "
+                              f"folder: give a new folder's name")
+
+
+def _add_hookpoint(tmp: Path, run: Path, hookpoint: str, overwrite: bool) -> None:
+    """Move the hookpoint folder written in `tmp` into the sparsify run `run`, then its config.json naming
+    every hookpoint; one already there is replaced only with `overwrite` (moved aside, then removed)."""
+    if os.path.lexists(run / hookpoint) and not overwrite:
+        raise FileExistsError(f"--out {run} already holds hookpoint {hookpoint}; pass --overwrite to replace it, or "
+                              f"give another --hookpoint")
+    _put_in_place(tmp / hookpoint, run / hookpoint, aside_in=run.parent)
+    os.replace(tmp / sparsify.RUN_CONFIG, run / sparsify.RUN_CONFIG)
+    fsync_dir(run)
+
+
+def _put_in_place(tmp: Path, out: Path, aside_in: Path | None = None) -> None:
+    """Rename the finished folder `tmp` to `out`; an earlier `out` (overwrite) is moved aside first and
+    removed once the new one is in place (moved back if that fails)."""
+    aside = None
+    if os.path.lexists(out):
+        aside = make_temp_dir(f".{out.name}.old-", aside_in or out.parent)
+        os.rmdir(aside)
+        os.rename(out, aside)
+    try:
+        os.rename(tmp, out)
+    except BaseException:
+        if aside is not None:
+            os.rename(aside, out)
+        raise
+    fsync_dir(out.parent)
+    if aside is not None:
+        shutil.rmtree(aside, ignore_errors=True)
