@@ -167,6 +167,10 @@ def load_model(spec: str, device: str | None = None, dtype=None, *, process_weig
         model = _boot_hf(info.path if info.source == "local" else info.name, info.revision, device, torch_dtype,
                          spec)
         refuse_unsupported(model, spec)
+        if info.source == "hub":  # its tokenizer read again by name reads this revision's files
+            from training.packing import pin_tokenizer_revision
+
+            pin_tokenizer_revision(getattr(model, "tokenizer", None), info.revision)
         info.engine = "TransformerBridge"
     if process_weights:
         _process_weights(model, spec)
@@ -442,6 +446,10 @@ def load_recorded_tokenizer(recorded: ModelIdentity | None, *, recorded_in: str)
 
         source = info.path if info.source == "local" else info.name
         tokenizer = setup_tokenizer(AutoTokenizer.from_pretrained(source, revision=info.revision))
+        if info.source == "hub":
+            from training.packing import pin_tokenizer_revision
+
+            pin_tokenizer_revision(tokenizer, info.revision)
     found = ModelIdentity(info.source, info.name, info.revision, info.path, _weights_digest(info),
                           weights=recorded.weights)
     check_same_model(recorded, found, recorded_in=recorded_in, given_as=f"the model at {target}",
