@@ -267,12 +267,30 @@ def refuse_unsupported(model, spec: str) -> None:
             "OPT (facebook/opt-125m, opt-1.3b or larger)")
 
 
+def refuse_unbootable(name_or_path: str, revision: str | None, spec: str) -> None:
+    """Refuse (ValueError), before booting it, a checkpoint TransformerLens cannot load: Falcon's new
+    decoder architecture (Falcon-40B, -180B, Falcon2-11B: grouped key/value heads, two norms per block).
+    TransformerLens 3.9's Falcon adapter takes its multi_query flag for one key/value head and fails
+    splitting the fused query_key_value (a bare RuntimeError, said as a saesteer bug)."""
+    try:
+        from transformers import AutoConfig
+
+        config = AutoConfig.from_pretrained(name_or_path, revision=revision)
+    except Exception:  # noqa: BLE001 - not readable here: the boot says why
+        return
+    if getattr(config, "model_type", None) == "falcon" and getattr(config, "new_decoder_architecture", False):
+        raise ValueError(f"model {spec!r} is a Falcon of the new decoder architecture (new_decoder_architecture: "
+                         f"true, as Falcon-40B, -180B and Falcon2-11B), which TransformerLens's Falcon adapter cannot "
+                         f"load; Falcon-7B's and Falcon-RW's layouts load")
+
+
 def _boot_hf(name_or_path: str, revision: str | None, device: str, dtype, spec: str):
     import warnings
 
     import torch
     from transformer_lens.model_bridge import TransformerBridge
 
+    refuse_unbootable(name_or_path, revision, spec)
     kwargs = {"device": device, "dtype": dtype or torch.float32}
     if revision:
         kwargs["revision"] = revision

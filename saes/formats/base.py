@@ -135,10 +135,15 @@ _LAYER = r"(?:layers|h|blocks|layer)\.(\d+)"
 _MODULE_HOOKS = [
     (re.compile(rf"^(?:.+\.)?{_LAYER}$"), "blocks.{}.hook_resid_post"),  # a decoder layer's output
     (re.compile(rf"^(?:.+\.)?{_LAYER}\.mlp$"), "blocks.{}.hook_mlp_out"),
-    # Llama/Gemma/OLMo/Granite self_attn, GPT-2/GPT-J attn, GPT-NeoX attention: the first of the tuple it returns.
+    # Llama/Gemma/OLMo/Granite self_attn, GPT-2/GPT-J attn, GPT-NeoX attention, Falcon/Bloom self_attention: the
+    # first of the tuple it returns (Bloom's attention and MLP add the residual themselves: the Bridge's attn/mlp
+    # hook_out is that sum, which `module_output_hook` picks there as on a normed block).
     # Not BERT/RoBERTa's `encoder.layer.N.attention` (their ForCausalLM too): it adds the residual and norms the sum
-    (re.compile(rf"^(?:.+\.)?(?!layer\.\d+\.attention$){_LAYER}\.(?:self_attn|attn|attention)$"),
+    (re.compile(rf"^(?:.+\.)?(?!layer\.\d+\.attention$){_LAYER}\.(?:self_attn|attn|attention|self_attention)$"),
      "blocks.{}.hook_attn_out"),
+    # the block's first norm (Llama, Gemma, NeoX, Falcon, Bloom name it so): its output, weight applied, is the
+    # Bridge's ln1 hook_out (HookedTransformer's hook_normalized comes before the weight: no counterpart there)
+    (re.compile(rf"^(?:.+\.)?{_LAYER}\.input_layernorm$"), "blocks.{}.ln1.hook_out"),
     (re.compile(r"^(?:.+\.)?(?:embed_tokens|wte|embed_in)$"), "hook_embed"),
 ]
 _MODULE_INPUT_HOOKS = [
