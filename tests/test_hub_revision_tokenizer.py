@@ -90,3 +90,19 @@ def test_a_pinned_model_reads_its_published_tokenizer_at_its_commit(hub):
         again = pretokenized._load_tokenizer(packing.tokenizer_name(tok), packing.tokenizer_revision(tok))
         assert (again("anna saw")["input_ids"][:1] == [again.bos_token_id]) is adds, spec
         assert packing._adds_bos_as_published(tok, tok.bos_token_id) is adds, spec
+
+
+def test_a_sparsify_sae_given_the_model_at_a_revision_gets_that_tokenizer_s_bos(hub, tmp_path):
+    """A sparsify run that records no model, given `--model NAME@REV`: whether its text started with BOS
+    is read from that revision's tokenizer (the name with '@REV' was read as a repo name, found nowhere,
+    and the BOS left to the model's default with a note)."""
+    from helpers import foreign_saes as fs
+    from saes.formats import resolve_sae
+    from saes.formats.base import hf_tokenizer_adds_bos
+
+    assert hf_tokenizer_adds_bos(f"{REPO}@bos") is True and hf_tokenizer_adds_bos(f"{REPO}@{BOS_BRANCH}") is True
+    assert hf_tokenizer_adds_bos(REPO) is False
+    state, cfg = fs.random_sparsify(32, 64, k=4)
+    folder = fs.write_sparsify(tmp_path / "run" / "h.0", state, cfg)
+    for spec, adds in ((f"{REPO}@bos", True), (REPO, False)):
+        assert resolve_sae(folder, model=spec).sae.cfg.metadata["prepend_bos"] is adds, spec
