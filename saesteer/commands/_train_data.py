@@ -52,14 +52,14 @@ def prepare_data(run_cfg, data_cfg, text_cfg, coll=None, allow_model_mismatch: b
 
 
 def _cache_reader(data_cfg, t, rank: int, world: int, cache: str | None = None, hook: str | None = None,
-                  epochs: int | None = None):
+                  epochs: int | None = None, partition: str | None = None):
     """This rank's reader of the cache (`cache`, default --cache; `hook`, default --hook; `epochs`
-    None: endless): its own shards (dp_partition shards), or its slice of every global batch of the
-    one stream (rows)."""
+    None: endless): its own shards (`partition`, default --dp-partition, "shards"), or its slice of
+    every global batch of the one stream ("rows")."""
     from training.reader import CacheReader
 
     cache, hook = cache or data_cfg.cache, hook or data_cfg.hook
-    if world > 1 and data_cfg.dp_partition == "shards":  # this rank's own shards, its own stream
+    if world > 1 and (partition or data_cfg.dp_partition) == "shards":  # this rank's own shards, its own stream
         from training.manifest import read_manifest
         from training.reader import rank_shards
 
@@ -85,7 +85,9 @@ def _holdout_reader(data_cfg, t, rank: int, world: int, reader):
     if held.total_rows < t.holdout_tokens:
         print(f"note: --holdout-cache {data_cfg.holdout_cache} holds {held.total_rows:,} rows, fewer than --holdout-tokens "
               f"{t.holdout_tokens:,}: the held-out set is those {held.total_rows:,} rows")
-    return _cache_reader(data_cfg, t, rank, world, cache=data_cfg.holdout_cache, hook=reader.hook, epochs=1)
+    # rows: every rank its slice of the one stream (a small held-out cache may have fewer shards than ranks)
+    return _cache_reader(data_cfg, t, rank, world, cache=data_cfg.holdout_cache, hook=reader.hook, epochs=1,
+                         partition="rows")
 
 
 def check_cached_text(cache, man, text_cfg, text_given: Mapping[str, str] | None) -> None:
