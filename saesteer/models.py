@@ -167,6 +167,10 @@ def load_model(spec: str, device: str | None = None, dtype=None, *, process_weig
         model = _boot_hf(info.path if info.source == "local" else info.name, info.revision, device, torch_dtype,
                          spec)
         refuse_unsupported(model, spec)
+        if info.source == "hub":  # its tokenizer read again by name reads this revision's files
+            from training.packing import pin_tokenizer_revision
+
+            pin_tokenizer_revision(getattr(model, "tokenizer", None), info.revision)
         info.engine = "TransformerBridge"
     if process_weights:
         _process_weights(model, spec)
@@ -263,12 +267,30 @@ def refuse_unsupported(model, spec: str) -> None:
             "OPT (facebook/opt-125m, opt-1.3b or larger)")
 
 
+def refuse_unbootable(name_or_path: str, revision: str | None, spec: str) -> None:
+    """Refuse (ValueError), before booting it, a checkpoint TransformerLens cannot load: Falcon's new
+    decoder architecture (Falcon-40B, -180B, Falcon2-11B: grouped key/value heads, two norms per block).
+    TransformerLens 3.9's Falcon adapter takes its multi_query flag for one key/value head and fails
+    splitting the fused query_key_value (a bare RuntimeError, said as a saesteer bug)."""
+    try:
+        from transformers import AutoConfig
+
+        config = AutoConfig.from_pretrained(name_or_path, revision=revision)
+    except Exception:  # noqa: BLE001 - not readable here: the boot says why
+        return
+    if getattr(config, "model_type", None) == "falcon" and getattr(config, "new_decoder_architecture", False):
+        raise ValueError(f"model {spec!r} is a Falcon of the new decoder architecture (new_decoder_architecture: "
+                         f"true, as Falcon-40B, -180B and Falcon2-11B), which TransformerLens's Falcon adapter cannot "
+                         f"load; Falcon-7B's and Falcon-RW's layouts load")
+
+
 def _boot_hf(name_or_path: str, revision: str | None, device: str, dtype, spec: str):
     import warnings
 
     import torch
     from transformer_lens.model_bridge import TransformerBridge
 
+    refuse_unbootable(name_or_path, revision, spec)
     kwargs = {"device": device, "dtype": dtype or torch.float32}
     if revision:
         kwargs["revision"] = revision
@@ -442,6 +464,10 @@ def load_recorded_tokenizer(recorded: ModelIdentity | None, *, recorded_in: str)
 
         source = info.path if info.source == "local" else info.name
         tokenizer = setup_tokenizer(AutoTokenizer.from_pretrained(source, revision=info.revision))
+        if info.source == "hub":
+            from training.packing import pin_tokenizer_revision
+
+            pin_tokenizer_revision(tokenizer, info.revision)
     found = ModelIdentity(info.source, info.name, info.revision, info.path, _weights_digest(info),
                           weights=recorded.weights)
     check_same_model(recorded, found, recorded_in=recorded_in, given_as=f"the model at {target}",

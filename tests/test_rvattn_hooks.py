@@ -30,9 +30,11 @@ pytestmark = [pytest.mark.usefixtures("one_thread", "offline_env")]
     ("language_model.layers.1.self_attn", "blocks.1.hook_attn_out"),  # a multimodal model's text layers
     ("h.1.attn.c_attn", None), ("h.1.attn.c_proj", None), ("layers.1.self_attn.q_proj", None),
     ("layers.1.self_attn.o_proj", None), ("gpt_neox.layers.1.attention.dense", None),
-    ("layers.1.attn_norm", None), ("layers.1.post_attention_layernorm", None), ("layers.1.input_layernorm", None),
+    ("layers.1.attn_norm", None), ("layers.1.post_attention_layernorm", None),
+    ("layers.1.input_layernorm", "blocks.1.ln1.hook_out"),  # the block's first norm (tests/test_falcon_bloom_hooks.py)
     ("language_model.model.layers.1.cross_attn", None), ("h.1.crossattention", None),
-    ("transformer.h.1.self_attention", None),  # Falcon, Bloom (whose module adds the residual)
+    # Falcon, Bloom: on Bloom, whose module adds the residual, module_output_hook makes it attn.hook_out
+    ("transformer.h.1.self_attention", "blocks.1.hook_attn_out"),
     ("layers.1.linear_attn", None), ("transformer.h.1.attn.attention", None),  # Qwen3.5 delta-net, GPT-Neo's inner
     ("layers.1.self_attn.rotary_emb", None), ("layers.1.attn", "blocks.1.hook_attn_out"),
     # BERT/RoBERTa (RobertaForCausalLM too): the module's output is LayerNorm(attention + residual)

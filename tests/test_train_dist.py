@@ -190,6 +190,23 @@ class _Pair(NamedTuple):
     targets: torch.Tensor
 
 
+def test_two_ranks_draw_the_held_out_rows_of_a_holdout_cache_as_one_process(caches: dict[str, Path],
+                                                                              tmp_path: Path) -> None:
+    """`--holdout-cache` (one shard, fewer than the ranks' count) read by every rank's slice of its one
+    stream whatever --dp-partition says: by rows, the same SAEs as one process; by shards, the same held-out set."""
+    held = make_fake_cache(tmp_path / "held", shard_rows=[200], d_in=16, seed=9, dataset="fake-heldout").path
+    one, rows, shards = tmp_path / "one", tmp_path / "rows", tmp_path / "shards"
+    flags = ("--holdout-cache", str(held))
+    run([sys.executable, "-m", "saesteer", *train_args("saes", caches["saes"], one, *flags)])
+    run(torchrun(train_args("saes", caches["saes"], rows, *flags, "--dp-partition", "rows")))
+    run(torchrun(train_args("saes", caches["saes"], shards, *flags)))
+    assert_same_saes("saes", one, rows)
+    for out in (one, rows, shards):
+        m = json.loads((out / "metrics.json").read_text())
+        assert m["holdout_rows"] == 128 and m["data"]["holdout_cache"] == str(held.resolve())
+        assert m["activation_scale"] == pytest.approx(json.loads((one / "metrics.json").read_text())["activation_scale"])
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("case", RUN_CASES)
 def test_two_ranks_by_shards_equal_one_process_on_the_same_global_batches(case: str, caches: dict[str, Path],

@@ -426,6 +426,12 @@ class DataConfig:
         default=None, metadata={"help": "activation cache directory (from `saesteer cache`); none: compute the activations "
                                         "with --model over the text options"}
     )
+    holdout_cache: str | None = field(
+        default=None,
+        metadata={"help": "activation cache of other text (e.g. the validation split, cached with the same --model, "
+                          "--hooks and --bos-policy) the held-out rows come from; none: the first rows of --cache's "
+                          "stream, trained on from its second pass on"},
+    )
     hook: str | None = field(default=None, metadata={"help": "hook point to train on; none: the cache's only hook, or "
                                                              "blocks.<n_layers//2>.hook_resid_post without a cache"})
     target_hook: str | None = field(

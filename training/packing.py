@@ -68,6 +68,24 @@ def tokenizer_name(tokenizer) -> str:
     return str(getattr(tokenizer, "name_or_path", "") or type(tokenizer).__name__)
 
 
+# the hub revision (a commit) a model's tokenizer was loaded at: transformers records none on the tokenizer,
+# and the published tokenizer is loaded again by name (`_adds_bos_as_published`, training.pretokenized)
+_REVISION_ATTR = "_saesteer_hub_revision"
+
+
+def pin_tokenizer_revision(tokenizer, revision: str | None) -> None:
+    """Record on `tokenizer` the hub revision it was loaded at, so that every later load of it by name
+    (`tokenizer_revision`) reads that revision's files, not the default branch's."""
+    if tokenizer is not None and revision:
+        setattr(tokenizer, _REVISION_ATTR, revision)
+
+
+def tokenizer_revision(tokenizer) -> str | None:
+    """The hub revision `pin_tokenizer_revision` recorded on `tokenizer`; None: the default branch (or a
+    local folder, a tokenizer built in memory)."""
+    return getattr(tokenizer, _REVISION_ATTR, None)
+
+
 def tokenizer_fingerprint(tokenizer) -> dict[str, Any]:
     """Name, vocabulary size, special token ids and a SHA-256 over the full tokenizer definition
     (fast tokenizers: their JSON; others: the sorted vocabulary)."""
@@ -445,20 +463,20 @@ def _adds_bos_as_published(tokenizer, bos: int) -> bool:
     name = getattr(tokenizer, "name_or_path", None)
     if not name:  # built in memory: nothing published to load
         return False
-    return _published_starts_with(name, bos)
+    return _published_starts_with(name, tokenizer_revision(tokenizer), bos)
 
 
 @functools.lru_cache(maxsize=16)
-def _published_starts_with(name: str, bos: int) -> bool:
-    """`_adds_bos_as_published`, remembered per tokenizer name or folder: loading one again takes about
-    a second at Gemma's size, and each `open_packer` asks. A hub tokenizer is loaded at its default
-    revision: transformers does not record the one it was loaded at (a pinned --model-revision whose
-    tokenizer adds BOS otherwise than main's is the one case told wrong, as before)."""
+def _published_starts_with(name: str, revision: str | None, bos: int) -> bool:
+    """`_adds_bos_as_published`, remembered per tokenizer name or folder and revision: loading one again
+    takes about a second at Gemma's size, and each `open_packer` asks. A hub tokenizer is loaded at the
+    revision its model was (`tokenizer_revision`: `--model NAME@REV`), whose tokenizer may add BOS
+    otherwise than the default branch's."""
     probe = "A probe of what the tokenizer adds."
     try:
         from transformers import AutoTokenizer
 
-        published = AutoTokenizer.from_pretrained(name)
+        published = AutoTokenizer.from_pretrained(name, revision=revision)
         full = published(probe, verbose=False)["input_ids"]
         plain = published(probe, add_special_tokens=False, verbose=False)["input_ids"]
     except Exception:  # not loadable from its name (the toy tokenizer)

@@ -32,7 +32,7 @@ from typing import Any, Iterator
 import numpy as np
 
 from saes.fileio import read_json
-from training.packing import between_documents, special_tokens, tokenizer_name
+from training.packing import between_documents, special_tokens, tokenizer_name, tokenizer_revision
 from training.text import START, TextConfig, TextPointer, separators_for
 
 TOKEN_COLUMNS = ("tokens", "input_ids")  # the columns SAELens reads as token ids, in its order
@@ -153,25 +153,27 @@ def _check_metadata_tokenizer(meta: dict[str, Any], dataset: str, tokenizer):
     return theirs
 
 
-def _load_tokenizer(name: str):
-    """`AutoTokenizer.from_pretrained(name)` with the tokenizer's own defaults, as SAELens's
-    PretokenizeRunner loads it; None when it cannot be loaded here (offline and not in the HF cache).
+def _load_tokenizer(name: str, revision: str | None = None):
+    """`AutoTokenizer.from_pretrained(name, revision=revision)` with the tokenizer's own defaults, as
+    SAELens's PretokenizeRunner loads it; None when it cannot be loaded here (offline and not in the HF
+    cache). `revision`: the model's (`training.packing.tokenizer_revision`; a sae_lens.json's
+    tokenizer_name names none: its default branch, as SAELens read it).
     Loaded once per process and state of a local folder's files: a command checks rows more than once
     (before and after its model loads, the cache's text and its held-out text), and only reads the
     tokenizer (vocabulary, encode, decode). A failure is not kept: the tokenizer put where the
     refusal says loads on the next try (a notebook, a server), as does a folder written anew."""
     try:
-        return _tokenizer_as_saved(name, _folder_state(name))
+        return _tokenizer_as_saved(name, revision, _folder_state(name))
     except Exception:
         return None
 
 
 @functools.lru_cache(maxsize=4)
-def _tokenizer_as_saved(name: str, state: tuple) -> Any:
-    """`_load_tokenizer`'s loads, by name and `_folder_state` (lru_cache keeps no exception)."""
+def _tokenizer_as_saved(name: str, revision: str | None, state: tuple) -> Any:
+    """`_load_tokenizer`'s loads, by name, revision and `_folder_state` (lru_cache keeps no exception)."""
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(name)
+    return AutoTokenizer.from_pretrained(name, revision=revision)
 
 
 def _folder_state(name: str) -> tuple:
@@ -271,7 +273,8 @@ def check_token_rows(cfg: TextConfig, rows: list[np.ndarray], tokenizer, meta: d
                          f"by another tokenizer. Use a dataset tokenized for this model, or its text")
     saelens_tokenizer = None  # the tokenizer as SAELens loaded it: what its tokenizing added to each document
     if meta is not None:  # is its doing, and the model's may differ (TransformerLens makes GPT-2's add BOS)
-        saelens_tokenizer = _check_metadata_tokenizer(meta, name, tokenizer) or _load_tokenizer(tokenizer_name(tokenizer))
+        saelens_tokenizer = (_check_metadata_tokenizer(meta, name, tokenizer)
+                             or _load_tokenizer(tokenizer_name(tokenizer), tokenizer_revision(tokenizer)))
     else:
         share = round_trip_share(rows[:ROUND_TRIP_ROWS], tokenizer)
         if share < ROUND_TRIP_MIN:

@@ -135,10 +135,15 @@ _LAYER = r"(?:layers|h|blocks|layer)\.(\d+)"
 _MODULE_HOOKS = [
     (re.compile(rf"^(?:.+\.)?{_LAYER}$"), "blocks.{}.hook_resid_post"),  # a decoder layer's output
     (re.compile(rf"^(?:.+\.)?{_LAYER}\.mlp$"), "blocks.{}.hook_mlp_out"),
-    # Llama/Gemma/OLMo/Granite self_attn, GPT-2/GPT-J attn, GPT-NeoX attention: the first of the tuple it returns.
+    # Llama/Gemma/OLMo/Granite self_attn, GPT-2/GPT-J attn, GPT-NeoX attention, Falcon/Bloom self_attention: the
+    # first of the tuple it returns (Bloom's attention and MLP add the residual themselves: the Bridge's attn/mlp
+    # hook_out is that sum, which `module_output_hook` picks there as on a normed block).
     # Not BERT/RoBERTa's `encoder.layer.N.attention` (their ForCausalLM too): it adds the residual and norms the sum
-    (re.compile(rf"^(?:.+\.)?(?!layer\.\d+\.attention$){_LAYER}\.(?:self_attn|attn|attention)$"),
+    (re.compile(rf"^(?:.+\.)?(?!layer\.\d+\.attention$){_LAYER}\.(?:self_attn|attn|attention|self_attention)$"),
      "blocks.{}.hook_attn_out"),
+    # the block's first norm (Llama, Gemma, NeoX, Falcon, Bloom name it so): its output, weight applied, is the
+    # Bridge's ln1 hook_out (HookedTransformer's hook_normalized comes before the weight: no counterpart there)
+    (re.compile(rf"^(?:.+\.)?{_LAYER}\.input_layernorm$"), "blocks.{}.ln1.hook_out"),
     (re.compile(r"^(?:.+\.)?(?:embed_tokens|wte|embed_in)$"), "hook_embed"),
 ]
 _MODULE_INPUT_HOOKS = [
@@ -271,7 +276,8 @@ def _bridge_block_aliases(model_name: str, source: tuple[Any, ...]) -> dict[str,
                                                                         map_default_transformer_lens_config)
         from transformers import AutoConfig
 
-        hf_config = AutoConfig.from_pretrained(model_name, local_files_only=hf_offline())
+        name, revision = _name_and_revision(model_name)
+        hf_config = AutoConfig.from_pretrained(name, revision=revision, local_files_only=hf_offline())
         config = TransformerBridgeConfig.from_dict(dict(map_default_transformer_lens_config(hf_config).__dict__))
         config.architecture = determine_architecture_from_hf_config(hf_config)
         blocks = ArchitectureAdapterFactory.select_architecture_adapter(config).component_mapping["blocks"]
@@ -404,21 +410,33 @@ def hf_tokenizer_adds_bos(model_name: str | None) -> bool | None:
     return _tokenizer_adds_bos(model_name, _tokenizer_source(model_name))
 
 
+def _name_and_revision(model_name: str) -> tuple[str, str | None]:
+    """(hub name or directory, revision) of a model as `--model` names it: `NAME@REVISION` is a hub
+    model at a branch, tag or commit (`saesteer.models.resolve_spec`); a directory is itself."""
+    if Path(model_name).expanduser().is_dir():
+        return model_name, None
+    name, _, revision = model_name.partition("@")
+    return name, revision or None
+
+
 def _tokenizer_source(model_name: str) -> tuple[Any, ...]:
     """What `AutoTokenizer.from_pretrained(model_name, local_files_only=True)` reads, stamped: the local
-    directory, else the HF cache's snapshot of the repo's main revision (None before it is cached), with
-    each file's name, size, mtime and inode. A folder's own mtime is not enough: `save_pretrained` rewrites
-    files in place, which leaves it as it was. (A rewrite of the same size within one filesystem timestamp
-    tick is not seen.)"""
+    directory, else the HF cache's snapshot of the repo's revision (`NAME@REVISION`; default main; None
+    before it is cached), with each file's name, size, mtime and inode. A folder's own mtime is not
+    enough: `save_pretrained` rewrites files in place, which leaves it as it was. (A rewrite of the same
+    size within one filesystem timestamp tick is not seen.)"""
     path = Path(model_name).expanduser()
     if path.is_dir():
         return ("dir", str(path.resolve()), _files_stamp(path))
     from huggingface_hub import constants
     from huggingface_hub.file_download import repo_folder_name
 
-    repo = Path(constants.HF_HUB_CACHE) / repo_folder_name(repo_id=model_name, repo_type="model")
+    name, revision = _name_and_revision(model_name)
+    repo = Path(constants.HF_HUB_CACHE) / repo_folder_name(repo_id=name, repo_type="model")
     try:
-        snapshot = repo / "snapshots" / (repo / "refs" / "main").read_text(encoding="utf-8").strip()
+        commit = (revision if revision and re.fullmatch(r"[0-9a-f]{40}", revision)
+                  else (repo / "refs" / (revision or "main")).read_text(encoding="utf-8").strip())
+        snapshot = repo / "snapshots" / commit
     except (OSError, ValueError):
         return ("hub", str(repo), None)
     return ("hub", str(snapshot), _files_stamp(snapshot) if snapshot.is_dir() else None)
@@ -442,7 +460,8 @@ def _tokenizer_adds_bos(model_name: str, source: tuple[Any, ...]) -> bool | None
     try:
         from transformers import AutoTokenizer
 
-        tok = AutoTokenizer.from_pretrained(model_name, local_files_only=True)
+        name, revision = _name_and_revision(model_name)
+        tok = AutoTokenizer.from_pretrained(name, revision=revision, local_files_only=True)
         ids = tok("a").input_ids
     except Exception:  # noqa: BLE001 - any tokenizer that cannot be read here: left to the model's default
         return None

@@ -215,5 +215,42 @@ def load(
     recorded_hook, basis = saelens_hook_of(md)
     record_model_and_hook(sae, prov, source=spec, hook=hook, model=model, recorded_hook=recorded_hook,
                           recorded_model=md.get("model_name"), hook_basis=basis)
+    _follow_the_trainers_bos(sae, prov, release, spec)
     return LoadedSAE(sae, prov, spec, FORMAT)
+
+
+# SAELens converters that write a constant `prepend_bos: True` for SAEs another library trained on what the
+# model's HF tokenizer makes of text (dictionary_learning's ActivationBuffer: SAE Bench's Pythia and Gemma
+# sweeps, andyrdt's Qwen2.5): that tokenizer says whether they saw BOS (Pythia's and Qwen2's add none)
+_TRAINED_BY = {"dictionary_learning_1": "dictionary_learning"}
+
+
+def _follow_the_trainers_bos(sae, prov: dict[str, Any], release: str, spec: str) -> None:
+    """`metadata.prepend_bos` as the library that trained the SAE fed it (`_TRAINED_BY`), where SAELens's
+    converter records otherwise, said in a note naming both: the same SAE read from its own files
+    (`saes.formats.dictionary_learning`) gets the tokenizer's, and every stage follows the record (`saes.bos`).
+    Kept as SAELens records it where the tokenizer is not on this machine (nothing is downloaded)."""
+    from sae_lens.loading.pretrained_saes_directory import get_pretrained_saes_directory
+
+    from saes.errors import note
+    from saes.formats.base import hf_tokenizer_adds_bos
+    from saes.identity import bridge_hub_name
+
+    info = get_pretrained_saes_directory().get(release)
+    converter = getattr(info, "conversion_func", None)
+    trainer = _TRAINED_BY.get(converter)
+    recorded = sae.cfg.metadata.get("prepend_bos")
+    if trainer is None or recorded is None:
+        return
+    model = bridge_hub_name(info.model)
+    adds = hf_tokenizer_adds_bos(model)
+    if adds is None or adds == bool(recorded):
+        return
+    sae.cfg.metadata["prepend_bos"] = adds
+    prov["source"]["prepend_bos"] = {"sae_lens": bool(recorded), "used": adds,
+                                     "why": f"{trainer} fed {model}'s HF tokenizer output"}
+    note(f"{spec}: SAELens records prepend_bos={bool(recorded)} (a constant of its {converter} converter), but "
+         f"{trainer}, which trained this SAE, fed it text as {model}'s HF tokenizer makes it, which "
+         f"{'starts' if adds else 'does not start'} with BOS: prepend_bos={adds} is used, as for the same SAE read "
+         f"from its {trainer} files (--prepend-bos / GenerationConfig.prepend_bos choose otherwise)", stacklevel=3)
 

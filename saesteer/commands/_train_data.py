@@ -5,6 +5,17 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any, NamedTuple
+
+
+class TrainData(NamedTuple):
+    """What `prepare_data` gives the run: the batch source, the CE evaluation (or None), the provenance
+    for the SAE folders, and the batches of the held-out rows (--holdout-cache; None: `source`'s first rows)."""
+
+    source: Any
+    model_eval: Any
+    provenance: dict
+    holdout: Any = None
 
 
 def prepare_data(run_cfg, data_cfg, text_cfg, coll=None, allow_model_mismatch: bool = False, check_init=None,
@@ -28,6 +39,9 @@ def prepare_data(run_cfg, data_cfg, text_cfg, coll=None, allow_model_mismatch: b
     if world > 1 and t.batch_size % world:
         raise ValueError(f"--batch-size {t.batch_size} is the global batch and must split evenly over the {world} "
                          f"ranks; use a multiple of {world}")
+    if data_cfg.holdout_cache and not data_cfg.cache:
+        raise ValueError(f"--holdout-cache {data_cfg.holdout_cache} holds the held-out rows of a run on an activation "
+                         f"cache: pass --cache too (without one, held-out contexts come from the text's --eval-split)")
     if data_cfg.cache:
         return _from_cache(run_cfg, data_cfg, rank, world, allow_model_mismatch, check_init,
                            lambda man: check_cached_text(data_cfg.cache, man, text_cfg, text_given))
@@ -37,23 +51,43 @@ def prepare_data(run_cfg, data_cfg, text_cfg, coll=None, allow_model_mismatch: b
     return _from_model(run_cfg, data_cfg, text_cfg, text_given is None or "separator" in text_given)
 
 
-def _cache_reader(data_cfg, t, rank: int, world: int):
-    """This rank's reader of the cache: its own shards (dp_partition shards), or its slice of every
-    global batch of the one stream (rows)."""
+def _cache_reader(data_cfg, t, rank: int, world: int, cache: str | None = None, hook: str | None = None,
+                  epochs: int | None = None, partition: str | None = None):
+    """This rank's reader of the cache (`cache`, default --cache; `hook`, default --hook; `epochs`
+    None: endless): its own shards (`partition`, default --dp-partition, "shards"), or its slice of
+    every global batch of the one stream ("rows")."""
     from training.reader import CacheReader
 
-    if world > 1 and data_cfg.dp_partition == "shards":  # this rank's own shards, its own stream
+    cache, hook = cache or data_cfg.cache, hook or data_cfg.hook
+    if world > 1 and (partition or data_cfg.dp_partition) == "shards":  # this rank's own shards, its own stream
         from training.manifest import read_manifest
         from training.reader import rank_shards
 
-        mine = rank_shards([sh.rows for sh in read_manifest(data_cfg.cache).shards], rank, world)
-        return CacheReader(data_cfg.cache, t.batch_size // world, hook=data_cfg.hook, seed=t.seed, epochs=None,
+        mine = rank_shards([sh.rows for sh in read_manifest(cache).shards], rank, world)
+        return CacheReader(cache, t.batch_size // world, hook=hook, seed=t.seed, epochs=epochs,
                            buffer_rows=data_cfg.reader_buffer_rows, shards=mine, target_hook=data_cfg.target_hook,
                            **reader_dtype(t.device))
     # rows: rank r keeps rows [r*B/W, (r+1)*B/W) of each global batch of the one stream
-    return CacheReader(data_cfg.cache, t.batch_size // world, hook=data_cfg.hook, seed=t.seed, epochs=None,
+    return CacheReader(cache, t.batch_size // world, hook=hook, seed=t.seed, epochs=epochs,
                        buffer_rows=data_cfg.reader_buffer_rows, rank=rank, world_size=world,
                        target_hook=data_cfg.target_hook, **reader_dtype(t.device))
+
+
+def _holdout_reader(data_cfg, t, rank: int, world: int, reader):
+    """The reader of --holdout-cache (one pass), checked against the training cache's `reader` first
+    (`training.holdout_cache.check_holdout_cache`)."""
+    from training.holdout_cache import check_holdout_cache
+    from training.manifest import read_manifest
+
+    held = read_manifest(data_cfg.holdout_cache)
+    hooks = [reader.hook] + ([reader.target_hook] if reader.target_hook else [])
+    check_holdout_cache(reader.manifest, data_cfg.cache, held, data_cfg.holdout_cache, hooks)
+    if held.total_rows < t.holdout_tokens:
+        print(f"note: --holdout-cache {data_cfg.holdout_cache} holds {held.total_rows:,} rows, fewer than --holdout-tokens "
+              f"{t.holdout_tokens:,}: the held-out set is those {held.total_rows:,} rows")
+    # rows: every rank its slice of the one stream (a small held-out cache may have fewer shards than ranks)
+    return _cache_reader(data_cfg, t, rank, world, cache=data_cfg.holdout_cache, hook=reader.hook, epochs=1,
+                         partition="rows")
 
 
 def check_cached_text(cache, man, text_cfg, text_given: Mapping[str, str] | None) -> None:
@@ -151,13 +185,19 @@ def _from_cache(run_cfg, data_cfg, rank: int, world: int, allow_model_mismatch: 
         prov.update(world_size=world, dp_partition=data_cfg.dp_partition)
     if check_init is not None:
         check_init(prov, reader.d_in, reader.d_out, reader.target_hook is not None)
-    prov["holdout_trained_on"] = _holdout_trained_on(t, man.total_rows, data_cfg.cache)
+    holdout = None
+    if data_cfg.holdout_cache:  # as `train(holdout=...)` records it (the demo's)
+        holdout = _holdout_reader(data_cfg, t, rank, world, reader)
+        prov.update(holdout_cache=str(Path(data_cfg.holdout_cache).resolve()), holdout_trained_on=False)
+    else:
+        prov["holdout_trained_on"] = _holdout_trained_on(t, man.total_rows, data_cfg.cache)
     model = None
     if data_cfg.model_eval and rank == 0:
         model = _eval_model(data_cfg.model, man, data_cfg.cache, allow_model_mismatch)
     if model is None or not _can_splice(model, reader.target_hook or reader.hook):
-        return reader, None, prov
-    return reader, _cache_model_eval(run_cfg, data_cfg, reader, model, prov, allow_model_mismatch), prov
+        return TrainData(reader, None, prov, holdout)
+    return TrainData(reader, _cache_model_eval(run_cfg, data_cfg, reader, model, prov, allow_model_mismatch), prov,
+                     holdout)
 
 
 def _holdout_trained_on(t, rows: int, cache) -> bool:
@@ -263,7 +303,7 @@ def _from_model(run_cfg, data_cfg, text_cfg, separator_given: bool = True):
             model_eval = (ModelEval(model, hook, held.tokens_NL, keep) if target is None
                           else ModelEval(model, target, held.tokens_NL, keep, input_hook=hook))
             prov["ce_eval_data"] = held.provenance()
-    return source, model_eval, prov
+    return TrainData(source, model_eval, prov)
 
 
 def _can_splice(model, hook: str) -> bool:

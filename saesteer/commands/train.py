@@ -61,6 +61,8 @@ examples:
   saesteer train --model toy --dataset toy --hook blocks.1.hook_resid_post --out runs/quick \\
       --total-tokens 1000000 --d-sae 1024                                            # no cache
   saesteer train --cache caches/x --out runs/x --eval-dataset data/held-out.jsonl    # CE on other text
+  saesteer cache --model toy --dataset toy --split validation --max-tokens 100000 --out caches/toy-val
+  saesteer train --cache caches/toy-l2 --holdout-cache caches/toy-val --out runs/toy-l2  # held-out rows never trained on
 
 CE loss recovered runs on held-out text: --eval-split of the training data (default validation),
 or --eval-dataset. Eval text that is all training text is refused (--allow-eval-overlap true
@@ -358,9 +360,8 @@ def _run_training(args, run_cfg, data_cfg, text_cfg, out, setup, init_source, te
 
     coll = setup.collectives if setup is not None else None
     try:
-        source, model_eval, provenance = prepare_data(run_cfg, data_cfg, text_cfg, coll, args.allow_model_mismatch,
-                                                      _early_init_check(run_cfg, out, init_source),
-                                                      text_given=text_given)
+        data = prepare_data(run_cfg, data_cfg, text_cfg, coll, args.allow_model_mismatch,
+                            _early_init_check(run_cfg, out, init_source), text_given=text_given)
     except InitFromError:  # said as the run's own check says it (the CLI's boundary names the flag)
         raise
     except (ValueError, OSError) as e:
@@ -372,8 +373,9 @@ def _run_training(args, run_cfg, data_cfg, text_cfg, out, setup, init_source, te
     from training.trainer import NonFiniteError
 
     try:
-        result = train(run_cfg, source, out, model_eval=model_eval, provenance=provenance, resume=args.resume,
-                       collectives=coll, init_source=init_source, stop_signals=stopsignals.deferred)
+        result = train(run_cfg, data.source, out, model_eval=data.model_eval, provenance=data.provenance,
+                       resume=args.resume, collectives=coll, init_source=init_source, stop_signals=stopsignals.deferred,
+                       holdout=data.holdout)
     except RunStopped as e:  # a checkpoint of the step it stopped at is on disk: the CLI says where (rank 0)
         raise stopsignals.Stopped(e.signum, _stopped_detail(e) if coll is None or coll.is_writer else "") from None
     except (FileExistsError, FileNotFoundError) as e:  # ConfigMismatchError, CheckpointError: the CLI's boundary

@@ -45,6 +45,7 @@ def make_fake_cache(
     widths: dict[str, int] | None = None,
     bos_policy: str = "none",
     part_checksums: bool = True,
+    dataset: str = "fake",
 ) -> FakeCache:
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
@@ -73,7 +74,7 @@ def make_fake_cache(
         "model": {"id": "fake", "revision": None, "fingerprint": "0", "n_ctx": context_length, "d_model": d_in},
         "hooks": list(hooks), "d_in": width, "dtype": dtype,
         "context_length": context_length, "bos_policy": bos_policy, "separator": "none", "exclude_tokens": "none",
-        "excluded_token_ids": [], "tokenizer": {"name": "fake", "sha256": "0"}, "dataset": {"name": "fake"},
+        "excluded_token_ids": [], "tokenizer": {"name": "fake", "sha256": "0"}, "dataset": {"name": dataset},
         "max_tokens": None, "shard_contexts": 1,
     }
     man = Manifest(settings, complete=True, shards=shards)

@@ -251,17 +251,19 @@ def openai_reference(tensors: dict[str, torch.Tensor], x_BD: torch.Tensor):
 
 
 # ------------------------------------------------------------------------------- HF hub cache
-def write_hf_snapshot(cache_dir: Path, repo_id: str, files: dict[str, Path], revision: str = "a" * 40) -> Path:
+def write_hf_snapshot(cache_dir: Path, repo_id: str, files: dict[str, Path], revision: str = "a" * 40,
+                      ref: str = "main") -> Path:
     """A model repo in the layout huggingface_hub's cache keeps (what `hf_hub_download` leaves):
     `models--ORG--NAME/blobs/<sha256>`, `snapshots/<revision>/<path>` -> symlink to the blob,
-    `refs/main` holding the revision. `files` maps repo paths to local files to put there."""
+    `refs/<ref>` (a branch, default main) holding the revision. `files` maps repo paths to local files to
+    put there; a second call with another revision and ref adds a branch beside main."""
     import hashlib
     import os
 
     repo = cache_dir / f"models--{repo_id.replace('/', '--')}"
     (repo / "blobs").mkdir(parents=True, exist_ok=True)
     (repo / "refs").mkdir(exist_ok=True)
-    (repo / "refs" / "main").write_text(revision)
+    (repo / "refs" / ref).write_text(revision)
     snap = repo / "snapshots" / revision
     for rel, src in files.items():
         data = Path(src).read_bytes()

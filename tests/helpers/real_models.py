@@ -508,12 +508,22 @@ def save_arch_model(directory: Path, arch: str, tok, *, trained_norms: bool = Fa
         # gpt-oss: experts with a clamped SwiGLU, attention sinks, sliding and full attention layers alternating
         "gpt_oss": ("GptOssConfig", "GptOssForCausalLM", dict(gqa, head_dim=16, num_local_experts=4,
                                                            num_experts_per_tok=2, sliding_window=16)),
+        # Falcon (7B's layout): attention and MLP in parallel off one LayerNorm, multi-query attention; its
+        # modules named self_attention / mlp / input_layernorm, as Bloom's
+        "falcon": ("FalconConfig", "FalconForCausalLM", dict(alibi=False)),
+        # Falcon-RW's layout: attention, then post_attention_layernorm and the MLP in sequence
+        "falcon_seq": ("FalconConfig", "FalconForCausalLM", dict(parallel_attn=False, alibi=False)),
+        # Bloom: ALiBi; its attention and MLP modules add the residual stream themselves (dropout_add)
+        "bloom": ("BloomConfig", "BloomForCausalLM", dict(n_layer=2, n_head=4)),
         # Gemma-4 (text): per-layer input embeddings off, sliding and full layers, a final logit soft-cap
         "gemma4": ("Gemma4TextConfig", "Gemma4ForCausalLM", dict(
             gqa, head_dim=16, sliding_window=16, final_logit_softcapping=30.0, hidden_size_per_layer_input=0,
             layer_types=["sliding_attention", "full_attention"])),
     }
     cfg_name, model_name, extra = configs[arch]
+    if arch == "bloom":  # its config names its depth and heads itself
+        common = {k: v for k, v in common.items() if k not in ("num_hidden_layers", "num_attention_heads",
+                                                            "intermediate_size", "max_position_embeddings")}
     if arch in ("gptj", "gpt2"):  # their configs name their widths themselves
         common = {k: v for k, v in common.items() if k in ("vocab_size", "bos_token_id", "eos_token_id",
                                                             "pad_token_id", "initializer_range")}

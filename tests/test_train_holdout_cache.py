@@ -1,0 +1,82 @@
+"""`saesteer train --holdout-cache DIR`: the held-out rows (activation scale, b_dec's start, held-out EV
+and dead latents) from a separate cache of other text, as the demo trains (`train(holdout=...)`), so
+that no pass over the training cache holds them; recorded in the SAE's data as the demo records it.
+A held-out cache that is not the training cache's kind (model, hook, width, tokenizer, BOS policy)
+or that reads the training text is refused, naming both."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from helpers.real_cli import saesteer
+
+pytestmark = pytest.mark.usefixtures("one_thread", "offline_env")
+HOOK = "blocks.1.hook_resid_post"
+
+
+def _cache(out, *flags, split="train", tokens=4096, hooks=HOOK, model="toy"):
+    return saesteer("cache", "--model", model, "--dataset", "toy", "--split", split, "--max-tokens", tokens,
+                    "--hooks", hooks, "--out", out, "--no-progress", *flags).ok()
+
+
+def _train(cache, held, out, *flags):
+    return saesteer("train", "--cache", cache, "--holdout-cache", held, "--out", out, "--architecture", "topk",
+                    "--d-sae", 64, "--k", 4, "--total-tokens", 2048, "--batch-size", 128, "--holdout-tokens", 2000,
+                    "--eval-every-tokens", 0, "--checkpoint-every-tokens", 0, "--model-eval", "false",
+                    "--sae-name", "sae", "--no-progress", *flags)
+
+
+@pytest.fixture(scope="module")
+def caches(tmp_path_factory, one_thread):
+    d = tmp_path_factory.mktemp("holdoutcache")
+    _cache(d / "train")
+    _cache(d / "val", split="validation", tokens=512)
+    return d
+
+
+def test_the_held_out_rows_come_from_the_holdout_cache_and_are_recorded(caches, tmp_path):
+    from training.manifest import read_manifest
+
+    held_rows = read_manifest(caches / "val").total_rows
+    r = _train(caches / "train", caches / "val", tmp_path / "run").ok()
+    assert f"holds {held_rows:,} rows, fewer than --holdout-tokens 2,000" in r.text
+    m = json.loads((tmp_path / "run/metrics.json").read_text())
+    assert m["holdout_rows"] == held_rows  # all of the held-out cache, not 2,000 rows of the training stream
+    for data in (m["data"], json.loads((tmp_path / "run/saes/sae/saesteer.json").read_text())["data"]):
+        assert data["holdout_cache"] == str((caches / "val").resolve()) and data["holdout_trained_on"] is False
+    assert "trained on too" not in r.text
+
+
+@pytest.mark.parametrize("case", ["itself", "same-split", "bos", "hook", "model"])
+def test_a_holdout_cache_of_another_kind_or_of_the_training_text_is_refused(caches, tmp_path, case):
+    held = tmp_path / "held"
+    if case == "itself":
+        held = caches / "train"
+    elif case == "same-split":
+        _cache(held, tokens=512)
+    elif case == "bos":
+        _cache(held, "--bos-policy", "none", split="validation", tokens=512)
+    elif case == "hook":
+        _cache(held, split="validation", tokens=512, hooks="blocks.0.hook_resid_post")
+    else:
+        from helpers.tiny_hf import save_tiny_gpt2
+
+        other = save_tiny_gpt2(tmp_path / "gpt2")
+        saesteer("cache", "--model", other, "--dataset", "toy", "--split", "validation", "--max-tokens", 512,
+                 "--hooks", HOOK, "--out", held, "--no-progress", "--context-length", 32).ok()
+    r = _train(caches / "train", held, tmp_path / "run").no_traceback()
+    assert r.rc == 2, r.text[-2000:]
+    said = {"itself": "is the training cache itself", "same-split": "reads the training text (file ",
+            "bos": "BOS policy: --bos-policy none there, --bos-policy prepend in the training cache",
+            "hook": f"hook {HOOK}: not cached", "model": "differs from the training cache"}[case]
+    assert said in r.err and f"--holdout-cache {held}" in r.err, r.err
+    assert not (tmp_path / "run/saes/sae").exists()
+
+
+def test_a_holdout_cache_needs_a_training_cache(caches, tmp_path):
+    r = saesteer("train", "--model", "toy", "--dataset", "toy", "--holdout-cache", caches / "val", "--out",
+                 tmp_path / "run", "--total-tokens", 1024, "--no-progress").no_traceback()
+    assert r.rc == 2 and "pass --cache too" in r.err, r.text[-2000:]
