@@ -647,6 +647,12 @@ def openai_error(status: int, message: str, type_: str, code: str | None = None,
         {"error": {"message": message, "type": type_, "param": None, "code": code}}).encode()
 
 
+def error_in_a_200(error: dict) -> tuple[int, dict[str, str], bytes]:
+    """OpenRouter's way for an error met while generating: a 200 whose body holds `error`, its `code` the
+    HTTP status it would have had."""
+    return 200, {}, json.dumps({"id": "gen-1", "object": "chat.completion", "error": error}).encode()
+
+
 def gemini_quota_error(quota_id: str, retry_s: float = 36.429760048) -> tuple[int, dict[str, str], bytes]:
     """Gemini's OpenAI endpoint's 429 RESOURCE_EXHAUSTED, a list as Google sends it: the same words and a
     retryDelay of seconds whichever quota was met; only `QuotaFailure`'s quotaId says per day or per minute."""
