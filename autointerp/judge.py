@@ -418,17 +418,17 @@ class Judge:
                         resp = replace(resp, settings_sent=self.settings_for(request))  # after the switches it met
                 if err is None:
                     break
-                if retry >= self.retry.max_retries:
-                    self.ledger.count(failed=1)
-                    raise RequestFailed(
-                        f"gave up after {retry + 1} attempts; last error: {err.reason}"
-                    ) from None
                 if err.retry_after is not None and err.retry_after > max(self.retry.max_retry_after_s, QUOTA_WAIT_S):
                     self.ledger.count(failed=1)  # waiting hours within the run helps nothing: stop, saying when
                     stop = quota_spent(f"request rejected: {err.reason}",
                                        until=f" (the server asks to wait {_hours(err.retry_after)})")
                     self._refused = stop.reason
                     raise stop from None
+                if retry >= self.retry.max_retries:
+                    self.ledger.count(failed=1)
+                    raise RequestFailed(
+                        f"gave up after {retry + 1} attempts; last error: {err.reason}"
+                    ) from None
                 delay = self.retry.delay(retry, err.retry_after, self._rng)
                 if err.retry_after is not None:  # a rate limit is shared: pause every request
                     self._not_before = max(self._not_before, time.monotonic() + delay)

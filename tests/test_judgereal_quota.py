@@ -95,6 +95,8 @@ def test_a_429_asking_to_wait_hours_stops_at_once(srv, reply):
     with pytest.raises(CredentialsRejected, match=r"asks to wait (7\.2|4\.0) h"):
         judge(srv, slept, model="llama-3.3-70b-versatile").complete_sync(ASK, schema=LABEL)
     assert len(chats(srv)) == 1 and slept == []
+    with pytest.raises(CredentialsRejected):  # a run stop, not one latent's failure, with no retries allowed too
+        judge(srv, slept, model="llama-3.3-70b-versatile", max_retries=0).complete_sync(ASK, schema=LABEL)
 
 
 def test_saesteer_label_stops_at_a_spent_daily_quota_and_a_rerun_resumes(srv, tmp_path, monkeypatch):
