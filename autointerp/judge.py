@@ -129,8 +129,8 @@ def quota_spent(said: str, *, until: str = "") -> CredentialsRejected:
     """The stop for a quota spent for the day or for hours (Gemini's per-day RESOURCE_EXHAUSTED, OpenRouter's
     free-models-per-day, a wait of hours): retrying within the run would only wait; `until` says when the
     server said it resets, if it did."""
-    return CredentialsRejected(f"{said}: the provider's quota for this key is spent{until}; rerun then, or raise the "
-                               f"quota or use another key (--judge-api-key); {_RESUMES}")
+    return CredentialsRejected(f"{said}: the provider's quota for this key is spent{until}; rerun once it is back, "
+                               f"raise the quota, or use another key (--judge-api-key); {_RESUMES}")
 
 
 def _hours(seconds: float) -> str:
