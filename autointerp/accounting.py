@@ -9,7 +9,8 @@ counted as one token per UTF-8 byte (no tokenizer makes more tokens than bytes) 
 framing (learnt from the server's reports: the largest excess it ever reported over the bytes)
 plus the full `max_tokens` of output. When the answer arrives the reservation is replaced by the
 usage the server reports (by a server that reports none, by the bound: `Judge._bound_usage`;
-prompt tokens its prompt cache served at the cached-input price). A request whose bound could overrun the budget is not sent: it waits
+prompt tokens its prompt cache served at the cached-input price), and the cost by the one the provider
+reported where its reply carries one (OpenRouter's `usage.cost`: what it billed), else by the prices. A request whose bound could overrun the budget is not sent: it waits
 for the requests in flight to settle, and if it still does not fit `BudgetExceeded` is raised,
 the runner abandons that latent (nothing written) and stops starting new ones. So the spending
 never crosses the budget as long as the server honours `max_tokens`. Cached answers cost nothing
@@ -40,8 +41,9 @@ __all__ = [
 ]
 
 # USD per 1M tokens (input, output, cached input): list prices of some common judge models as of 2025;
-# override with --price-input / --price-output when they differ. Cached input is what OpenAI bills
-# for prompt tokens its prompt cache served (usage.prompt_tokens_details.cached_tokens).
+# override with --judge-price-input / --judge-price-output / --judge-price-cached-input when they differ.
+# Cached input is what OpenAI bills for prompt tokens its prompt cache served
+# (usage.prompt_tokens_details.cached_tokens; DeepSeek's prompt_cache_hit_tokens, Anthropic's cache_read_input_tokens).
 KNOWN_PRICES: dict[str, tuple[float, float, float]] = {
     "gpt-4o-mini": (0.15, 0.60, 0.075),
     "gpt-4o": (2.50, 10.00, 1.25),
@@ -93,7 +95,7 @@ class Prices:
     @classmethod
     def for_model(
         cls, model: str, input_per_mtok: float | None = None, output_per_mtok: float | None = None,
-        local: bool = False,
+        local: bool = False, cached_input_per_mtok: float | None = None,
     ) -> "Prices":
         known = KNOWN_PRICES.get(model)
         if known is None:
@@ -108,13 +110,21 @@ class Prices:
             model,
             input_per_mtok if input_per_mtok is not None else (known[0] if known else None),
             output_per_mtok if output_per_mtok is not None else (known[1] if known else None),
-            # a price given for input holds for cached input too (the table's discount is for its own price)
-            None if (input_per_mtok is not None or not known) else known[2],
+            # the cached-input price given (--judge-price-cached-input), else: a price given for input holds
+            # for cached input too (the table's discount is for its own price)
+            cached_input_per_mtok if cached_input_per_mtok is not None
+            else None if (input_per_mtok is not None or not known) else known[2],
         )
 
     @property
     def known(self) -> bool:
         return self.input_per_mtok is not None and self.output_per_mtok is not None
+
+    def describe(self) -> str:
+        """The prices an estimate used, as a report says them."""
+        cached = self.input_per_mtok if self.cached_input_per_mtok is None else self.cached_input_per_mtok
+        return (f"${self.input_per_mtok:g} input, ${cached:g} cached input, ${self.output_per_mtok:g} output per 1M "
+                "tokens" if self.known else "no price known")
 
     def cost(self, prompt_tokens: int, completion_tokens: int, cached_prompt_tokens: int = 0) -> float | None:
         """USD of one request; `cached_prompt_tokens` of `prompt_tokens` were served by the prompt cache."""
@@ -170,8 +180,10 @@ class _Counters:
     retries: int = 0
     failed_calls: int = 0
     prompt_tokens: int = 0
+    cached_prompt_tokens: int = 0  # of prompt_tokens, served by the provider's prompt cache
     completion_tokens: int = 0
     cost_usd: float = 0.0
+    reported_cost_calls: int = 0  # paid calls whose cost the provider reported (OpenRouter's usage.cost)
     cost_known: bool = True
 
 
@@ -301,9 +313,13 @@ class Ledger:
                 self._reserved_usd -= r.usd
 
     def settle(self, r: Reservation, prompt_tokens: int, completion_tokens: int,
-               cached_prompt_tokens: int = 0) -> float | None:
-        """Turn a reservation into real usage; returns the cost (None if the price is unknown)."""
-        cost = self.prices.cost(prompt_tokens, completion_tokens, cached_prompt_tokens)
+               cached_prompt_tokens: int = 0, reported_cost: float | None = None) -> float | None:
+        """Turn a reservation into real usage; returns the cost: the one the provider reported (what it
+        billed), else priced by `prices` (None if the price is unknown)."""
+        if reported_cost is not None:
+            cost = reported_cost
+        else:
+            cost = self.prices.cost(prompt_tokens, completion_tokens, cached_prompt_tokens)
         with self._lock:
             if r.open:
                 r.open = False
@@ -312,12 +328,23 @@ class Ledger:
             t = self.totals
             t.paid_calls += 1
             t.prompt_tokens += int(prompt_tokens)
+            t.cached_prompt_tokens += min(max(0, int(cached_prompt_tokens)), int(prompt_tokens))
             t.completion_tokens += int(completion_tokens)
+            t.reported_cost_calls += reported_cost is not None
             if cost is None:
                 t.cost_known = False
             else:
                 t.cost_usd += cost
         return cost
+
+    def _cost_source(self, t: _Counters) -> str:
+        """Where the cost came from: the provider's own figure, our prices, or both (some replies carried one)."""
+        if t.paid_calls and t.reported_cost_calls == t.paid_calls:
+            return "as the provider reported it"
+        if t.reported_cost_calls:
+            return (f"as the provider reported it for {t.reported_cost_calls:,} of {t.paid_calls:,} requests, "
+                    f"estimated for the rest at {self.prices.describe()}")
+        return f"estimated at {self.prices.describe()}"
 
     def count(self, *, cached: int = 0, retries: int = 0, failed: int = 0) -> None:
         with self._lock:
@@ -331,14 +358,17 @@ class Ledger:
         if since is not None:
             t = _Counters(*(getattr(t, f.name) - getattr(since, f.name) for f in dataclasses.fields(_Counters)
                             if f.name != "cost_known"), cost_known=t.cost_known)
+        known = t.cost_known and (self.prices.known or t.reported_cost_calls > 0)
         return {
             "paid_calls": t.paid_calls,
             "cached_calls": t.cached_calls,
             "retries": t.retries,
             "failed_calls": t.failed_calls,
             "prompt_tokens": t.prompt_tokens,
+            "cached_prompt_tokens": t.cached_prompt_tokens,
             "completion_tokens": t.completion_tokens,
-            "cost_usd": round(t.cost_usd, 6) if (t.cost_known and self.prices.known) else None,
+            "cost_usd": round(t.cost_usd, 6) if known else None,
+            "cost_source": self._cost_source(t) if known else None,
             "budget": str(self.budget) if self.budget else None,
             "budget_exhausted": self.exhausted,
         }

@@ -86,6 +86,11 @@ class JudgeConfig:
     )
     price_input: float | None = field(default=None, metadata={"help": "USD per million input tokens (default: built-in table, else unknown)"})
     price_output: float | None = field(default=None, metadata={"help": "USD per million output tokens"})
+    price_cached_input: float | None = field(
+        default=None, metadata={"help": "USD per million input tokens the provider's prompt cache served (OpenAI's "
+                                        "cached_tokens, Anthropic's cache reads, DeepSeek's cache hits; default: the "
+                                        "built-in table, else the input price). A cost the server reports itself "
+                                        "(OpenRouter) is used instead of any price"})
     device: str | None = field(default=None, metadata={"help": "device of a transformers judge (default cuda if available)"})
     cache_path: Path | None = field(
         default=None, metadata={"help": "response cache file (default: <store>.judge-cache.sqlite beside the store)"}
@@ -112,7 +117,7 @@ class JudgeConfig:
         _check(self.reasoning_effort in ("", *REASONING_EFFORTS),
                f"JudgeConfig.reasoning_effort (--judge-reasoning-effort) must be one of {', '.join(REASONING_EFFORTS)} "
                f"(or empty: not sent), got {self.reasoning_effort!r}")
-        for name in ("price_input", "price_output"):
+        for name in ("price_input", "price_output", "price_cached_input"):
             v = getattr(self, name)
             _check(v is None or v >= 0, f"JudgeConfig.{name} must be >= 0 (USD per million tokens)")
         if self.cache_path is not None:
@@ -305,7 +310,8 @@ def make_judge(cfg: JudgeConfig, *, cache_path: Path | None, budget=None, env: M
         # a local folder as `~/models/x` (--judge-model=~/..., quoted, a config file): the home folder,
         # as --model's is, not a hub name
         backend = TransformersBackend.from_pretrained(os.path.expanduser(model), device=cfg.device)
-    prices = Prices.for_model(backend.model, cfg.price_input, cfg.price_output, local=backend_name == "transformers")
+    prices = Prices.for_model(backend.model, cfg.price_input, cfg.price_output, local=backend_name == "transformers",
+                              cached_input_per_mtok=cfg.price_cached_input)
     path = cfg.cache_path or cache_path
     cache = ResponseCache(path) if (cfg.use_cache and path is not None) else None
     return Judge(

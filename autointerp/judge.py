@@ -25,8 +25,10 @@ unreadable bodies) and `PermanentError` for the rest (other 4xx). The `Judge` ad
 - the concurrency bound: at most `concurrency` requests in flight (a backoff does not hold a slot);
 - the deadline: the backend gives each attempt `timeout_s` in all, however slowly the server
   sends (a server trickling bytes cannot hold a request longer);
-- a refused key (HTTP 401) or an account without credit (402, OpenAI's 429 insufficient_quota):
-  `CredentialsRejected`, and no later request of this judge is sent;
+- a refused key (HTTP 401), an account without credit (402, OpenAI's 429 insufficient_quota) or a
+  quota spent for the day (Gemini's per-day RESOURCE_EXHAUSTED, OpenRouter's free-models-per-day, a
+  wait of over an hour and over `max_retry_after_s`): `CredentialsRejected`, and no later request of
+  this judge is sent;
   it is never one call's failure (`complete_many` raises it), so every command stops at it.
 
 and per call: the answer is parsed as JSON (bare or ```json fenced), checked against `schema`
@@ -96,7 +98,8 @@ class RequestFailed(JudgeError):
 
 class CredentialsRejected(RequestFailed, SaesteerError):
     """The server refused the credentials (HTTP 401) or the account behind them (no credit left: 402,
-    OpenAI's 429 insufficient_quota): every request would fail the same way, so this
+    OpenAI's 429 insufficient_quota; a quota spent for the day: `quota_spent`): every request would fail
+    the same way for hours, so this
     is never one call's failure; `reason` says which setting to fix. A backend raises it (never
     retried); the judge sends nothing more once it has met one; whatever uses the judge (a labelling
     run, a scorer, a sweep) lets it through, and the CLI says it in one line (exit status 2), as any
@@ -105,6 +108,33 @@ class CredentialsRejected(RequestFailed, SaesteerError):
     def __init__(self, reason: str) -> None:
         RequestFailed.__init__(self, reason)
         SaesteerError.__init__(self, reason)
+
+
+# what a stop for a spent quota or credit says besides the server's words: the run's work is not lost
+_RESUMES = ("labels written so far are kept, and rerunning the same command resumes where this run stopped "
+            "(answers already given are cached)")
+# a server-requested wait this long (and over --judge-max-retry-after-s) is a quota spent for hours, not a
+# rate limit to sit out: Groq's "tokens per day ... try again in 7h12m", a Retry-After of hours
+QUOTA_WAIT_S = 3600.0
+
+
+def no_credit(said: str) -> CredentialsRejected:
+    """The stop for an account without credit (402, OpenAI's 429 insufficient_quota): `said` is the server's
+    error as the backend words it."""
+    return CredentialsRejected(f"{said}: the account behind the key has no credit left; add credit (or raise its "
+                               f"spending limit) with the provider, or use another key (--judge-api-key); {_RESUMES}")
+
+
+def quota_spent(said: str, *, until: str = "") -> CredentialsRejected:
+    """The stop for a quota spent for the day or for hours (Gemini's per-day RESOURCE_EXHAUSTED, OpenRouter's
+    free-models-per-day, a wait of hours): retrying within the run would only wait; `until` says when the
+    server said it resets, if it did."""
+    return CredentialsRejected(f"{said}: the provider's quota for this key is spent{until}; rerun once it is back, "
+                               f"raise the quota, or use another key (--judge-api-key); {_RESUMES}")
+
+
+def _hours(seconds: float) -> str:
+    return f"{seconds / 3600:.1f} h" if seconds >= 3600 else f"{seconds / 60:.0f} min"
 
 
 class AnswerInvalid(JudgeError):
@@ -388,6 +418,12 @@ class Judge:
                         resp = replace(resp, settings_sent=self.settings_for(request))  # after the switches it met
                 if err is None:
                     break
+                if err.retry_after is not None and err.retry_after > max(self.retry.max_retry_after_s, QUOTA_WAIT_S):
+                    self.ledger.count(failed=1)  # waiting hours within the run helps nothing: stop, saying when
+                    stop = quota_spent(f"request rejected: {err.reason}",
+                                       until=f" (the server asks to wait {_hours(err.retry_after)})")
+                    self._refused = stop.reason
+                    raise stop from None
                 if retry >= self.retry.max_retries:
                     self.ledger.count(failed=1)
                     raise RequestFailed(
@@ -402,7 +438,8 @@ class Judge:
                 await self._sleep(delay)
             if not resp.usage_reported or resp.prompt_tokens <= 0:
                 resp = self._bound_usage(request, resp)
-            cost = self.ledger.settle(reservation, resp.prompt_tokens, resp.completion_tokens, resp.cached_prompt_tokens)
+            cost = self.ledger.settle(reservation, resp.prompt_tokens, resp.completion_tokens, resp.cached_prompt_tokens,
+                                      reported_cost=resp.cost_usd)
             self._learn_usage(request, resp)
         finally:
             self.ledger.release(reservation)

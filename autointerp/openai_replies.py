@@ -107,7 +107,7 @@ def _body_error(err: Any) -> Exception:
     reason = f"the server answered 200 with an error: {msg}" + (f" (code {status})" if status else "")
     if msg.startswith("Unexpected endpoint or method"):  # LM Studio's answer to a route it lacks, sent as a 200
         return PermanentError(reason, status=404)
-    return failure_for(status, reason, code=error_code(err))
+    return failure_for(status, reason, code=error_code(err), err=err if isinstance(err, dict) else None)
 
 
 def chat_response(data: Any) -> ChatResponse:
@@ -134,7 +134,8 @@ def chat_response(data: Any) -> ChatResponse:
     usage = data.get("usage") if isinstance(data.get("usage"), dict) else {}
 
     details = usage.get("completion_tokens_details")
-    reasoning = msg.get("reasoning_content") or msg.get("reasoning")  # vLLM, llama.cpp, LM Studio / Ollama, OpenRouter
+    # vLLM, llama.cpp, LM Studio / Ollama, OpenRouter (whose reasoning_details may come without `reasoning`)
+    reasoning = msg.get("reasoning_content") or msg.get("reasoning") or msg.get("reasoning_details")
     reported = "prompt_tokens" in usage or "completion_tokens" in usage
     prompt = _token_count(usage.get("prompt_tokens"))
     thought = _token_count(details.get("reasoning_tokens")) if isinstance(details, dict) else 0
@@ -153,7 +154,31 @@ def chat_response(data: Any) -> ChatResponse:
         reasoned=bool(reasoning) or thought_parts,
         usage_reported=reported,
         cached_prompt_tokens=_cached_prompt_tokens(usage),
+        cost_usd=_reported_cost(usage),
     )
+
+
+def _reported_cost(usage: dict) -> float | None:
+    """The USD the provider billed for this request, where it says: OpenRouter's `usage.cost` (in credits,
+    one per USD; sent with every reply, `usage: {include: true}` no longer needed), plus, for a request
+    it sent with the user's own provider key (`is_byok`), `cost_details.upstream_inference_cost`, which
+    that provider bills apart. None where no finite, non-negative figure is given."""
+    import math
+
+    def usd(x: Any) -> float | None:
+        if isinstance(x, bool) or not isinstance(x, (int, float, str)):
+            return None
+        try:
+            v = float(x)
+        except ValueError:
+            return None
+        return v if math.isfinite(v) and v >= 0 else None
+
+    cost = usd(usage.get("cost"))
+    details = usage.get("cost_details")
+    if cost is not None and usage.get("is_byok") is True and isinstance(details, dict):
+        cost += usd(details.get("upstream_inference_cost")) or 0.0
+    return cost
 
 
 def _cached_prompt_tokens(usage: dict) -> int:

@@ -210,11 +210,13 @@ class RunReport:
             parts.append(f"stopped after too many failures in a row with {left} left")
         s = f"{self.judge}: " + ", ".join(parts) + f" in {self.elapsed_s:.1f} s"
         if u:
+            cached_in = u.get("cached_prompt_tokens", 0)
             s += (f"; requests: {u.get('paid_calls', 0)} paid, {u.get('cached_calls', 0)} cached, "
-                  f"{u.get('retries', 0)} retries; tokens: {u.get('prompt_tokens', 0):,} in + "
-                  f"{u.get('completion_tokens', 0):,} out")
+                  f"{u.get('retries', 0)} retries; tokens: {u.get('prompt_tokens', 0):,} in"
+                  + (f" ({cached_in:,} from the provider's prompt cache)" if cached_in else "")
+                  + f" + {u.get('completion_tokens', 0):,} out")
             if u.get("cost_usd") is not None:
-                s += f"; cost ${u['cost_usd']:.4f}"
+                s += f"; cost ${u['cost_usd']:.4f}" + (f" ({u['cost_source']})" if u.get("cost_source") else "")
         return s
 
 
@@ -261,7 +263,7 @@ class _LabelRun:
         if self.ledger is not None:
             t = self.ledger.totals
             pf = {"failed": len(self.report.failed), "tok": t.prompt_tokens + t.completion_tokens, "cached": t.cached_calls}
-            if self.ledger.prices.known:
+            if t.cost_known and (self.ledger.prices.known or t.reported_cost_calls):  # priced, or as reported
                 pf["$"] = f"{t.cost_usd:.4f}"
             self.bar.set_postfix(pf, refresh=False)
 

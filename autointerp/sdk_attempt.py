@@ -8,8 +8,8 @@ as a whole, and an HTTP error status as the judge's failure.
   timeouts are per read, so a server sending a byte now and then would hold a request forever
   under them alone. A timeout or a connection error is worth retrying.
 - `status_failure` (`failure_for`, also the rule for an error inside a 200 body): 401 refuses the credentials and 402 / 429 `insufficient_quota` an account
-  without credit (the run stops), 408, 429 and 5xx are retried (honouring retry-after, else on a 429
-  the wait its message names, else OpenAI's `x-ratelimit-reset-*`), other statuses are not; a server's `x-should-retry` header
+  without credit, a 429 for a quota spent for the day likewise (the run stops), 408, 429 and 5xx are retried (honouring retry-after, else on a 429
+  the wait its message names, else Google's RetryInfo, else OpenAI's `x-ratelimit-reset-*`), other statuses are not; a server's `x-should-retry` header
   overrules the status, as it does in both SDKs. A refusal for a prompt over the model's context
   says what to shorten.
 """
@@ -20,7 +20,7 @@ import asyncio
 import re
 from typing import Any, Awaitable, Callable, TypeVar
 
-from .judge import CredentialsRejected
+from .judge import CredentialsRejected, no_credit, quota_spent
 from .wire import (PermanentError, TransientError, is_retryable, parse_rate_limit_reset, parse_retry_after,
                    wait_in_message)
 
@@ -72,13 +72,15 @@ async def attempt(call: Awaitable[T], *, timeout_s: float, sdk: Any, where: str)
 def status_failure(e: Any, said: str, *, credentials: str) -> Exception:
     """The judge's failure for an SDK's `APIStatusError` `e`, described by `said` ("HTTP 429: ...");
     `credentials` says what to set when the server refused the key (`failure_for`)."""
-    return failure_for(e.status_code, said, code=_error_code(e), headers=e.response.headers, credentials=credentials)
+    err = error_object(getattr(e, "body", None))
+    return failure_for(e.status_code, said, code=error_code(err), err=err, headers=e.response.headers,
+                       credentials=credentials)
 
 
 _KEY_HINT = "check the judge's API key (--judge-api-key)"
 
 
-def failure_for(status: int | None, said: str, *, code: str | None = None, headers: Any = None,
+def failure_for(status: int | None, said: str, *, code: str | None = None, err: Any = None, headers: Any = None,
                 credentials: str = _KEY_HINT) -> Exception:
     """The judge's failure for an error with HTTP `status` (None: a server's error that names none,
     worth retrying), described by `said`, the error body's `code` and the reply's `headers`: the one
@@ -86,12 +88,14 @@ def failure_for(status: int | None, said: str, *, code: str | None = None, heade
     401 refuses the credentials (`credentials` says what to set). An account with no credit left
     (OpenAI's 429 `insufficient_quota`, a 402 from OpenRouter, DeepSeek or Anthropic, Anthropic's 400
     "Your credit balance is too low") refuses every request alike, however long one waits: the run
-    stops there too, never retried as a rate limit."""
+    stops there too, never retried as a rate limit; so does a quota spent for the day (`daily_quota`, from
+    the error object `err`), whose 429 may name a wait of seconds all the same."""
     if status == 401:  # every request of the run would be refused alike: it stops, saying what to set
         return CredentialsRejected(f"{said}: {credentials}")
     if status == 402 or code == "insufficient_quota" or "credit balance is too low" in said:
-        return CredentialsRejected(f"{said}: the account behind the key has no credit left; add credit (or raise its "
-                                   "spending limit) with the provider, or use another key (--judge-api-key)")
+        return no_credit(said)
+    if status in (429, None) and daily_quota(err, said):
+        return quota_spent(said, until=_resets_at(err))
     if status is None:
         return TransientError(said)
     headers = {} if headers is None else headers
@@ -101,6 +105,7 @@ def failure_for(status: int | None, said: str, *, code: str | None = None, heade
         if wait is None and status == 429:  # the wait its message names (for the limit this request met:
             # the reset headers of a limit not spent to 0 may be the other one's), else OpenAI's reset headers
             wait = wait_in_message(said)
+            wait = _google_retry_delay(err) if wait is None else wait
             wait = parse_rate_limit_reset(headers) if wait is None else wait
         return TransientError(said, status=status, retry_after=wait)
     return PermanentError(said + context_hint(said) if status in (400, 413) else said, status=status)
@@ -121,10 +126,62 @@ def context_hint(said: str) -> str:
             "--n-explain-top, --n-explain-quantile)")
 
 
-def _error_code(e: Any) -> str | None:
-    """The `code` of an SDK error's OpenAI-shaped body (the SDK hands over its `error` object)."""
-    body = getattr(e, "body", None)
-    return error_code(body.get("error", body) if isinstance(body, dict) else None)
+def error_object(body: Any) -> dict | None:
+    """The error object of an SDK error's body: OpenAI's SDK hands over the body's `error` (a dict),
+    Anthropic's the whole body; Google's OpenAI endpoint sends a list, `[{"error": {...}}]`."""
+    if isinstance(body, list) and body and isinstance(body[0], dict):
+        body = body[0]
+    if not isinstance(body, dict):
+        return None
+    err = body.get("error", body)
+    return err if isinstance(err, dict) else None
+
+
+# OpenRouter's daily cap on free models ("Rate limit exceeded: free-models-per-day. Add 10 credits to unlock
+# 1000 free model requests per day"; "free-models-per-day-high-balance")
+_PER_DAY_WORDS = re.compile(r"free-models-per-day", re.IGNORECASE)
+
+
+def daily_quota(err: Any, said: str) -> bool:
+    """Whether a 429 is a quota spent for the day, not a rate limit of seconds: Gemini's RESOURCE_EXHAUSTED
+    names the quota met in its `QuotaFailure` details (quotaId GenerateRequestsPerDayPerProjectPerModel-FreeTier;
+    its words, "You exceeded your current quota", and its retryDelay of seconds are the same for a per-minute
+    quota), OpenRouter's says free-models-per-day."""
+    if _PER_DAY_WORDS.search(said):
+        return True
+    details = err.get("details") if isinstance(err, dict) else None
+    for d in details if isinstance(details, list) else ():
+        violations = d.get("violations") if isinstance(d, dict) else None
+        for v in violations if isinstance(violations, list) else ():
+            if isinstance(v, dict) and "perday" in str(v.get("quotaId", "")).lower():
+                return True
+    return False
+
+
+def _google_retry_delay(err: Any) -> float | None:
+    """Seconds from the `RetryInfo` detail of a Google error ("retryDelay": "36s", a protobuf Duration), which
+    its message says too, beyond the part of it an error message keeps."""
+    details = err.get("details") if isinstance(err, dict) else None
+    for d in details if isinstance(details, list) else ():
+        delay = d.get("retryDelay") if isinstance(d, dict) else None
+        if isinstance(delay, str) and re.fullmatch(r"\d{1,9}(\.\d{1,9})?s", delay):
+            return float(delay[:-1])
+    return None
+
+
+def _resets_at(err: Any) -> str:
+    """' until HH:MM UTC' from the reset time an OpenRouter 429 carries in its body (`metadata.headers`
+    `X-RateLimit-Reset`, milliseconds since the epoch), else ' for the day'."""
+    import datetime as dt
+
+    meta = err.get("metadata") if isinstance(err, dict) else None
+    headers = meta.get("headers") if isinstance(meta, dict) else None
+    try:
+        ms = float(headers.get("X-RateLimit-Reset")) if isinstance(headers, dict) else None
+        when = dt.datetime.fromtimestamp(ms / 1000, dt.timezone.utc) if ms else None
+    except (TypeError, ValueError, OverflowError, OSError):
+        when = None
+    return f" until {when:%Y-%m-%d %H:%M} UTC" if when else " for the day"
 
 
 def error_code(err: Any) -> str | None:

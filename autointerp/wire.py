@@ -47,11 +47,14 @@ class ChatResponse:
     # the answer's (and sent reasoning's) UTF-8 bytes, a bound, and the judge bounds the prompt alike
     usage_reported: bool = True
     cached_prompt_tokens: int = 0  # of prompt_tokens, served by the provider's prompt cache (billed less)
+    cost_usd: float | None = None  # what the provider says it billed (OpenRouter's usage.cost); None: not said
 
 
-# <think> (DeepSeek-R1, Qwen3, QwQ, GLM), <thinking>, <seed:think> (ByteDance Seed-OSS), [THINK] (Mistral's Magistral)
-_THINK_OPEN = re.compile(r"<(think|thinking|seed:think)>|\[THINK\]", re.IGNORECASE)
-_THINK_CLOSE = re.compile(r"</(think|thinking|seed:think)>|\[/THINK\]", re.IGNORECASE)
+# <think> (DeepSeek-R1, Qwen3, QwQ, GLM), <thinking> (Claude-style prompts, distilled models), <reasoning>
+# (GRPO fine-tunes' <reasoning>...</reasoning> format), <seed:think> (ByteDance Seed-OSS), [THINK] (Mistral's Magistral)
+_THINK_TAGS = "think|thinking|reasoning|seed:think"
+_THINK_OPEN = re.compile(rf"<({_THINK_TAGS})>|\[THINK\]", re.IGNORECASE)
+_THINK_CLOSE = re.compile(rf"</({_THINK_TAGS})>|\[/THINK\]", re.IGNORECASE)
 # gpt-oss's Harmony markup: <|channel|>analysis<|message|>...<|end|><|start|>assistant<|channel|>final<|message|>...
 _HARMONY_FINAL = re.compile(r"<\|channel\|>\s*final\s*(?:<\|constrain\|>\S*?)?<\|message\|>")
 _HARMONY_END = re.compile(r"(?:<\|(?:return|end|call)\|>\s*)+$")
@@ -61,8 +64,8 @@ def split_thinking(text: str | None) -> tuple[str, str]:
     """(the answer, how the reply's thinking ended) of a reply whose content may hold the model's
     reasoning (DeepSeek-R1, Qwen3, QwQ served without a reasoning parser): `<think>...</think>answer`,
     or `...</think>answer` when the chat template opened the block itself; gpt-oss's raw Harmony
-    channels, whose answer is the `final` channel; the same with Magistral's `[THINK]...[/THINK]` and
-    Seed-OSS's `<seed:think>...</seed:think>`. The second value is "closed" (the answer follows
+    channels, whose answer is the `final` channel; the same with `<thinking>`, `<reasoning>`, Magistral's
+    `[THINK]...[/THINK]` and Seed-OSS's `<seed:think>...</seed:think>`. The second value is "closed" (the answer follows
     a finished thinking block), "cut" (a block that never closes, Harmony without a final channel:
     all thinking, the answer is empty) or "none" (no thinking markup: the text as it is, which may
     still be thinking when the template opened the block and the reply was cut off before closing it).
@@ -123,7 +126,7 @@ def refuses_system_role(message: str) -> bool:
     return bool(_SYSTEM_REFUSED.search(message))
 
 
-_OPEN_AT_END = re.compile(r"<(?:think|thinking)>\s*$", re.IGNORECASE)
+_OPEN_AT_END = re.compile(r"<(?:think|thinking|reasoning)>\s*$", re.IGNORECASE)
 
 
 def thinking_opened(prompt: str) -> str:
@@ -241,14 +244,14 @@ def parse_rate_limit_reset(headers: Any) -> float | None:
     return min(resets) if resets else None
 
 
-_WAIT_IN_WORDS = re.compile(r"try again in ((?:\d+(?:\.\d+)?(?:ms|h|m|s))+)|retry after (\d+(?:\.\d+)?) seconds?",
+_WAIT_IN_WORDS = re.compile(r"(?:try again|retry) in ((?:\d+(?:\.\d+)?(?:ms|h|m|s))+)|retry after (\d+(?:\.\d+)?) seconds?",
                             re.IGNORECASE)
 
 
 def wait_in_message(message: str) -> float | None:
     """Seconds a rate-limit message asks to wait, for a 429 whose headers were dropped (a proxy in
-    front): OpenAI's and Groq's "Please try again in 1.2s" / "in 7m36.48s", Azure's "Please retry after
-    6 seconds"."""
+    front): OpenAI's and Groq's "Please try again in 1.2s" / "in 7m36.48s", Gemini's "Please retry in
+    36.429760048s.", Azure's "Please retry after 6 seconds"."""
     m = _WAIT_IN_WORDS.search(message or "")
     if m is None:
         return None

@@ -1,6 +1,6 @@
 """Reasoning models whose thinking comes inside the content in markup other than <think>: Mistral's Magistral
 (`[THINK]...[/THINK]`, served by vLLM or llama.cpp without a reasoning parser) and ByteDance's Seed-OSS
-(`<seed:think>...</seed:think>`), and Mistral's own API, whose content is a list of parts with the
+(`<seed:think>...</seed:think>`), GRPO fine-tunes (`<reasoning>...</reasoning>`), and Mistral's own API, whose content is a list of parts with the
 thinking in `{"type": "thinking", "thinking": [...]}` parts. The answer after the thinking is read, never a draft inside it: thinking that
 holds a draft JSON answer neither becomes the label nor makes a good answer unreadable; thinking cut off at
 the output limit is a truncation error naming the setting that gives room.
@@ -25,11 +25,13 @@ from helpers.real_cli import saesteer
 LABEL = {"type": "object", "required": ["label"], "properties": {"label": {"type": "string"}}}
 ASK = [{"role": "system", "content": "Label the latent."}, {"role": "user", "content": "<examples>sea</examples>"}]
 USAGE = {"prompt_tokens": 20, "completion_tokens": 10, "total_tokens": 30}
-MARKUP = {"magistral": ("[THINK]", "[/THINK]"), "seed-oss": ("<seed:think>", "</seed:think>")}
+MARKUP = {"magistral": ("[THINK]", "[/THINK]"), "seed-oss": ("<seed:think>", "</seed:think>"),
+          # a GRPO fine-tune's <reasoning>...</reasoning> format (Unsloth's and TRL's recipes), served as it writes it
+          "grpo-reasoning": ("<reasoning>", "</reasoning>")}
 
 
-def ask(srv, content, finish="stop"):
-    srv.reply = lambda ex: chat_completion(content, finish=finish, usage=USAGE)
+def ask(srv, content, finish="stop", message_extra=None):
+    srv.reply = lambda ex: chat_completion(content, finish=finish, usage=USAGE, message_extra=message_extra)
     j = make_judge(JudgeConfig(model="m", base_url=srv.url, api_key="k", use_cache=False, max_reasks=1),
                    cache_path=None)
     return j.complete_sync(ASK, schema=LABEL)
@@ -82,6 +84,15 @@ def test_a_content_list_holding_only_thinking_at_the_limit_is_truncated_output(s
     parts = [{"type": "thinking", "thinking": [{"type": "text", "text": 'Hmm {"label": "water"}'}]}]
     with pytest.raises(AnswerInvalid, match="while the model was still thinking"):
         ask(srv, parts, finish="length")
+
+
+def test_openrouters_reasoning_details_alone_mark_the_reply_as_thinking(srv):
+    """OpenRouter sends an OpenAI reasoning model's thinking encrypted, in `reasoning_details` with no
+    `reasoning` text: a reply cut off before any answer then ran out while thinking, and says to give room."""
+    details = [{"type": "reasoning.encrypted", "data": "gAAAAABo...", "id": "rs_1", "format": "openai-responses-v1",
+                "index": 0}]
+    with pytest.raises(AnswerInvalid, match="while the model was still thinking.*--judge-reasoning-tokens"):
+        ask(srv, None, finish="length", message_extra={"reasoning": None, "reasoning_details": details})
 
 
 # ---------------------------------------------------------------------------------------------

@@ -19,8 +19,8 @@ import pytest
 from autointerp.config import JudgeConfig, make_judge
 from autointerp.judge import CredentialsRejected, RequestFailed
 from autointerp.wire import parse_rate_limit_reset
-from helpers.judge_server import (OPENAI_NO_QUOTA, OPENAI_RATE_LIMIT_HEADERS, chat_completion, lmstudio_wrong_route,
-                                  openai_error)
+from helpers.judge_server import (OPENAI_NO_QUOTA, OPENAI_RATE_LIMIT_HEADERS, chat_completion, error_in_a_200,
+                                  lmstudio_wrong_route, openai_error)
 from helpers.real_cli import flags_named, known_flags, saesteer
 
 LABEL = {"type": "object", "required": ["label"], "properties": {"label": {"type": "string"}}}
@@ -122,16 +122,24 @@ def test_openais_reset_durations_are_read(headers, wait):
     assert got == pytest.approx(wait) if wait is not None else got is None
 
 
-@pytest.mark.parametrize("message, wait", [
-    ("Rate limit reached for gpt-4o-mini in organization org-x on tokens per min (TPM): Limit 200000, Used 199500, "
-     "Requested 1200. Please try again in 4.5s. Visit https://platform.openai.com/account/rate-limits", 4.5),
-    ("Rate limit reached for model `llama-3.3-70b-versatile` on tokens per day (TPD): Limit 100000, Used 99800, "
-     "Requested 900. Please try again in 2m36.48s.", 156.48),  # Groq
-    ("Requests to the ChatCompletions_Create Operation under Azure OpenAI API version 2024-10-21 have exceeded "
-     "token rate limit of your current AIServices S0 pricing tier. Please retry after 6 seconds.", 6.0),
-])
-def test_a_429_whose_headers_a_proxy_dropped_waits_as_long_as_its_message_says(srv, message, wait):
-    replies = iter([openai_error(429, message, "tokens", "rate_limit_exceeded")])
+def _limited(message):
+    return openai_error(429, message, "tokens", "rate_limit_exceeded")
+
+
+@pytest.mark.parametrize("reply, wait", [
+    (_limited("Rate limit reached for gpt-4o-mini in organization org-x on tokens per min (TPM): Limit 200000, Used "
+              "199500, Requested 1200. Please try again in 4.5s. Visit https://platform.openai.com/account/rate-limits"),
+     4.5),
+    (_limited("Rate limit reached for model `llama-3.3-70b-versatile` on tokens per day (TPD): Limit 100000, Used "
+              "99800, Requested 900. Please try again in 2m36.48s."), 156.48),  # Groq
+    (_limited("Requests to the ChatCompletions_Create Operation under Azure OpenAI API version 2024-10-21 have "
+              "exceeded token rate limit of your current AIServices S0 pricing tier. Please retry after 6 seconds."),
+     6.0),
+    # OpenRouter's rate limit met while generating: an error in a 200 body, classified as its code's status
+    (error_in_a_200({"code": 429, "message": "Rate limit exceeded: try again in 7s"}), 7.0),
+], ids=["openai-tpm", "groq-tpd", "azure", "openrouter-in-a-200"])
+def test_a_429_whose_headers_a_proxy_dropped_waits_as_long_as_its_message_says(srv, reply, wait):
+    replies = iter([reply])
     srv.reply = lambda ex: next(replies, None) or chat_completion('{"label": "sea"}', usage=USAGE)
 
     async def sleep(s):

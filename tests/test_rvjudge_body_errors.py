@@ -7,26 +7,19 @@ Through the real `openai` client against served replies.
 
 from __future__ import annotations
 
-import json
-
 import pytest
 
 from autointerp.config import JudgeConfig, make_judge
 from autointerp.judge import CredentialsRejected, JudgeCall, RequestFailed
-from helpers.judge_server import OPENAI_NO_QUOTA, chat_completion
+from helpers.judge_server import OPENAI_NO_QUOTA, error_in_a_200
 
 LABEL = {"type": "object", "required": ["label"], "properties": {"label": {"type": "string"}}}
 ASK = [{"role": "system", "content": "Label the latent."}, {"role": "user", "content": "<examples>sea, mer, 海</examples>"}]
-USAGE = {"prompt_tokens": 20, "completion_tokens": 10, "total_tokens": 30}
 
 
-def in_a_200(error: dict):
-    return 200, {}, json.dumps({"id": "gen-1", "object": "chat.completion", "error": error}).encode()
-
-
-def judge(srv, sleep=None):
+def judge(srv):
     return make_judge(JudgeConfig(model="openai/gpt-4o-mini", base_url=srv.url, api_key="k", max_retries=3,
-                                  backoff_base_s=0.001, backoff_max_s=0.002, use_cache=False), cache_path=None, sleep=sleep)
+                                  backoff_base_s=0.001, backoff_max_s=0.002, use_cache=False), cache_path=None)
 
 
 @pytest.mark.parametrize("error, said", [
@@ -35,28 +28,18 @@ def judge(srv, sleep=None):
     ({"code": 401, "message": "User not found."}, "--judge-api-key"),
 ], ids=["openrouter-402", "proxied-insufficient_quota", "openrouter-401"])
 def test_no_credit_or_a_refused_key_in_a_200_body_stops_at_the_first_request(srv, error, said):
-    srv.reply = lambda ex: in_a_200(error)
+    srv.reply = lambda ex: error_in_a_200(error)
     j = judge(srv)
     with pytest.raises(CredentialsRejected, match=said):
         j.complete_many_sync([JudgeCall(ASK, LABEL), JudgeCall(ASK + [{"role": "user", "content": "2"}], LABEL)])
     assert 1 <= len(srv.exchanges) <= 2  # no retries: each call sent at most once
 
 
-def test_a_rate_limit_in_a_200_body_waits_as_its_words_say(srv):
-    replies = iter([in_a_200({"code": 429, "message": "Rate limit exceeded: try again in 7s"})])
-    srv.reply = lambda ex: next(replies, None) or chat_completion('{"label": "sea"}', usage=USAGE)
-
-    async def sleep(s):
-        pass
-
-    j = judge(srv, sleep=sleep)
-    assert j.complete_sync(ASK, schema=LABEL).value == {"label": "sea"}
-    (_, delay), = j.retry_log
-    assert 7.0 <= delay <= 7.7
+# a rate limit in a 200 body waits as its words say: tests/test_judgereal_wire.py, with the 429s whose words name the wait
 
 
 def test_a_bad_request_in_a_200_body_is_not_retried(srv):
-    srv.reply = lambda ex: in_a_200({"code": 400, "message": "Provider returned error",
+    srv.reply = lambda ex: error_in_a_200({"code": 400, "message": "Provider returned error",
                                      "metadata": {"provider_name": "Fireworks", "raw": "invalid schema"}})
     with pytest.raises(RequestFailed, match="provider Fireworks: invalid schema"):
         judge(srv).complete_sync(ASK, schema=LABEL)

@@ -1,7 +1,6 @@
 """What a server says about waiting is read within bounds: junk in Retry-After, retry-after-ms or OpenAI's
 x-ratelimit-reset-* is no wait (the backoff then), never an error or a negative or NaN sleep; a 429 whose
-words ask for hours (a daily limit: "try again in 7h12m") pauses the judge at most
-`JudgeConfig.max_retry_after_s`, never for hours.
+words ask for minutes ("try again in 25m") pauses the judge at most `JudgeConfig.max_retry_after_s`.
 """
 
 from __future__ import annotations
@@ -36,9 +35,10 @@ def test_junk_in_a_rate_limit_message_is_no_wait(message):
     assert wait_in_message(message) is None
 
 
-def test_a_429_asking_for_hours_pauses_the_judge_at_most_max_retry_after_s():
+def test_a_429_asking_for_minutes_pauses_the_judge_at_most_max_retry_after_s():
+    """(One asking for hours is a quota spent for the day: the run stops, tests/test_judgereal_quota.py.)"""
     replies = iter([openai_error(429, "Rate limit reached for model `llama-3.3-70b-versatile` on tokens per day (TPD): "
-                                 "Limit 100000, Used 99990, Requested 900. Please try again in 7h12m0.5s.", "tokens",
+                                 "Limit 100000, Used 99990, Requested 900. Please try again in 25m0.5s.", "tokens",
                                  "rate_limit_exceeded")])
     slept = []
 
@@ -51,7 +51,7 @@ def test_a_429_asking_for_hours_pauses_the_judge_at_most_max_retry_after_s():
                                    max_retry_after_s=120.0), cache_path=None, sleep=sleep)
         assert j.complete_sync(ASK, schema=LABEL).value == {"label": "sea"}
     (_, delay), = j.retry_log
-    assert 120.0 <= delay <= 132.0  # the cap (plus its 10% jitter), not 7 hours
+    assert 120.0 <= delay <= 132.0  # the cap (plus its 10% jitter), not 25 minutes
     assert slept and max(slept) <= 132.0
 
 

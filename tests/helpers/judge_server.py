@@ -647,6 +647,41 @@ def openai_error(status: int, message: str, type_: str, code: str | None = None,
         {"error": {"message": message, "type": type_, "param": None, "code": code}}).encode()
 
 
+def error_in_a_200(error: dict) -> tuple[int, dict[str, str], bytes]:
+    """OpenRouter's way for an error met while generating: a 200 whose body holds `error`, its `code` the
+    HTTP status it would have had."""
+    return 200, {}, json.dumps({"id": "gen-1", "object": "chat.completion", "error": error}).encode()
+
+
+def gemini_quota_error(quota_id: str, retry_s: float = 36.429760048) -> tuple[int, dict[str, str], bytes]:
+    """Gemini's OpenAI endpoint's 429 RESOURCE_EXHAUSTED, a list as Google sends it: the same words and a
+    retryDelay of seconds whichever quota was met; only `QuotaFailure`'s quotaId says per day or per minute."""
+    return 429, {}, json.dumps([{"error": {
+        "code": 429, "status": "RESOURCE_EXHAUSTED",
+        "message": ("You exceeded your current quota, please check your plan and billing details. For more information "
+                    "on this error, head to: https://ai.google.dev/gemini-api/docs/rate-limits.\n* Quota exceeded for "
+                    "metric: generativelanguage.googleapis.com/generate_content_free_tier_requests, limit: 20, model: "
+                    f"gemini-2.5-flash\nPlease retry in {retry_s}s."),
+        "details": [
+            {"@type": "type.googleapis.com/google.rpc.QuotaFailure", "violations": [{
+                "quotaMetric": "generativelanguage.googleapis.com/generate_content_free_tier_requests",
+                "quotaId": quota_id, "quotaDimensions": {"location": "global", "model": "gemini-2.5-flash"},
+                "quotaValue": "20"}]},
+            {"@type": "type.googleapis.com/google.rpc.Help", "links": [
+                {"description": "Learn more about Gemini API quotas", "url": "https://ai.google.dev/gemini-api/docs/rate-limits"}]},
+            {"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": f"{int(retry_s)}s"}]}}]).encode()
+
+
+def openrouter_free_per_day(reset_ms: int) -> tuple[int, dict[str, str], bytes]:
+    """OpenRouter's 429 for a key that spent its free-model requests of the day; when they come back is
+    only in the body's metadata (milliseconds since the epoch)."""
+    return 429, {}, json.dumps({"error": {
+        "message": "Rate limit exceeded: free-models-per-day. Add 10 credits to unlock 1000 free model requests per day",
+        "code": 429, "metadata": {"headers": {"X-RateLimit-Limit": "50", "X-RateLimit-Remaining": "0",
+                                              "X-RateLimit-Reset": str(reset_ms)}, "provider_name": None}},
+        "user_id": "user_2x"}).encode()
+
+
 # OpenAI's reply to a key whose organisation has no credit: a 429, yet no wait ever helps
 OPENAI_NO_QUOTA = ("You exceeded your current quota, please check your plan and billing details. For more information "
                    "on this error, read the docs: https://platform.openai.com/docs/guides/error-codes/api-errors.")

@@ -1,0 +1,103 @@
+"""What a run's cost report says, from what real providers bill:
+
+- prompt tokens a provider's prompt cache served are billed at its cached-input price, which the user gives
+  (--judge-price-cached-input) for a model outside the built-in table: DeepSeek's `prompt_cache_hit_tokens`,
+  OpenAI's `prompt_tokens_details.cached_tokens`, Anthropic's `cache_read_input_tokens`;
+- OpenRouter sends what it billed with every reply (`usage.cost`, USD; `usage: {include: true}` is no longer
+  needed): that is the cost, not our estimate from prices, and the report says which it is.
+Through the real `openai` and `anthropic` clients against served replies, and `saesteer label`.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+
+from autointerp.config import JudgeConfig, make_judge
+from helpers.judge_server import chat_completion, fake_llm_answer
+from helpers.real_cli import saesteer
+
+LABEL = {"type": "object", "required": ["label"], "properties": {"label": {"type": "string"}}}
+ASK = [{"role": "system", "content": "Label the latent."},
+       {"role": "user", "content": "<examples>la mer, das Meer, 海 — def sea(): pass</examples>"}]
+DEEPSEEK_USAGE = {"prompt_tokens": 10_000, "completion_tokens": 100, "total_tokens": 10_100,
+                  "prompt_cache_hit_tokens": 8_000, "prompt_cache_miss_tokens": 2_000}
+# OpenRouter's usage as it now sends it on every reply
+OPENROUTER_USAGE = {"prompt_tokens": 194, "completion_tokens": 12, "total_tokens": 206, "cost": 0.000123,
+                    "is_byok": False, "prompt_tokens_details": {"cached_tokens": 0, "cache_write_tokens": 0},
+                    "cost_details": {"upstream_inference_cost": None},
+                    "completion_tokens_details": {"reasoning_tokens": 0}}
+
+
+def judge(srv, **cfg):
+    kw = dict(base_url=srv.url, api_key="k", use_cache=False, timeout_s=10.0)
+    kw.update(cfg)
+    return make_judge(JudgeConfig(**kw), cache_path=None)
+
+
+def test_the_cached_input_price_given_prices_deepseeks_cache_hits(srv):
+    srv.reply = lambda ex: chat_completion('{"label": "sea"}', usage=DEEPSEEK_USAGE)
+    j = judge(srv, model="deepseek-chat", price_input=0.27, price_cached_input=0.07, price_output=1.10)
+    done = j.complete_sync(ASK, schema=LABEL)
+    assert done.cost_usd == pytest.approx((2_000 * 0.27 + 8_000 * 0.07 + 100 * 1.10) / 1e6)
+    u = j.ledger.summary()
+    assert u["cached_prompt_tokens"] == 8_000 and "$0.07 cached input" in u["cost_source"]
+
+
+def test_the_cached_input_price_given_prices_claudes_cache_reads(srv):
+    msg = {"id": "msg_1", "type": "message", "role": "assistant", "model": "claude-haiku-4-5",
+           "content": [{"type": "text", "text": '{"label": "sea"}'}], "stop_reason": "end_turn", "stop_sequence": None,
+           "usage": {"input_tokens": 100, "cache_creation_input_tokens": 0, "cache_read_input_tokens": 4_000,
+                     "output_tokens": 10}}
+    srv.reply = lambda ex: (200, {}, json.dumps(msg).encode())
+    j = judge(srv, backend="anthropic", model="claude-haiku-4-5", base_url=srv.root, price_input=1.0,
+              price_cached_input=0.10, price_output=5.0)
+    done = j.complete_sync(ASK, schema=LABEL)
+    assert done.cost_usd == pytest.approx((100 * 1.0 + 4_000 * 0.10 + 10 * 5.0) / 1e6)
+
+
+def test_openrouters_reported_cost_is_the_cost_not_our_estimate(srv):
+    srv.reply = lambda ex: chat_completion('{"label": "sea"}', usage=OPENROUTER_USAGE)
+    # gpt-4o-mini's list prices would make this (194 * 0.15 + 12 * 0.60) / 1e6 = 0.0000363
+    j = judge(srv, model="openai/gpt-4o-mini", price_input=0.15, price_output=0.60)
+    done = j.complete_sync(ASK, schema=LABEL)
+    assert done.cost_usd == pytest.approx(0.000123)
+    u = j.ledger.summary()
+    assert u["cost_usd"] == pytest.approx(0.000123) and u["cost_source"] == "as the provider reported it"
+
+
+def test_a_byok_request_adds_what_the_users_own_provider_key_was_billed(srv):
+    usage = {**OPENROUTER_USAGE, "cost": 0.00001, "is_byok": True, "cost_details": {"upstream_inference_cost": 0.0002}}
+    srv.reply = lambda ex: chat_completion('{"label": "sea"}', usage=usage)
+    done = judge(srv, model="anthropic/claude-haiku-4.5").complete_sync(ASK, schema=LABEL)  # no price known
+    assert done.cost_usd == pytest.approx(0.00021)
+
+
+def test_saesteer_label_reports_openrouters_cost_and_says_so(srv, tmp_path):
+    from helpers.label_store import build_trigger_store
+
+    path, _ = build_trigger_store(tmp_path / "toy.db", n_latents=3)
+    srv.reply = lambda ex: chat_completion(fake_llm_answer(ex.body), usage=OPENROUTER_USAGE)
+    r = saesteer("label", "--store", path, "--judge-model", "meta-llama/llama-3.3-70b-instruct",
+                 "--judge-base-url", srv.url, "--judge-api-key", "k", "--scorers", "detection", "--embed-backend",
+                 "none", "--no-progress")
+    assert r.rc == 0, r.text
+    paid = int(re.search(r"requests: (\d+) paid", r.out)[1])  # explain + detection batches, a model with no price
+    assert f"cost ${paid * 0.000123:.4f} (as the provider reported it)" in r.out, r.out
+
+
+def test_saesteer_label_prices_cache_hits_at_judge_price_cached_input(srv, tmp_path):
+    from helpers.label_store import build_trigger_store
+
+    path, _ = build_trigger_store(tmp_path / "toy.db", n_latents=3)
+    srv.reply = lambda ex: chat_completion(fake_llm_answer(ex.body), usage=DEEPSEEK_USAGE)
+    r = saesteer("label", "--store", path, "--judge-model", "deepseek-chat", "--judge-base-url", srv.url,
+                 "--judge-api-key", "k", "--scorers", "detection", "--embed-backend", "none", "--no-progress",
+                 "--judge-price-input", 0.27, "--judge-price-cached-input", 0.07, "--judge-price-output", 1.10)
+    assert r.rc == 0, r.text
+    paid = int(re.search(r"requests: (\d+) paid", r.out)[1])
+    cost = paid * (2_000 * 0.27 + 8_000 * 0.07 + 100 * 1.10) / 1e6
+    assert f"{paid * 10_000:,} in ({paid * 8_000:,} from the provider's prompt cache)" in r.out, r.out
+    assert f"cost ${cost:.4f} (estimated at $0.27 input, $0.07 cached input, $1.1 output per 1M tokens)" in r.out, r.out
