@@ -672,11 +672,12 @@ def gemini_quota_error(quota_id: str, retry_s: float = 36.429760048) -> tuple[in
             {"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": f"{int(retry_s)}s"}]}}]).encode()
 
 
-def openrouter_free_per_day(reset_ms: int) -> tuple[int, dict[str, str], bytes]:
-    """OpenRouter's 429 for a key that spent its free-model requests of the day; when they come back is
-    only in the body's metadata (milliseconds since the epoch)."""
+def openrouter_free_models_429(reset_ms: int, per: str = "day") -> tuple[int, dict[str, str], bytes]:
+    """OpenRouter's 429 for a key that spent its free-model requests of the day (`per` "day") or of the minute
+    ("min"); when they come back is only in the body's metadata (milliseconds since the epoch)."""
+    more = " Add 10 credits to unlock 1000 free model requests per day" if per == "day" else ""
     return 429, {}, json.dumps({"error": {
-        "message": "Rate limit exceeded: free-models-per-day. Add 10 credits to unlock 1000 free model requests per day",
+        "message": f"Rate limit exceeded: free-models-per-{per}.{more}",
         "code": 429, "metadata": {"headers": {"X-RateLimit-Limit": "50", "X-RateLimit-Remaining": "0",
                                               "X-RateLimit-Reset": str(reset_ms)}, "provider_name": None}},
         "user_id": "user_2x"}).encode()
