@@ -101,3 +101,23 @@ def test_saesteer_label_prices_cache_hits_at_judge_price_cached_input(srv, tmp_p
     cost = paid * (2_000 * 0.27 + 8_000 * 0.07 + 100 * 1.10) / 1e6
     assert f"{paid * 10_000:,} in ({paid * 8_000:,} from the provider's prompt cache)" in r.out, r.out
     assert f"cost ${cost:.4f} (estimated at $0.27 input, $0.07 cached input, $1.1 output per 1M tokens)" in r.out, r.out
+
+
+def test_a_usd_budget_holds_where_the_provider_bills_more_than_the_prices_given(srv, tmp_path):
+    """A USD budget needs prices to bound a request before it is sent; OpenRouter then reports what it billed,
+    here 10 times what the prices given (a low guess) make of the same tokens. The bound learns that
+    from the first reply, so the run stops before its reported spending crosses the budget."""
+    from helpers.label_store import build_trigger_store
+
+    path, _ = build_trigger_store(tmp_path / "toy.db", n_latents=5)
+    priced = (194 * 0.5 + 12 * 1.5) / 1e6  # what the guessed prices make of OPENROUTER_USAGE's tokens
+    usage = {**OPENROUTER_USAGE, "cost": 10 * priced}
+    srv.reply = lambda ex: chat_completion(fake_llm_answer(ex.body), usage=usage)
+    budget = 0.003  # the first reply's cost fits it twice over; a few more would cross it
+    r = saesteer("label", "--store", path, "--judge-model", "meta-llama/llama-3.3-70b-instruct",
+                 "--judge-base-url", srv.url, "--judge-api-key", "k", "--judge-concurrency", 1, "--scorers",
+                 "detection", "--embed-backend", "none", "--no-progress", "--judge-price-input", 0.5,
+                 "--judge-price-output", 1.5, "--budget", f"{budget}usd")
+    assert r.rc == 3, r.text  # stopped by the budget
+    spent = float(re.search(r"cost \$([\d.]+) \(as the provider reported it\)", r.out)[1])
+    assert 0 < spent <= budget, r.out
