@@ -121,3 +121,23 @@ def test_a_usd_budget_holds_where_the_provider_bills_more_than_the_prices_given(
     assert r.rc == 3, r.text  # stopped by the budget
     spent = float(re.search(r"cost \$([\d.]+) \(as the provider reported it\)", r.out)[1])
     assert 0 < spent <= budget, r.out
+
+
+def test_a_cost_reported_for_some_replies_only_is_summed_saying_which_part_is_estimated(srv):
+    """Replies that carry no cost (a provider routed around OpenRouter's accounting, a proxy that drops it) are
+    priced; the total says how many were reported and at what prices the rest were estimated. With no price
+    known, a total that would hold only the reported part is no total: none is given."""
+    plain = {k: v for k, v in OPENROUTER_USAGE.items() if k not in ("cost", "cost_details", "is_byok")}
+    usages = iter([OPENROUTER_USAGE, plain, OPENROUTER_USAGE] * 2)
+    srv.reply = lambda ex: chat_completion('{"label": "sea"}', usage=next(usages))
+    j = judge(srv, model="openai/gpt-4o-mini", price_input=0.15, price_output=0.60)
+    for _ in range(3):
+        j.complete_sync(ASK, schema=LABEL)
+    u = j.ledger.summary()
+    assert u["cost_usd"] == pytest.approx(2 * 0.000123 + (194 * 0.15 + 12 * 0.60) / 1e6, abs=1e-6)  # rounded
+    assert u["cost_source"] == ("as the provider reported it for 2 of 3 requests, estimated for the rest at $0.15 "
+                                "input, $0.15 cached input, $0.6 output per 1M tokens")
+    unpriced = judge(srv, model="meta-llama/llama-3.3-70b-instruct")
+    for _ in range(3):
+        unpriced.complete_sync(ASK, schema=LABEL)
+    assert unpriced.ledger.summary()["cost_usd"] is None and unpriced.ledger.summary()["cost_source"] is None
