@@ -130,7 +130,7 @@ def quota_spent(said: str, *, until: str = "") -> CredentialsRejected:
     free-models-per-day, a wait of hours): retrying within the run would only wait; `until` says when the
     server said it resets, if it did."""
     return CredentialsRejected(f"{said}: the provider's quota for this key is spent{until}; rerun once it is back, "
-                               f"raise the quota, or use another key (--judge-api-key); {_RESUMES}")
+                               f"raise the quota, or use a key of another account (--judge-api-key); {_RESUMES}")
 
 
 def long_wait(said: str, seconds: float, status: int | None) -> CredentialsRejected:

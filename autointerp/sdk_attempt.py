@@ -17,6 +17,7 @@ as a whole, and an HTTP error status as the judge's failure.
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import re
 from typing import Any, Awaitable, Callable, TypeVar
 
@@ -147,15 +148,18 @@ def daily_quota(err: Any, said: str) -> bool:
     names the quota met in its `QuotaFailure` details (quotaId GenerateRequestsPerDayPerProjectPerModel-FreeTier;
     its words, "You exceeded your current quota", and its retryDelay of seconds are the same for a per-minute
     quota), OpenRouter's says free-models-per-day."""
-    if _PER_DAY_WORDS.search(said):
-        return True
+    return bool(_PER_DAY_WORDS.search(said)) or any("perday" in q.lower() for q in _quota_ids(err))
+
+
+def _quota_ids(err: Any) -> list[str]:
+    """The quotaIds a Google error's `QuotaFailure` details name: the quotas the request went over."""
+    ids = []
     details = err.get("details") if isinstance(err, dict) else None
     for d in details if isinstance(details, list) else ():
-        violations = d.get("violations") if isinstance(d, dict) else None
-        for v in violations if isinstance(violations, list) else ():
-            if isinstance(v, dict) and "perday" in str(v.get("quotaId", "")).lower():
-                return True
-    return False
+        for v in (d.get("violations") or ()) if isinstance(d, dict) else ():
+            if isinstance(v, dict) and "quotaId" in v:
+                ids.append(str(v["quotaId"]))
+    return ids
 
 
 def _google_retry_delay(err: Any) -> float | None:
@@ -171,9 +175,9 @@ def _google_retry_delay(err: Any) -> float | None:
 
 def _resets_at(err: Any) -> str:
     """' until HH:MM UTC' from the reset time an OpenRouter 429 carries in its body (`metadata.headers`
-    `X-RateLimit-Reset`, milliseconds since the epoch), else ' for the day'."""
-    import datetime as dt
-
+    `X-RateLimit-Reset`, milliseconds since the epoch); Gemini's daily quotas reset at midnight Pacific time
+    and are its Google Cloud project's, not the key's (a new key of the same project gets none); else ' for
+    the day'."""
     meta = err.get("metadata") if isinstance(err, dict) else None
     headers = meta.get("headers") if isinstance(meta, dict) else None
     try:
@@ -181,7 +185,11 @@ def _resets_at(err: Any) -> str:
         when = dt.datetime.fromtimestamp(ms / 1000, dt.timezone.utc) if ms else None
     except (TypeError, ValueError, OverflowError, OSError):
         when = None
-    return f" until {when:%Y-%m-%d %H:%M} UTC" if when else " for the day"
+    if when:
+        return f" until {when:%Y-%m-%d %H:%M} UTC"
+    if _quota_ids(err):
+        return " until midnight Pacific time (Gemini counts it per Google Cloud project: another key needs another project)"
+    return " for the day"
 
 
 def error_code(err: Any) -> str | None:

@@ -56,8 +56,10 @@ def test_geminis_per_day_quota_stops_at_its_first_429_never_waited_out(srv):
     srv.reply = then_answer(*[gemini_quota_error(PER_DAY)] * 4)
     slept = []
     j = judge(srv, slept)
-    with pytest.raises(CredentialsRejected, match="You exceeded your current quota.*quota for this key is spent "
-                                                  "for the day.*rerunning the same command resumes"):
+    # Gemini's daily quotas reset at midnight Pacific time and are counted per Google Cloud project
+    with pytest.raises(CredentialsRejected, match="You exceeded your current quota.*quota for this key is spent until "
+                                                  "midnight Pacific time.*another project.*rerunning the same command "
+                                                  "resumes"):
         j.complete_sync(ASK, schema=LABEL)
     with pytest.raises(CredentialsRejected):  # and the judge sends nothing more
         j.complete_sync(ASK, schema=LABEL)
