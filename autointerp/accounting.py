@@ -12,8 +12,8 @@ usage the server reports (by a server that reports none, by the bound: `Judge._b
 prompt tokens its prompt cache served at the cached-input price), and the cost by the one the provider
 reported where its reply carries one (OpenRouter's `usage.cost`: what it billed), else by the prices; a
 provider that billed more than the prices make of the same tokens scales every later USD bound by the
-largest such ratio (the prices given were too low). A request whose bound could overrun the budget is not sent: it waits
-for the requests in flight to settle, and if it still does not fit `BudgetExceeded` is raised,
+largest such ratio (the prices given were too low). A request whose bound could overrun the budget is not
+sent: it waits for the requests in flight to settle, and if it still does not fit `BudgetExceeded` is raised,
 the runner abandons that latent (nothing written) and stops starting new ones. So the spending
 never crosses the budget as long as the server honours `max_tokens` (and, where the provider reports its cost,
 the requests sent before its first report cost no more than the prices' bound). Cached answers cost nothing
@@ -279,7 +279,8 @@ class Ledger:
         with self._lock:
             if self.budget.unit == "tokens":
                 return self.spent_tokens + int(est_prompt_tokens) + int(max_output_tokens) <= self.budget.amount
-            return self.totals.cost_usd + self._usd_bound(est_prompt_tokens, max_output_tokens) <= self.budget.amount + 1e-12
+            usd = self._usd_bound(est_prompt_tokens, max_output_tokens)
+            return self.totals.cost_usd + usd <= self.budget.amount + 1e-12
 
     def reserve(self, est_prompt_tokens: int, max_output_tokens: int) -> Reservation:
         """Reserve a request's upper bound, or raise BudgetExceeded (and mark the budget exhausted)."""

@@ -156,7 +156,8 @@ def _quota_ids(err: Any) -> list[str]:
     ids = []
     details = err.get("details") if isinstance(err, dict) else None
     for d in details if isinstance(details, list) else ():
-        for v in (d.get("violations") or ()) if isinstance(d, dict) else ():
+        violations = d.get("violations") if isinstance(d, dict) else None
+        for v in violations if isinstance(violations, list) else ():
             if isinstance(v, dict) and "quotaId" in v:
                 ids.append(str(v["quotaId"]))
     return ids
