@@ -189,7 +189,8 @@ def _resets_at(err: Any) -> str:
     if when:
         return f" until {when:%Y-%m-%d %H:%M} UTC"
     if _quota_ids(err):
-        return " until midnight Pacific time (Gemini counts it per Google Cloud project: another key needs another project)"
+        return (" until midnight Pacific time (Gemini counts it per Google Cloud project: another key needs another "
+                "project)")
     return " for the day"
 
 

@@ -229,6 +229,10 @@ class JudgeServer:
         self.hold_after = self.hold_from = None
         self._released.set()
 
+    def chat_exchanges(self) -> list[Exchange]:
+        """The requests made to the chat-completions route (not /models and the like)."""
+        return [e for e in self.exchanges if e.path.split("?")[0].endswith("/chat/completions")]
+
     def n_completed(self) -> int:
         with self._lock:
             return sum(1 for r in self.records if r.completed)
@@ -627,6 +631,12 @@ def fake_llm_answer(body: dict) -> str:
 
 # ---------------------------------------------------------------------------------------------
 # real providers' replies, byte for byte where it matters, for `JudgeServer(reply=...)`
+
+
+def first_then(*first: tuple[int, dict[str, str], bytes], then: tuple[int, dict[str, str], bytes]):
+    """A `reply` that serves the `first` replies in turn (faults: a 429, a 500), then `then` to every request."""
+    replies = iter(first)
+    return lambda ex: next(replies, None) or then
 
 
 def chat_completion(content: str | None, *, finish: str = "stop", usage: dict | None = None, message_extra=None,
