@@ -90,13 +90,15 @@ def failure_for(status: int | None, said: str, *, code: str | None = None, err: 
     (OpenAI's 429 `insufficient_quota`, a 402 from OpenRouter, DeepSeek or Anthropic, Anthropic's 400
     "Your credit balance is too low") refuses every request alike, however long one waits: the run
     stops there too, never retried as a rate limit; so does a quota spent for the day (`daily_quota`, from
-    the error object `err`), whose 429 may name a wait of seconds all the same."""
+    the error object `err`), whose 429 may name a wait of seconds all the same, and Anthropic's spend limit."""
     if status == 401:  # every request of the run would be refused alike: it stops, saying what to set
         return CredentialsRejected(f"{said}: {credentials}")
     if status == 402 or code == "insufficient_quota" or "credit balance is too low" in said:
         return no_credit(said)
     if status in (429, None) and daily_quota(err, said):
         return quota_spent(said, until=_resets_at(err))
+    if status == 400 and _SPEND_LIMIT_WORDS.search(said):  # its message names the day access comes back
+        return quota_spent(said)
     if status is None:
         return TransientError(said)
     headers = {} if headers is None else headers
@@ -138,6 +140,9 @@ def error_object(body: Any) -> dict | None:
     return err if isinstance(err, dict) else None
 
 
+# Anthropic's 400 for a workspace that reached the spend limit set for it: "You have reached your specified API
+# usage limits. You will regain access on 2026-04-01 at 00:00 UTC." (every request until then alike)
+_SPEND_LIMIT_WORDS = re.compile(r"reached your specified API usage limits", re.IGNORECASE)
 # OpenRouter's daily cap on free models ("Rate limit exceeded: free-models-per-day. Add 10 credits to unlock
 # 1000 free model requests per day"; "free-models-per-day-high-balance")
 _PER_DAY_WORDS = re.compile(r"free-models-per-day", re.IGNORECASE)

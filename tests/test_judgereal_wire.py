@@ -54,15 +54,21 @@ def test_an_account_without_credit_stops_at_its_first_request_never_retried(srv,
     assert "--judge-api-key" in e.value.reason
 
 
-def test_claude_with_a_credit_balance_too_low_stops_at_its_first_request(srv):
-    """Anthropic says it with a 400 invalid_request_error (a 402 billing_error where billing fails)."""
-    low = (400, {}, json.dumps({"type": "error", "error": {"type": "invalid_request_error", "message": (
-        "Your credit balance is too low to access the Anthropic API. Please go to Plans & Billing to upgrade or "
-        "purchase credits.")}, "request_id": "req_1"}).encode())
+@pytest.mark.parametrize("message, said", [
+    ("Your credit balance is too low to access the Anthropic API. Please go to Plans & Billing to upgrade or "
+     "purchase credits.", "credit balance is too low.*no credit left"),
+    # the spend limit a workspace set for itself: no request passes before the day it names
+    ("You have reached your specified API usage limits. You will regain access on 2026-04-01 at 00:00 UTC.",
+     "regain access on 2026-04-01.*quota for this key is spent.*rerunning the same command resumes"),
+], ids=["credit-too-low", "spend-limit"])
+def test_claude_with_no_credit_or_its_spend_limit_reached_stops_at_its_first_request(srv, message, said):
+    """Anthropic says both with a 400 invalid_request_error (a 402 billing_error where billing fails)."""
+    low = (400, {}, json.dumps({"type": "error", "error": {"type": "invalid_request_error", "message": message},
+                                "request_id": "req_1"}).encode())
     srv.reply = lambda ex: low
     j = make_judge(JudgeConfig(backend="anthropic", model="claude-haiku-4-5", base_url=srv.root, api_key="k",
                                max_retries=3, use_cache=False), cache_path=None)
-    with pytest.raises(CredentialsRejected, match="credit balance is too low.*no credit left"):
+    with pytest.raises(CredentialsRejected, match=said):
         j.complete_sync(ASK, schema=LABEL)
     with pytest.raises(CredentialsRejected):  # and nothing more is sent
         j.complete_sync(ASK, schema=LABEL)
