@@ -10,10 +10,13 @@ framing (learnt from the server's reports: the largest excess it ever reported o
 plus the full `max_tokens` of output. When the answer arrives the reservation is replaced by the
 usage the server reports (by a server that reports none, by the bound: `Judge._bound_usage`;
 prompt tokens its prompt cache served at the cached-input price), and the cost by the one the provider
-reported where its reply carries one (OpenRouter's `usage.cost`: what it billed), else by the prices. A request whose bound could overrun the budget is not sent: it waits
-for the requests in flight to settle, and if it still does not fit `BudgetExceeded` is raised,
+reported where its reply carries one (OpenRouter's `usage.cost`: what it billed), else by the prices; a
+provider that billed more than the prices make of the same tokens scales every later USD bound by the
+largest such ratio (the prices given were too low). A request whose bound could overrun the budget is not
+sent: it waits for the requests in flight to settle, and if it still does not fit `BudgetExceeded` is raised,
 the runner abandons that latent (nothing written) and stops starting new ones. So the spending
-never crosses the budget as long as the server honours `max_tokens`. Cached answers cost nothing
+never crosses the budget as long as the server honours `max_tokens` (and, where the provider reports its cost,
+the requests sent before its first report cost no more than the prices' bound). Cached answers cost nothing
 and are never refused. (`estimate_message_tokens`, chars / 3.5, is the typical count that dry-run
 estimates use; it is not a bound.)
 """
@@ -203,6 +206,9 @@ class Ledger:
     totals: _Counters = field(default_factory=_Counters)
     _reserved_tokens: int = 0
     _reserved_usd: float = 0.0
+    # how much more than `prices` the provider bills: the largest ratio of a reported cost (OpenRouter's) to
+    # the prices' cost of the same tokens; a USD bound is priced times this, so it holds with prices too low
+    _billed_over_priced: float = 1.0
     exhausted: bool = False
 
     def __post_init__(self) -> None:
@@ -273,7 +279,7 @@ class Ledger:
         with self._lock:
             if self.budget.unit == "tokens":
                 return self.spent_tokens + int(est_prompt_tokens) + int(max_output_tokens) <= self.budget.amount
-            usd = self.prices.cost(est_prompt_tokens, max_output_tokens) or 0.0
+            usd = self._usd_bound(est_prompt_tokens, max_output_tokens)
             return self.totals.cost_usd + usd <= self.budget.amount + 1e-12
 
     def reserve(self, est_prompt_tokens: int, max_output_tokens: int) -> Reservation:
@@ -292,8 +298,8 @@ class Ledger:
     def try_reserve(self, est_prompt_tokens: int, max_output_tokens: int) -> Reservation | None:
         """Reserve a request's upper bound if it fits beside what is spent and reserved, else None."""
         tokens = int(est_prompt_tokens) + int(max_output_tokens)
-        usd = self.prices.cost(est_prompt_tokens, max_output_tokens) or 0.0
         with self._lock:
+            usd = self._usd_bound(est_prompt_tokens, max_output_tokens)
             if self.budget is not None:
                 if self.budget.unit == "tokens":
                     over = self.spent_tokens + self._reserved_tokens + tokens > self.budget.amount
@@ -304,6 +310,9 @@ class Ledger:
             self._reserved_tokens += tokens
             self._reserved_usd += usd
         return Reservation(tokens, usd)
+
+    def _usd_bound(self, est_prompt_tokens: int, max_output_tokens: int) -> float:
+        return (self.prices.cost(est_prompt_tokens, max_output_tokens) or 0.0) * self._billed_over_priced
 
     def release(self, r: Reservation) -> None:
         with self._lock:
@@ -316,11 +325,11 @@ class Ledger:
                cached_prompt_tokens: int = 0, reported_cost: float | None = None) -> float | None:
         """Turn a reservation into real usage; returns the cost: the one the provider reported (what it
         billed), else priced by `prices` (None if the price is unknown)."""
-        if reported_cost is not None:
-            cost = reported_cost
-        else:
-            cost = self.prices.cost(prompt_tokens, completion_tokens, cached_prompt_tokens)
+        priced = self.prices.cost(prompt_tokens, completion_tokens, cached_prompt_tokens)
+        cost = priced if reported_cost is None else reported_cost
         with self._lock:
+            if reported_cost is not None and priced:
+                self._billed_over_priced = max(self._billed_over_priced, reported_cost / priced)
             if r.open:
                 r.open = False
                 self._reserved_tokens -= r.tokens

@@ -113,8 +113,8 @@ class CredentialsRejected(RequestFailed, SaesteerError):
 # what a stop for a spent quota or credit says besides the server's words: the run's work is not lost
 _RESUMES = ("labels written so far are kept, and rerunning the same command resumes where this run stopped "
             "(answers already given are cached)")
-# a server-requested wait this long (and over --judge-max-retry-after-s) is a quota spent for hours, not a
-# rate limit to sit out: Groq's "tokens per day ... try again in 7h12m", a Retry-After of hours
+# a server-requested wait this long (and over --judge-max-retry-after-s) is not one to sit out within the run: a
+# quota spent for hours (Groq's "tokens per day ... try again in 7h12m"), a server down for hours (`long_wait`)
 QUOTA_WAIT_S = 3600.0
 
 
@@ -130,11 +130,17 @@ def quota_spent(said: str, *, until: str = "") -> CredentialsRejected:
     free-models-per-day, a wait of hours): retrying within the run would only wait; `until` says when the
     server said it resets, if it did."""
     return CredentialsRejected(f"{said}: the provider's quota for this key is spent{until}; rerun once it is back, "
-                               f"raise the quota, or use another key (--judge-api-key); {_RESUMES}")
+                               f"raise the quota, or use a key of another account (--judge-api-key); {_RESUMES}")
 
 
-def _hours(seconds: float) -> str:
-    return f"{seconds / 3600:.1f} h" if seconds >= 3600 else f"{seconds / 60:.0f} min"
+def long_wait(said: str, seconds: float, status: int | None) -> CredentialsRejected:
+    """The stop for a server asking to wait hours: a 429's is a quota spent for hours (Groq's tokens per day);
+    another status's (a 503 down for maintenance) is no quota, and rerunning later is the fix."""
+    wait = f"{seconds / 3600:.1f} h" if seconds >= 3600 else f"{seconds / 60:.0f} min"
+    if status == 429:
+        return quota_spent(said, until=f" (the server asks to wait {wait})")
+    return CredentialsRejected(f"{said}: the server asks to wait {wait} before the next request; rerun then; "
+                               f"{_RESUMES}")
 
 
 class AnswerInvalid(JudgeError):
@@ -420,8 +426,7 @@ class Judge:
                     break
                 if err.retry_after is not None and err.retry_after > max(self.retry.max_retry_after_s, QUOTA_WAIT_S):
                     self.ledger.count(failed=1)  # waiting hours within the run helps nothing: stop, saying when
-                    stop = quota_spent(f"request rejected: {err.reason}",
-                                       until=f" (the server asks to wait {_hours(err.retry_after)})")
+                    stop = long_wait(f"request rejected: {err.reason}", err.retry_after, err.status)
                     self._refused = stop.reason
                     raise stop from None
                 if retry >= self.retry.max_retries:

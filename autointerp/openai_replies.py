@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import html
 import json
+import math
 import re
 from typing import Any
 
@@ -163,8 +164,6 @@ def _reported_cost(usage: dict) -> float | None:
     one per USD; sent with every reply, `usage: {include: true}` no longer needed), plus, for a request
     it sent with the user's own provider key (`is_byok`), `cost_details.upstream_inference_cost`, which
     that provider bills apart. None where no finite, non-negative figure is given."""
-    import math
-
     def usd(x: Any) -> float | None:
         if isinstance(x, bool) or not isinstance(x, (int, float, str)):
             return None

@@ -17,6 +17,7 @@ as a whole, and an HTTP error status as the judge's failure.
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import re
 from typing import Any, Awaitable, Callable, TypeVar
 
@@ -89,13 +90,15 @@ def failure_for(status: int | None, said: str, *, code: str | None = None, err: 
     (OpenAI's 429 `insufficient_quota`, a 402 from OpenRouter, DeepSeek or Anthropic, Anthropic's 400
     "Your credit balance is too low") refuses every request alike, however long one waits: the run
     stops there too, never retried as a rate limit; so does a quota spent for the day (`daily_quota`, from
-    the error object `err`), whose 429 may name a wait of seconds all the same."""
+    the error object `err`), whose 429 may name a wait of seconds all the same, and Anthropic's spend limit."""
     if status == 401:  # every request of the run would be refused alike: it stops, saying what to set
         return CredentialsRejected(f"{said}: {credentials}")
     if status == 402 or code == "insufficient_quota" or "credit balance is too low" in said:
         return no_credit(said)
     if status in (429, None) and daily_quota(err, said):
         return quota_spent(said, until=_resets_at(err))
+    if status == 400 and _SPEND_LIMIT_WORDS.search(said):  # its message names the day access comes back
+        return quota_spent(said)
     if status is None:
         return TransientError(said)
     headers = {} if headers is None else headers
@@ -137,6 +140,9 @@ def error_object(body: Any) -> dict | None:
     return err if isinstance(err, dict) else None
 
 
+# Anthropic's 400 for a workspace that reached the spend limit set for it: "You have reached your specified API
+# usage limits. You will regain access on 2026-04-01 at 00:00 UTC." (every request until then alike)
+_SPEND_LIMIT_WORDS = re.compile(r"reached your specified API usage limits", re.IGNORECASE)
 # OpenRouter's daily cap on free models ("Rate limit exceeded: free-models-per-day. Add 10 credits to unlock
 # 1000 free model requests per day"; "free-models-per-day-high-balance")
 _PER_DAY_WORDS = re.compile(r"free-models-per-day", re.IGNORECASE)
@@ -147,15 +153,19 @@ def daily_quota(err: Any, said: str) -> bool:
     names the quota met in its `QuotaFailure` details (quotaId GenerateRequestsPerDayPerProjectPerModel-FreeTier;
     its words, "You exceeded your current quota", and its retryDelay of seconds are the same for a per-minute
     quota), OpenRouter's says free-models-per-day."""
-    if _PER_DAY_WORDS.search(said):
-        return True
+    return bool(_PER_DAY_WORDS.search(said)) or any("perday" in q.lower() for q in _quota_ids(err))
+
+
+def _quota_ids(err: Any) -> list[str]:
+    """The quotaIds a Google error's `QuotaFailure` details name: the quotas the request went over."""
+    ids = []
     details = err.get("details") if isinstance(err, dict) else None
     for d in details if isinstance(details, list) else ():
         violations = d.get("violations") if isinstance(d, dict) else None
         for v in violations if isinstance(violations, list) else ():
-            if isinstance(v, dict) and "perday" in str(v.get("quotaId", "")).lower():
-                return True
-    return False
+            if isinstance(v, dict) and "quotaId" in v:
+                ids.append(str(v["quotaId"]))
+    return ids
 
 
 def _google_retry_delay(err: Any) -> float | None:
@@ -171,9 +181,9 @@ def _google_retry_delay(err: Any) -> float | None:
 
 def _resets_at(err: Any) -> str:
     """' until HH:MM UTC' from the reset time an OpenRouter 429 carries in its body (`metadata.headers`
-    `X-RateLimit-Reset`, milliseconds since the epoch), else ' for the day'."""
-    import datetime as dt
-
+    `X-RateLimit-Reset`, milliseconds since the epoch); Gemini's daily quotas reset at midnight Pacific time
+    and are its Google Cloud project's, not the key's (a new key of the same project gets none); else ' for
+    the day'."""
     meta = err.get("metadata") if isinstance(err, dict) else None
     headers = meta.get("headers") if isinstance(meta, dict) else None
     try:
@@ -181,7 +191,12 @@ def _resets_at(err: Any) -> str:
         when = dt.datetime.fromtimestamp(ms / 1000, dt.timezone.utc) if ms else None
     except (TypeError, ValueError, OverflowError, OSError):
         when = None
-    return f" until {when:%Y-%m-%d %H:%M} UTC" if when else " for the day"
+    if when:
+        return f" until {when:%Y-%m-%d %H:%M} UTC"
+    if _quota_ids(err):
+        return (" until midnight Pacific time (Gemini counts it per Google Cloud project: another key needs another "
+                "project)")
+    return " for the day"
 
 
 def error_code(err: Any) -> str | None:

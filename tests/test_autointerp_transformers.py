@@ -30,7 +30,7 @@ def _tiny_model(template: str):
     from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
 
     words = ["<pad>", "<eos>", "<unk>", ANSWER, "system", "user", "assistant", ":", "{", "}", '"label"', "ocean",
-             "the", "Example", "<<", ">>", "<think>", "</think>"]
+             "the", "Example", "<<", ">>", "<think>", "</think>", "<reasoning>", "</reasoning>"]
     tk = Tokenizer(models.WordLevel(vocab={w: i for i, w in enumerate(words)}, unk_token="<unk>"))
     tk.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
     tok = PreTrainedTokenizerFast(tokenizer_object=tk, pad_token="<pad>", eos_token="<eos>", unk_token="<unk>")
@@ -82,14 +82,15 @@ def test_valid_local_answer_goes_through(tiny):
             [{"role": "user", "content": "again"}], LABEL_SCHEMA, max_tokens=2)
 
 
-def test_a_reply_inside_thinking_the_template_opened_is_never_the_answer(tmp_path):
+@pytest.mark.parametrize("tag", ["<think>", "<reasoning>"])  # a GRPO fine-tune's template opens <reasoning>
+def test_a_reply_inside_thinking_the_template_opened_is_never_the_answer(tmp_path, tag):
     """DeepSeek-R1's and QwQ's templates end the prompt with "<think>": the reply starts inside the
     block, with no opening tag. A reply with no closing tag is all thinking, however valid it reads
     (here the bare answer itself): cut off at the limit it is truncated output, not a label, and so
     it stays when read back from the response cache."""
     from autointerp.cache import ResponseCache
 
-    model, tok = _tiny_model(TEMPLATE.replace("assistant : {% endif %}", "assistant : <think> {% endif %}"))
+    model, tok = _tiny_model(TEMPLATE.replace("assistant : {% endif %}", f"assistant : {tag} {{% endif %}}"))
     backend = TransformersBackend(forced_to(model, tok, ANSWER), tok, name="tiny-thinking")
     for run in range(2):
         judge = Judge(backend, max_reasks=0, cache=ResponseCache(tmp_path / "cache.sqlite"))

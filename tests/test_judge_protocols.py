@@ -89,10 +89,6 @@ def answered_at_once(srv, content):
     return done
 
 
-def chats(srv):
-    return [e for e in srv.exchanges if e.path.split("?")[0].endswith("/chat/completions")]
-
-
 # ---------------------------------------------------------------------------------------------
 # reasoning models behind OpenAI's API
 
@@ -118,13 +114,13 @@ def test_a_reasoning_model_refusing_max_tokens_and_temperature_answers_after_one
     assert first.value == {"label": "sea words"}
     said = " | ".join(str(w.message) for w in notes)
     assert "max_completion_tokens" in said and "default temperature" in said
-    assert len(chats(srv)) == 3  # refused twice, once per parameter, then answered
+    assert len(srv.chat_exchanges()) == 3  # refused twice, once per parameter, then answered
     srv.exchanges.clear()
     with warnings.catch_warnings():
         warnings.simplefilter("error", SaesteerWarning)  # no second note
         second = j.complete_sync([ASK[0], {"role": "user", "content": "<examples>ship</examples>"}], schema=LABEL)
     assert second.value == {"label": "sea words"}
-    (sent,) = chats(srv)  # later requests go out in the accepted form from the start
+    (sent,) = srv.chat_exchanges()  # later requests go out in the accepted form from the start
     assert sent.body["max_completion_tokens"] == 256 and "max_tokens" not in sent.body and "temperature" not in sent.body
 
 
@@ -151,7 +147,7 @@ def test_concurrent_refusals_are_each_resent_and_said_once(srv):
     said = [str(w.message) for w in notes]
     assert sum("does not take max_tokens" in m for m in said) == 1
     assert sum("default temperature" in m for m in said) == 1
-    assert len(chats(srv)) <= 3 * n
+    assert len(srv.chat_exchanges()) <= 3 * n
 
 
 def test_saesteer_label_with_a_gpt5_style_judge_labels_and_says_what_it_switched(srv, tmp_path):
@@ -195,12 +191,12 @@ def test_a_reply_that_spent_its_limit_thinking_fails_at_once_and_the_named_setti
     msg = e.value.reason
     assert "truncated judge output" in msg and "(256)" in msg and "256 reasoning tokens" in msg
     assert {"--judge-reasoning-tokens", "--judge-reasoning-effort"} <= flags_named(msg) <= known_flags("label")
-    assert len(chats(srv)) == 1  # not re-asked: the same limit would end the same way
+    assert len(srv.chat_exchanges()) == 1  # not re-asked: the same limit would end the same way
     srv.exchanges.clear()
     assert ask(srv, max_tokens_param="max_completion_tokens", reasoning_tokens=2000).value == {"label": "tides"}
-    assert chats(srv)[0].body["max_completion_tokens"] == 2256
+    assert srv.chat_exchanges()[0].body["max_completion_tokens"] == 2256
     assert ask(srv, reasoning_effort="low").value == {"label": "tides"}
-    assert chats(srv)[-1].body["reasoning_effort"] == "low"
+    assert srv.chat_exchanges()[-1].body["reasoning_effort"] == "low"
 
 
 def test_ollama_reasoning_field_with_an_empty_answer_at_the_limit_is_a_truncation_error(srv):
@@ -208,7 +204,7 @@ def test_ollama_reasoning_field_with_an_empty_answer_at_the_limit_is_a_truncatio
     srv.reply = lambda ex: ok("", finish="length", message_extra={"reasoning": 'The label is {"label": "x"} maybe'})
     with pytest.raises(AnswerInvalid, match="truncated judge output.*still thinking"):
         ask(srv)
-    assert len(chats(srv)) == 1
+    assert len(srv.chat_exchanges()) == 1
 
 
 def test_saesteer_label_can_turn_an_ollama_models_thinking_off_with_reasoning_effort_none(srv, tmp_path):
@@ -227,7 +223,7 @@ def test_saesteer_label_can_turn_an_ollama_models_thinking_off_with_reasoning_ef
     saesteer("label", "--store", path, "--judge-model", "gemma4:26b", "--judge-base-url", srv.url,
              "--judge-reasoning-effort", "none", "--scorers", "detection", "--embed-backend", "none",
              "--no-progress").ok()
-    assert {e.body.get("reasoning_effort") for e in chats(srv)} == {"none"}
+    assert {e.body.get("reasoning_effort") for e in srv.chat_exchanges()} == {"none"}
     from features import FeatureStore
 
     with FeatureStore.open(path) as st:
@@ -251,10 +247,10 @@ def test_judge_reasoning_effort_takes_only_the_values_servers_accept(srv, tmp_pa
     assert bad.rc == 2 and len(bad.err.strip().splitlines()) == 1, bad.err
     assert "--judge-reasoning-effort" in bad.err and "'hihg'" in bad.err
     assert "none, minimal, low, medium, high, xhigh, max" in bad.err
-    assert not chats(srv)  # refused before anything was sent
+    assert not srv.chat_exchanges()  # refused before anything was sent
     srv.reply = lambda ex: ok(fake_llm_answer(ex.body))
     saesteer(*flags, "--judge-reasoning-effort", "Low").ok()
-    assert {e.body.get("reasoning_effort") for e in chats(srv)} == {"low"}
+    assert {e.body.get("reasoning_effort") for e in srv.chat_exchanges()} == {"low"}
     # a local transformers judge sends no reasoning_effort: refused before its model is loaded
     local = saesteer(*flags[:3], "--judge-backend", "transformers", "--judge-model", tmp_path / "no-model-here",
                      "--judge-reasoning-effort", "low")
@@ -268,7 +264,7 @@ def test_replies_holding_only_reasoning_fail_naming_the_setting_that_turns_think
         ask(srv)
     assert "only reasoning" in e.value.reason and "--judge-reasoning-effort none" in e.value.reason
     assert flags_named(e.value.reason) <= known_flags("label")
-    assert len(chats(srv)) == 3  # 1 + max_reasks: never read from the reasoning field
+    assert len(srv.chat_exchanges()) == 3  # 1 + max_reasks: never read from the reasoning field
 
 
 # ---------------------------------------------------------------------------------------------
@@ -306,7 +302,7 @@ def test_a_think_block_cut_off_at_the_limit_is_truncated_output_never_a_label(sr
     srv.reply = lambda ex: ok('<think>\nThe examples show ships. Draft: {"label": "boats"}. But the marks', finish="length")
     with pytest.raises(AnswerInvalid, match="truncated judge output.*still thinking"):
         ask(srv)
-    assert len(chats(srv)) == 1
+    assert len(srv.chat_exchanges()) == 1
 
 
 def test_a_reply_cut_off_inside_thinking_the_template_opened_is_truncated_output_never_a_label(srv):
@@ -315,7 +311,7 @@ def test_a_reply_cut_off_inside_thinking_the_template_opened_is_truncated_output
     srv.reply = lambda ex: ok('Okay, the examples show ships. Draft: {"label": "boats"}. But the marks', finish="length")
     with pytest.raises(AnswerInvalid, match="truncated judge output.*no </think>.*--judge-reasoning-tokens"):
         ask(srv)
-    assert len(chats(srv)) == 1
+    assert len(srv.chat_exchanges()) == 1
     # the same reply finished with its closing tag gives the answer after it, even at the limit
     srv.exchanges.clear()
     srv.reply = lambda ex: ok('Okay, ships. Draft: {"label": "boats"}.\n</think>\n\n{"label": "sea"}', finish="length")
@@ -375,7 +371,7 @@ def test_a_content_filtered_reply_fails_clearly_without_asking_again(srv):
     srv.reply = lambda ex: ok(None, finish="content_filter")
     with pytest.raises(AnswerInvalid, match="content filter"):
         ask(srv)
-    assert len(chats(srv)) == 1
+    assert len(srv.chat_exchanges()) == 1
 
 
 def test_an_error_object_in_a_200_body_is_retried_or_not_by_its_code_and_its_message_shown(srv):
@@ -395,7 +391,7 @@ def test_an_error_object_in_a_200_body_is_retried_or_not_by_its_code_and_its_mes
                                                                           "https://openrouter.ai/settings/credits"}}))
     with pytest.raises(RequestFailed, match="Insufficient credits.*code 402"):
         ask(srv)
-    assert len(chats(srv)) == 1  # a 4xx code is not retried
+    assert len(srv.chat_exchanges()) == 1  # a 4xx code is not retried
 
 
 def test_an_error_inside_the_choice_is_reported_with_its_message(srv):
@@ -404,7 +400,7 @@ def test_an_error_inside_the_choice_is_reported_with_its_message(srv):
          "error": {"code": 502, "message": "upstream model crashed"}}]}))
     with pytest.raises(RequestFailed, match="upstream model crashed"):
         ask(srv, max_retries=1)
-    assert len(chats(srv)) == 2  # a 5xx code is retried
+    assert len(srv.chat_exchanges()) == 2  # a 5xx code is retried
 
 
 def test_empty_choices_are_retried_and_reported_with_the_body(srv):
@@ -412,7 +408,7 @@ def test_empty_choices_are_retried_and_reported_with_the_body(srv):
                                          "prompt_filter_results": []}))
     with pytest.raises(RequestFailed, match=r"no choices.*prompt_filter_results"):
         ask(srv, max_retries=1)
-    assert len(chats(srv)) == 2
+    assert len(srv.chat_exchanges()) == 2
 
 
 def test_null_content_is_asked_again_and_the_second_answer_used(srv):
@@ -436,7 +432,7 @@ def test_a_proxys_html_502_is_retried_and_reported_by_its_title(srv):
     with pytest.raises(RequestFailed) as e:
         ask(srv, max_retries=1)
     assert "HTTP 502" in e.value.reason and "'502 Bad Gateway'" in e.value.reason and "<html" not in e.value.reason
-    assert len(chats(srv)) == 2
+    assert len(srv.chat_exchanges()) == 2
 
 
 def test_an_html_page_with_200_is_not_retried_and_points_at_the_base_url(srv):
@@ -444,7 +440,7 @@ def test_an_html_page_with_200_is_not_retried_and_points_at_the_base_url(srv):
     srv.reply = lambda ex: (200, {"Content-Type": "text/html"}, page)
     with pytest.raises(RequestFailed, match=r"HTML page \(title 'Open WebUI'\).*/v1"):
         ask(srv)
-    assert len(chats(srv)) == 1
+    assert len(srv.chat_exchanges()) == 1
 
 
 def test_ollamas_base_url_without_v1_gets_the_url_to_use(srv):
@@ -459,7 +455,7 @@ def test_ollamas_base_url_without_v1_gets_the_url_to_use(srv):
     with pytest.raises(RequestFailed) as e:
         ask(srv, base_url=root)
     assert "HTTP 404" in e.value.reason and f"{root}/v1 for Ollama" in e.value.reason
-    assert len(chats(srv)) == 1
+    assert len(srv.chat_exchanges()) == 1
     assert ask(srv, base_url=f"{root}/v1").value == {"label": "sea"}
     with pytest.raises(ValueError, match="without it"):
         judge(srv, base_url=f"{root}/v1/chat/completions")
@@ -492,7 +488,7 @@ def test_saesteer_label_stops_at_a_refused_key_in_one_line_naming_the_variable(s
     (line,) = r.err.strip().splitlines()
     assert "HTTP 401: Incorrect API key provided" in line and "set OPENAI_API_KEY" in line
     assert flags_named(line) <= known_flags("label")
-    assert len(chats(srv)) == 1
+    assert len(srv.chat_exchanges()) == 1
 
 
 def test_a_refused_key_is_one_exception_class_from_the_backend_to_the_caller(srv):
@@ -514,7 +510,7 @@ def test_a_refused_key_is_one_exception_class_from_the_backend_to_the_caller(srv
         j.complete_sync(ASK, schema=LABEL)
     with pytest.raises(CredentialsRejected):
         j.complete_sync(ASK, schema=LABEL)  # the judge sends nothing more
-    assert len(chats(srv)) == 2  # the backend's own request and the judge's first
+    assert len(srv.chat_exchanges()) == 2  # the backend's own request and the judge's first
 
 
 def test_a_model_not_found_404_under_v1_gets_no_url_advice(srv):
@@ -583,9 +579,9 @@ def test_labels_relabelled_from_the_response_cache_record_the_settings_their_rep
     flags = ("label", "--store", path, "--judge-model", "gpt-5-mini-cached", "--judge-base-url", srv.url,
              "--judge-api-key", "k", "--scorers", "detection", "--embed-backend", "none", "--no-progress")
     saesteer(*flags).ok()
-    sent = len(chats(srv))
+    sent = len(srv.chat_exchanges())
     saesteer(*flags, "--overwrite", "true").ok()
-    assert len(chats(srv)) == sent  # every reply from the cache
+    assert len(srv.chat_exchanges()) == sent  # every reply from the cache
     from features import FeatureStore
 
     with FeatureStore.open(path) as st:

@@ -101,3 +101,43 @@ def test_saesteer_label_prices_cache_hits_at_judge_price_cached_input(srv, tmp_p
     cost = paid * (2_000 * 0.27 + 8_000 * 0.07 + 100 * 1.10) / 1e6
     assert f"{paid * 10_000:,} in ({paid * 8_000:,} from the provider's prompt cache)" in r.out, r.out
     assert f"cost ${cost:.4f} (estimated at $0.27 input, $0.07 cached input, $1.1 output per 1M tokens)" in r.out, r.out
+
+
+def test_a_usd_budget_holds_where_the_provider_bills_more_than_the_prices_given(srv, tmp_path):
+    """A USD budget needs prices to bound a request before it is sent; OpenRouter then reports what it billed,
+    here 10 times what the prices given (a low guess) make of the same tokens. The bound learns that
+    from the first reply, so the run stops before its reported spending crosses the budget."""
+    from helpers.label_store import build_trigger_store
+
+    path, _ = build_trigger_store(tmp_path / "toy.db", n_latents=5)
+    priced = (194 * 0.5 + 12 * 1.5) / 1e6  # what the guessed prices make of OPENROUTER_USAGE's tokens
+    usage = {**OPENROUTER_USAGE, "cost": 10 * priced}
+    srv.reply = lambda ex: chat_completion(fake_llm_answer(ex.body), usage=usage)
+    budget = 0.003  # the first reply's cost fits it twice over; a few more would cross it
+    r = saesteer("label", "--store", path, "--judge-model", "meta-llama/llama-3.3-70b-instruct",
+                 "--judge-base-url", srv.url, "--judge-api-key", "k", "--judge-concurrency", 1, "--scorers",
+                 "detection", "--embed-backend", "none", "--no-progress", "--judge-price-input", 0.5,
+                 "--judge-price-output", 1.5, "--budget", f"{budget}usd")
+    assert r.rc == 3, r.text  # stopped by the budget
+    spent = float(re.search(r"cost \$([\d.]+) \(as the provider reported it\)", r.out)[1])
+    assert 0 < spent <= budget, r.out
+
+
+def test_a_cost_reported_for_some_replies_only_is_summed_saying_which_part_is_estimated(srv):
+    """Replies that carry no cost (a provider routed around OpenRouter's accounting, a proxy that drops it) are
+    priced; the total says how many were reported and at what prices the rest were estimated. With no price
+    known, a total that would hold only the reported part is no total: none is given."""
+    plain = {k: v for k, v in OPENROUTER_USAGE.items() if k not in ("cost", "cost_details", "is_byok")}
+    usages = iter([OPENROUTER_USAGE, plain, OPENROUTER_USAGE] * 2)
+    srv.reply = lambda ex: chat_completion('{"label": "sea"}', usage=next(usages))
+    j = judge(srv, model="openai/gpt-4o-mini", price_input=0.15, price_output=0.60)
+    for _ in range(3):
+        j.complete_sync(ASK, schema=LABEL)
+    u = j.ledger.summary()
+    assert u["cost_usd"] == pytest.approx(2 * 0.000123 + (194 * 0.15 + 12 * 0.60) / 1e6, abs=1e-6)  # rounded
+    assert u["cost_source"] == ("as the provider reported it for 2 of 3 requests, estimated for the rest at $0.15 "
+                                "input, $0.15 cached input, $0.6 output per 1M tokens")
+    unpriced = judge(srv, model="meta-llama/llama-3.3-70b-instruct")
+    for _ in range(3):
+        unpriced.complete_sync(ASK, schema=LABEL)
+    assert unpriced.ledger.summary()["cost_usd"] is None and unpriced.ledger.summary()["cost_source"] is None

@@ -22,8 +22,8 @@ import pytest
 from autointerp.config import JudgeConfig, make_judge
 from autointerp.judge import CredentialsRejected
 from autointerp.wire import wait_in_message
-from helpers.judge_server import (chat_completion, fake_llm_answer, gemini_quota_error, openai_error,
-                                  openrouter_free_per_day)
+from helpers.judge_server import (chat_completion, fake_llm_answer, first_then, gemini_quota_error, openai_error,
+                                  openrouter_free_models_429)
 from helpers.real_cli import flags_named, known_flags, saesteer
 
 LABEL = {"type": "object", "required": ["label"], "properties": {"label": {"type": "string"}}}
@@ -43,32 +43,29 @@ def judge(srv, slept, **cfg):
     return make_judge(JudgeConfig(**kw), cache_path=None, sleep=sleep)
 
 
-def chats(srv):
-    return [e for e in srv.exchanges if e.path.split("?")[0].endswith("/chat/completions")]
-
-
 def then_answer(*first):
-    replies = iter(first)
-    return lambda ex: next(replies, None) or chat_completion('{"label": "sea level"}', usage=USAGE)
+    return first_then(*first, then=chat_completion('{"label": "sea level"}', usage=USAGE))
 
 
 def test_geminis_per_day_quota_stops_at_its_first_429_never_waited_out(srv):
     srv.reply = then_answer(*[gemini_quota_error(PER_DAY)] * 4)
     slept = []
     j = judge(srv, slept)
-    with pytest.raises(CredentialsRejected, match="You exceeded your current quota.*quota for this key is spent "
-                                                  "for the day.*rerunning the same command resumes"):
+    # Gemini's daily quotas reset at midnight Pacific time and are counted per Google Cloud project
+    with pytest.raises(CredentialsRejected, match="You exceeded your current quota.*quota for this key is spent until "
+                                                  "midnight Pacific time.*another project.*rerunning the same command "
+                                                  "resumes"):
         j.complete_sync(ASK, schema=LABEL)
     with pytest.raises(CredentialsRejected):  # and the judge sends nothing more
         j.complete_sync(ASK, schema=LABEL)
-    assert len(chats(srv)) == 1 and slept == []
+    assert len(srv.chat_exchanges()) == 1 and slept == []
 
 
 def test_geminis_per_minute_quota_waits_the_seconds_its_message_names(srv):
     srv.reply = then_answer(gemini_quota_error(PER_MINUTE, retry_s=36.4))
     slept = []
     assert judge(srv, slept).complete_sync(ASK, schema=LABEL).value == {"label": "sea level"}
-    assert len(chats(srv)) == 2
+    assert len(srv.chat_exchanges()) == 2
     # RetryInfo's "36s" (the message's "Please retry in 36.4s." is past what an error message keeps), plus
     # jitter: not a second of backoff that meets the same 429
     assert 36.0 <= slept[0] <= 36.4 * 1.1
@@ -76,10 +73,28 @@ def test_geminis_per_minute_quota_waits_the_seconds_its_message_names(srv):
 
 def test_openrouters_free_models_per_day_stops_saying_when_they_come_back(srv):
     reset = dt.datetime(2026, 12, 8, 0, 0, tzinfo=dt.timezone.utc)
-    srv.reply = then_answer(*[openrouter_free_per_day(int(reset.timestamp() * 1000))] * 4)
+    srv.reply = then_answer(*[openrouter_free_models_429(int(reset.timestamp() * 1000))] * 4)
     with pytest.raises(CredentialsRejected, match="free-models-per-day.*spent until 2026-12-08 00:00 UTC"):
         judge(srv, [], model="meta-llama/llama-3.3-70b-instruct:free").complete_sync(ASK, schema=LABEL)
-    assert len(chats(srv)) == 1
+    assert len(srv.chat_exchanges()) == 1
+
+
+@pytest.mark.parametrize("reply", [
+    gemini_quota_error("GenerateContentInputTokensPerModelPerMinute-FreeTier", retry_s=20.04),
+    openrouter_free_models_429(1765152060000, per="min"),
+    openai_error(429, "Rate limit reached for gpt-4o-mini in organization org-x on tokens per min (TPM): Limit 200000, "
+                 "Used 199500, Requested 1200. Please try again in 4.5s.", "tokens", "rate_limit_exceeded",
+                 {"x-ratelimit-remaining-requests": "0", "x-ratelimit-reset-requests": "8.64s"}),
+    # OpenAI's per-day request limit asks for seconds: it refills as the day goes
+    openai_error(429, "Rate limit reached for gpt-4o-mini in organization org-x on requests per day (RPD): Limit "
+                 "10000, Used 10000, Requested 1. Please try again in 8.64s.", "requests", "rate_limit_exceeded"),
+], ids=["gemini-input-tokens-per-minute", "openrouter-free-models-per-min", "openai-tpm", "openai-rpd"])
+def test_a_per_minute_429_is_waited_out_never_a_stop(srv, reply):
+    """A false stop ends a run that one short wait would have finished: every rate limit of seconds is retried."""
+    srv.reply = then_answer(reply)
+    slept = []
+    assert judge(srv, slept).complete_sync(ASK, schema=LABEL).value == {"label": "sea level"}
+    assert len(srv.chat_exchanges()) == 2 and 0 < max(slept) < 60  # seconds, as the server asked
 
 
 @pytest.mark.parametrize("reply", [
@@ -94,9 +109,21 @@ def test_a_429_asking_to_wait_hours_stops_at_once(srv, reply):
     slept = []
     with pytest.raises(CredentialsRejected, match=r"asks to wait (7\.2|4\.0) h"):
         judge(srv, slept, model="llama-3.3-70b-versatile").complete_sync(ASK, schema=LABEL)
-    assert len(chats(srv)) == 1 and slept == []
+    assert len(srv.chat_exchanges()) == 1 and slept == []
     with pytest.raises(CredentialsRejected):  # a run stop, not one latent's failure, with no retries allowed too
         judge(srv, slept, model="llama-3.3-70b-versatile", max_retries=0).complete_sync(ASK, schema=LABEL)
+
+
+def test_a_server_down_for_hours_stops_without_blaming_a_quota(srv):
+    """A 503 with a Retry-After of hours (maintenance) stops as a wait of hours does, but its words are no
+    quota's: the fix is to rerun later, not another key."""
+    srv.reply = then_answer(*[openai_error(503, "Service Unavailable: scheduled maintenance", "server_error", None,
+                                           {"Retry-After": "7200"})] * 4)
+    slept = []
+    with pytest.raises(CredentialsRejected, match="maintenance.*asks to wait 2.0 h before the next request") as e:
+        judge(srv, slept).complete_sync(ASK, schema=LABEL)
+    assert "quota" not in str(e.value) and "--judge-api-key" not in str(e.value)
+    assert len(srv.chat_exchanges()) == 1 and slept == []
 
 
 def test_saesteer_label_stops_at_a_spent_daily_quota_and_a_rerun_resumes(srv, tmp_path, monkeypatch):

@@ -20,12 +20,13 @@ from autointerp.config import JudgeConfig, make_judge
 from autointerp.judge import CredentialsRejected, RequestFailed
 from autointerp.wire import parse_rate_limit_reset
 from helpers.judge_server import (OPENAI_NO_QUOTA, OPENAI_RATE_LIMIT_HEADERS, chat_completion, error_in_a_200,
-                                  lmstudio_wrong_route, openai_error)
+                                  first_then, lmstudio_wrong_route, openai_error)
 from helpers.real_cli import flags_named, known_flags, saesteer
 
 LABEL = {"type": "object", "required": ["label"], "properties": {"label": {"type": "string"}}}
 ASK = [{"role": "system", "content": "Label the latent."}, {"role": "user", "content": "<examples>sea</examples>"}]
 USAGE = {"prompt_tokens": 20, "completion_tokens": 10, "total_tokens": 30}
+SEA = chat_completion('{"label": "sea"}', usage=USAGE)
 
 
 def judge(srv, *, base_url=None, sleep=None, **cfg):
@@ -33,10 +34,6 @@ def judge(srv, *, base_url=None, sleep=None, **cfg):
               backoff_max_s=0.002, use_cache=False, timeout_s=10.0)
     kw.update(cfg)
     return make_judge(JudgeConfig(**kw), cache_path=None, sleep=sleep)
-
-
-def chats(srv):
-    return [e for e in srv.exchanges if e.path.split("?")[0].endswith("/chat/completions")]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -53,19 +50,25 @@ def test_an_account_without_credit_stops_at_its_first_request_never_retried(srv,
     srv.reply = lambda ex: reply
     with pytest.raises(CredentialsRejected, match="no credit left") as e:
         judge(srv, max_retries=4).complete_sync(ASK, schema=LABEL)
-    assert len(chats(srv)) == 1  # one request: no backoff, no retry
+    assert len(srv.chat_exchanges()) == 1  # one request: no backoff, no retry
     assert "--judge-api-key" in e.value.reason
 
 
-def test_claude_with_a_credit_balance_too_low_stops_at_its_first_request(srv):
-    """Anthropic says it with a 400 invalid_request_error (a 402 billing_error where billing fails)."""
-    low = (400, {}, json.dumps({"type": "error", "error": {"type": "invalid_request_error", "message": (
-        "Your credit balance is too low to access the Anthropic API. Please go to Plans & Billing to upgrade or "
-        "purchase credits.")}, "request_id": "req_1"}).encode())
+@pytest.mark.parametrize("message, said", [
+    ("Your credit balance is too low to access the Anthropic API. Please go to Plans & Billing to upgrade or "
+     "purchase credits.", "credit balance is too low.*no credit left"),
+    # the spend limit a workspace set for itself: no request passes before the day it names
+    ("You have reached your specified API usage limits. You will regain access on 2026-04-01 at 00:00 UTC.",
+     "regain access on 2026-04-01.*quota for this key is spent.*rerunning the same command resumes"),
+], ids=["credit-too-low", "spend-limit"])
+def test_claude_with_no_credit_or_its_spend_limit_reached_stops_at_its_first_request(srv, message, said):
+    """Anthropic says both with a 400 invalid_request_error (a 402 billing_error where billing fails)."""
+    low = (400, {}, json.dumps({"type": "error", "error": {"type": "invalid_request_error", "message": message},
+                                "request_id": "req_1"}).encode())
     srv.reply = lambda ex: low
     j = make_judge(JudgeConfig(backend="anthropic", model="claude-haiku-4-5", base_url=srv.root, api_key="k",
                                max_retries=3, use_cache=False), cache_path=None)
-    with pytest.raises(CredentialsRejected, match="credit balance is too low.*no credit left"):
+    with pytest.raises(CredentialsRejected, match=said):
         j.complete_sync(ASK, schema=LABEL)
     with pytest.raises(CredentialsRejected):  # and nothing more is sent
         j.complete_sync(ASK, schema=LABEL)
@@ -85,7 +88,7 @@ def test_saesteer_label_stops_at_an_exhausted_quota_in_one_line(srv, tmp_path, m
     err = r.err.strip()
     assert len(err.splitlines()) <= 2 and "You exceeded your current quota" in err and "no credit left" in err, err
     assert flags_named(err) <= known_flags("label")
-    assert len(chats(srv)) == 1  # the first request said it for every latent
+    assert len(srv.chat_exchanges()) == 1  # the first request said it for every latent
 
 
 # ---------------------------------------------------------------------------------------------
@@ -93,9 +96,9 @@ def test_saesteer_label_stops_at_an_exhausted_quota_in_one_line(srv, tmp_path, m
 
 
 def test_a_rate_limit_429_without_retry_after_waits_for_the_reset_openai_names(srv):
-    replies = iter([openai_error(429, "Rate limit reached for gpt-4o-mini on requests per min (RPM): Limit 500, "
-                                 "Used 500, Requested 1.", "requests", "rate_limit_exceeded", OPENAI_RATE_LIMIT_HEADERS)])
-    srv.reply = lambda ex: next(replies, None) or chat_completion('{"label": "sea"}', usage=USAGE)
+    srv.reply = first_then(openai_error(429, "Rate limit reached for gpt-4o-mini on requests per min (RPM): Limit 500, "
+                                        "Used 500, Requested 1.", "requests", "rate_limit_exceeded",
+                                        OPENAI_RATE_LIMIT_HEADERS), then=SEA)
     waited = []
 
     async def sleep(s):
@@ -139,8 +142,7 @@ def _limited(message):
     (error_in_a_200({"code": 429, "message": "Rate limit exceeded: try again in 7s"}), 7.0),
 ], ids=["openai-tpm", "groq-tpd", "azure", "openrouter-in-a-200"])
 def test_a_429_whose_headers_a_proxy_dropped_waits_as_long_as_its_message_says(srv, reply, wait):
-    replies = iter([reply])
-    srv.reply = lambda ex: next(replies, None) or chat_completion('{"label": "sea"}', usage=USAGE)
+    srv.reply = first_then(reply, then=SEA)
 
     async def sleep(s):
         pass
@@ -152,9 +154,8 @@ def test_a_429_whose_headers_a_proxy_dropped_waits_as_long_as_its_message_says(s
 
 
 def test_a_server_error_is_not_paused_by_rate_limit_headers_that_come_with_every_reply(srv):
-    replies = iter([openai_error(500, "The server had an error processing your request.", "server_error", None,
-                                 OPENAI_RATE_LIMIT_HEADERS)])
-    srv.reply = lambda ex: next(replies, None) or chat_completion('{"label": "sea"}', usage=USAGE)
+    srv.reply = first_then(openai_error(500, "The server had an error processing your request.", "server_error", None,
+                                        OPENAI_RATE_LIMIT_HEADERS), then=SEA)
     j = judge(srv)
     assert j.complete_sync(ASK, schema=LABEL).value == {"label": "sea"}
     (_, delay), = j.retry_log
@@ -172,7 +173,7 @@ def test_lm_studio_without_v1_is_said_at_once_with_the_url_to_use(srv):
         judge(srv, base_url=srv.root).complete_sync(ASK, schema=LABEL)
     assert "Unexpected endpoint or method. (POST /chat/completions)" in e.value.reason
     assert f"{srv.root}/v1" in e.value.reason
-    assert len(chats(srv)) == 1  # not retried
+    assert len(srv.chat_exchanges()) == 1  # not retried
     assert judge(srv, base_url=srv.url).complete_sync(ASK, schema=LABEL).value == {"label": "sea"}
 
 
@@ -187,16 +188,15 @@ def test_lm_studio_without_v1_is_said_at_once_with_the_url_to_use(srv):
 ])
 def test_x_should_retry_overrules_the_status_as_in_both_sdks(srv, status, header, sent):
     headers = {"x-should-retry": header} if header else {}
-    replies = iter([openai_error(status, "The server had an error while processing your request.", "server_error",
-                                 None, headers)])
-    srv.reply = lambda ex: next(replies, None) or chat_completion('{"label": "sea"}', usage=USAGE)
+    srv.reply = first_then(openai_error(status, "The server had an error while processing your request.",
+                                        "server_error", None, headers), then=SEA)
     j = judge(srv)
     if sent == 1:
         with pytest.raises(RequestFailed, match="HTTP 500"):
             j.complete_sync(ASK, schema=LABEL)
     else:
         assert j.complete_sync(ASK, schema=LABEL).value == {"label": "sea"}
-    assert len(chats(srv)) == sent
+    assert len(srv.chat_exchanges()) == sent
 
 
 @pytest.mark.parametrize("reply", [
@@ -211,7 +211,7 @@ def test_a_prompt_over_the_models_context_says_what_to_shorten(srv, reply):
         judge(srv).complete_sync(ASK, schema=LABEL)
     assert "--max-example-tokens" in e.value.reason and "--judge-reasoning-tokens" in e.value.reason
     assert flags_named(e.value.reason) <= known_flags("label")
-    assert len(chats(srv)) == 1
+    assert len(srv.chat_exchanges()) == 1
 
 
 # ---------------------------------------------------------------------------------------------
@@ -281,4 +281,4 @@ def test_openrouters_moderation_refusal_says_why(srv):
     srv.reply = lambda ex: (403, {}, json.dumps({"error": flagged}).encode())
     with pytest.raises(RequestFailed) as e:
         judge(srv).complete_sync(ASK, schema=LABEL)
-    assert "flagged: violence" in e.value.reason and len(chats(srv)) == 1
+    assert "flagged: violence" in e.value.reason and len(srv.chat_exchanges()) == 1

@@ -229,6 +229,10 @@ class JudgeServer:
         self.hold_after = self.hold_from = None
         self._released.set()
 
+    def chat_exchanges(self) -> list[Exchange]:
+        """The requests made to the chat-completions route (not /models and the like)."""
+        return [e for e in self.exchanges if e.path.split("?")[0].endswith("/chat/completions")]
+
     def n_completed(self) -> int:
         with self._lock:
             return sum(1 for r in self.records if r.completed)
@@ -629,6 +633,12 @@ def fake_llm_answer(body: dict) -> str:
 # real providers' replies, byte for byte where it matters, for `JudgeServer(reply=...)`
 
 
+def first_then(*first: tuple[int, dict[str, str], bytes], then: tuple[int, dict[str, str], bytes]):
+    """A `reply` that serves the `first` replies in turn (faults: a 429, a 500), then `then` to every request."""
+    replies = iter(first)
+    return lambda ex: next(replies, None) or then
+
+
 def chat_completion(content: str | None, *, finish: str = "stop", usage: dict | None = None, message_extra=None,
                     model: str = "m") -> tuple[int, dict[str, str], bytes]:
     """A 200 chat completion; `usage` None leaves the field out (llama.cpp builds and proxies that omit it)."""
@@ -672,11 +682,12 @@ def gemini_quota_error(quota_id: str, retry_s: float = 36.429760048) -> tuple[in
             {"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": f"{int(retry_s)}s"}]}}]).encode()
 
 
-def openrouter_free_per_day(reset_ms: int) -> tuple[int, dict[str, str], bytes]:
-    """OpenRouter's 429 for a key that spent its free-model requests of the day; when they come back is
-    only in the body's metadata (milliseconds since the epoch)."""
+def openrouter_free_models_429(reset_ms: int, per: str = "day") -> tuple[int, dict[str, str], bytes]:
+    """OpenRouter's 429 for a key that spent its free-model requests of the day (`per` "day") or of the minute
+    ("min"); when they come back is only in the body's metadata (milliseconds since the epoch)."""
+    more = " Add 10 credits to unlock 1000 free model requests per day" if per == "day" else ""
     return 429, {}, json.dumps({"error": {
-        "message": "Rate limit exceeded: free-models-per-day. Add 10 credits to unlock 1000 free model requests per day",
+        "message": f"Rate limit exceeded: free-models-per-{per}.{more}",
         "code": 429, "metadata": {"headers": {"X-RateLimit-Limit": "50", "X-RateLimit-Remaining": "0",
                                               "X-RateLimit-Reset": str(reset_ms)}, "provider_name": None}},
         "user_id": "user_2x"}).encode()
