@@ -476,9 +476,13 @@ def without_local_paths(record: Any) -> Any:
 
         shared = save_sae(load_sae(folder), "to_share", provenance=without_local_paths(read_provenance(folder)))
 
-    Hub ids and relative names are kept."""
+    Hub ids and relative names are kept. A local model's identity loses its path instead (None: unknown):
+    its last part would claim a folder of that name, and no model at the real path would match it."""
     if isinstance(record, dict):
-        return {k: without_local_paths(v) for k, v in record.items()}
+        cut = {k: without_local_paths(v) for k, v in record.items()}
+        if record.get("source") == "local" and "weights_sha256" in record and cut.get("path") != record.get("path"):
+            cut["path"] = None  # a ModelIdentity: matched by its weights' hash, else by name where a path is None
+        return cut
     if isinstance(record, list):
         return [without_local_paths(v) for v in record]
     if isinstance(record, str) and (os.path.isabs(record) or record.startswith("~")):

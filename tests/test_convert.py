@@ -200,7 +200,7 @@ def test_an_sae_sparsify_made_goes_to_dictionary_learning_with_its_outputs(real_
     ("batchtopk", "sparsify", "a batchtopk SAE cannot be saved for sparsify"),
     ("jumprelu", "sparsify", "a jumprelu SAE cannot be saved for sparsify"),
     ("relu", "sparsify", "a standard SAE cannot be saved for sparsify"),
-    ("topk", "neuronpedia", "no Neuronpedia file format for SAE weights"),
+    ("topk", "neuronpedia", "Neuronpedia has no file format for SAE weights"),
 ])
 def test_what_a_target_cannot_hold_is_refused_in_one_line_and_nothing_is_written(real_acts, tmp_path, name, target,
                                                                                  says):
@@ -337,6 +337,89 @@ def test_a_topk_transcoder_goes_to_sparsify_and_is_refused_for_dictionary_learni
     torch.testing.assert_close(coder(x).sae_out, tc(x).recon, **TOL)
     back = resolve_sae(tmp_path / "sp" / "layers.1").sae
     assert back.cfg.metadata["hook_name"] == "blocks.1.hook_resid_pre" and back.cfg.metadata["hook_name_out"] == HOOK
+
+
+def test_neuronpedia_is_no_listed_target_but_a_user_who_asks_is_told_what_to_do(tmp_path):
+    """--to's choices are what it writes; `--to neuronpedia` is answered with Neuronpedia's two inputs."""
+    r = saesteer("convert", "--help").ok()
+    listed = r.out.split("--to {", 1)[1].split("}", 1)[0].split(",")
+    assert listed == ["saesteer", "saelens", "sparsify", "dictionary_learning"], r.out
+    r = convert(tmp_path / "any", "neuronpedia", tmp_path / "out").no_traceback()
+    errors = [line for line in r.err.splitlines() if line.startswith("error:")]
+    assert r.rc == 2 and len(errors) == 1, r.text
+    assert "--to saelens" in errors[0] and "features export STORE OUT --format neuronpedia" in errors[0], r.err
+
+
+def test_a_topk_transcoder_is_refused_for_saelens_which_has_no_class_for_it(real_acts, tmp_path):
+    """SAELens has no TopK transcoder: --to saelens is refused (SAE.load_from_disk would raise KeyError on
+    the folder), --to saesteer writes it and names only saesteer as its loader."""
+    model, x = real_acts
+    tc = saes.create_sae("topk", x.shape[1], 128, k=8, d_out=x.shape[1], apply_b_dec_to_input=False,
+                         metadata={"hook_name": "blocks.1.hook_resid_pre", "hook_name_out": HOOK, "model_name": model})
+    src = saes.save_sae(tc, tmp_path / "tc")
+    r = convert(src, "saelens", tmp_path / "sl").no_traceback()
+    assert r.rc == 2 and "SAELens has no TopK transcoder class" in r.err and "--to sparsify" in r.err, r.text
+    assert not (tmp_path / "sl").exists()
+    no_leftovers(tmp_path)
+
+    r = convert(src, "saesteer", tmp_path / "ours").ok()
+    assert "topk transcoder" in r.out and "sae_lens" not in r.out.split("load it with", 1)[1], r.out
+    with pytest.raises(KeyError):  # what the message no longer promises
+        SaeLensSAE.load_from_disk(str(tmp_path / "ours"))
+    torch.testing.assert_close(resolve_sae(tmp_path / "ours").sae(x).recon, tc(x).recon, **TOL)
+
+
+def test_the_printed_load_lines_work_as_pasted_for_a_folder_with_spaces_quotes_and_accents(real_acts, tmp_path):
+    import shlex
+
+    model, x = real_acts
+    sae, src = source_folder("topk", model, x, tmp_path)
+    out = tmp_path / "it's my café dir" / "sae"
+    r = convert(src, "saelens", out).ok()
+    python_call, saesteer_args = r.out.split("load it with ", 1)[1].strip().split(", or saesteer's ")
+    loaded = eval(python_call, {"sae_lens": __import__("sae_lens")})  # what a user pastes into Python
+    check_same(sae, loaded.encode, loaded.decode, loaded, x)
+    assert shlex.split(saesteer_args) == ["--sae", str(out)]  # and into a shell
+
+
+def test_what_a_killed_convert_left_is_cleaned_or_put_back_by_the_next(real_acts, tmp_path):
+    """SIGKILL runs no `except`: a half-built folder stays beside --out, and with --overwrite the earlier SAE
+    may be moved aside with the new one not yet in place. The next convert to that --out removes the first
+    and puts the second back (its --out missing) or removes it (the new one there)."""
+    model, x = real_acts
+    _, src = source_folder("topk", model, x, tmp_path)
+    share = tmp_path / "share"
+    convert(src, "saelens", share / "sae").ok()
+    before = {p.name: p.read_bytes() for p in (share / "sae").iterdir()}
+    (share / "sae").rename(share / ".sae.old-k1ll3d")  # killed between moving it aside and renaming the new in
+    (share / ".sae.convert-k1ll3d").mkdir()
+    (share / ".sae.convert-k1ll3d" / "ae.pt").write_bytes(b"half")
+
+    r = convert(src, "dictionary_learning", share / "sae")  # no --overwrite: the SAE put back is kept
+    assert r.rc == 2 and "pass --overwrite" in r.err, r.text
+    assert {p.name: p.read_bytes() for p in (share / "sae").iterdir()} == before
+    no_leftovers(share)
+
+    (share / ".sae.old-k1ll3d").mkdir()  # killed after the new one was in place, before the old was removed
+    convert(src, "dictionary_learning", share / "sae", "--overwrite").ok()
+    assert sorted(p.name for p in (share / "sae").iterdir()) == ["ae.pt", "config.json"]
+    no_leftovers(share)
+
+
+def test_a_foreign_sae_converted_to_saesteer_steers_with_its_local_model(real_acts, tmp_path):
+    """A sparsify run naming a local model (no weights hash recorded): `--to saesteer` cuts the model's folder
+    from the record, and `saesteer steer --model FOLDER` still takes it (a cut path "gpt2" matched nothing)."""
+    model, x = real_acts
+    from sparsify import SparseCoderConfig
+
+    coder = SparseCoder(x.shape[1], SparseCoderConfig(num_latents=128, k=8), device="cpu")
+    coder.save_to_disk(tmp_path / "run" / "layers.1")
+    (tmp_path / "run" / "config.json").write_text(json.dumps({"model": model, "hookpoints": ["layers.1"]}))
+    convert(tmp_path / "run" / "layers.1", "saesteer", tmp_path / "ours").ok()
+    assert model not in (tmp_path / "ours" / "saesteer.json").read_text()  # this machine's layout is not shared
+    r = saesteer("steer", "--sae", tmp_path / "ours", "--model", model, "--prompt", "def café(x):  # 東京",
+                 "--latent", "3:clamp=8", "--max-new-tokens", "3", "--no-progress").no_traceback()
+    assert r.rc == 0, r.text
 
 
 def test_a_sparsify_run_takes_the_sae_of_another_layer_beside_its_own(real_acts, tmp_path):
