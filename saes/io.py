@@ -47,8 +47,7 @@ from safetensors.torch import load, save
 
 from saes.base import SAE
 from saes.checks import CHECKSUMS_KEY, SAEFormatError, check_finite, check_sae_config, file_checksums, verify_checksums
-from saes.fileio import (atomic_write_bytes, atomic_write_json, fsync_dir, make_temp_dir, name_the_final_file,
-                         read_json)
+from saes.fileio import atomic_write_bytes, atomic_write_json, building_folder, read_json
 from saes.registry import ARCHITECTURES, sae_class
 from saes.whitening import (SCALER_FILENAME, WHITENED, WHITENING_FILENAME, Whitening, checkpoint_whitening,
                              read_scaler)
@@ -176,19 +175,11 @@ def save_sae(sae: SAE, path: str | os.PathLike, provenance: dict[str, Any] | Non
         atomic_write_json(path / PROVENANCE_FILENAME, record)
         atomic_write_json(path / CFG_FILENAME, cfg)
         return path
-    path.parent.mkdir(parents=True, exist_ok=True)
     remove_save_leftovers(path)
-    tmp = make_temp_dir(f".{path.name}{_TMP_MARK}", path.parent)
-    try:
+    with building_folder(path, _TMP_MARK) as tmp:
         atomic_write_bytes(tmp / WEIGHTS_FILENAME, weights)
         atomic_write_json(tmp / PROVENANCE_FILENAME, record)
         atomic_write_json(tmp / CFG_FILENAME, cfg)
-        os.rename(tmp, path)
-    except BaseException as e:
-        shutil.rmtree(tmp, ignore_errors=True)
-        name_the_final_file(e, tmp, path)  # a full disk: the SAE's file, not its temporary folder's
-        raise
-    fsync_dir(path.parent)
     return path
 
 

@@ -450,3 +450,16 @@ def test_a_sparsify_run_takes_the_sae_of_another_layer_beside_its_own(real_acts,
     assert sorted(p.name for p in run.iterdir()) == ["config.json", "layers.0", "layers.1"]
     assert set(SparseCoder.load_many(run, local=True)) == {"layers.0", "layers.1"}
     no_leftovers(tmp_path)
+
+
+def test_a_replacement_that_cannot_be_renamed_in_puts_the_earlier_folder_back(tmp_path):
+    """--overwrite (and a re-written checkpoint) move the earlier folder aside first: a failed rename of
+    the new one brings it back, whole, rather than leaving nothing at its name."""
+    from saes.fileio import put_folder_in_place
+
+    final = tmp_path / "sae"
+    final.mkdir()
+    (final / "cfg.json").write_text("the earlier SAE")
+    with pytest.raises(FileNotFoundError):
+        put_folder_in_place(tmp_path / "never-built", final, tmp_path / ".sae.old-x")
+    assert (final / "cfg.json").read_text() == "the earlier SAE" and not (tmp_path / ".sae.old-x").exists()

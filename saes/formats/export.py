@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from saes.fileio import fsync_dir, make_temp_dir, name_the_final_file
+from saes.fileio import fsync_dir, make_temp_dir, name_the_final_file, put_folder_in_place
 from saes.formats import dictionary_learning, sae_lens_folder, sparsify
 from saes.io import PROVENANCE_FILENAME, SAEFormatError, save_sae, without_local_paths
 
@@ -170,20 +170,9 @@ def _add_hookpoint(tmp: Path, run: Path, hookpoint: str, overwrite: bool) -> Non
     fsync_dir(run)
 
 
-def _put_in_place(tmp: Path, out: Path, aside_in: Path | None = None) -> None:
-    """Rename the finished folder `tmp` to `out`; an earlier `out` (overwrite) is moved aside first and
-    removed once the new one is in place (moved back if that fails)."""
-    aside = None
-    if os.path.lexists(out):
-        aside = make_temp_dir(f".{out.name}{_ASIDE_MARK}", aside_in or out.parent)
-        os.rmdir(aside)
-        os.rename(out, aside)
-    try:
-        os.rename(tmp, out)
-    except BaseException:
-        if aside is not None:
-            os.rename(aside, out)
-        raise
-    fsync_dir(out.parent)
-    if aside is not None:
-        shutil.rmtree(aside, ignore_errors=True)
+def _put_in_place(built: Path, out: Path, aside_in: Path | None = None) -> None:
+    """`built` renamed to `out`, an earlier `out` moved aside to `.<name>.old-XXXX` meanwhile (a free name,
+    which `_recover_from_a_killed_run` finds)."""
+    aside = make_temp_dir(f".{out.name}{_ASIDE_MARK}", aside_in or out.parent)
+    os.rmdir(aside)
+    put_folder_in_place(built, out, aside)
