@@ -126,7 +126,12 @@ def new_file_mode(path: str | os.PathLike) -> int:
 def make_temp_dir(prefix: str, dir: str | os.PathLike) -> Path:
     """`tempfile.mkdtemp` with the mode `os.mkdir` would give (0777 minus the umask), for folders
     that are renamed into place and then shared."""
-    tmp = Path(tempfile.mkdtemp(prefix=prefix, dir=dir))
+    try:
+        tmp = Path(tempfile.mkdtemp(prefix=prefix, dir=dir))
+    except OSError as e:  # a read-only folder: name it, not the random name that was never made
+        if e.filename is not None:
+            e.filename = str(dir)
+        raise
     os.chmod(tmp, 0o777 & ~current_umask())
     return tmp
 

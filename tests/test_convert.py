@@ -463,3 +463,21 @@ def test_a_replacement_that_cannot_be_renamed_in_puts_the_earlier_folder_back(tm
     with pytest.raises(FileNotFoundError):
         put_folder_in_place(tmp_path / "never-built", final, tmp_path / ".sae.old-x")
     assert (final / "cfg.json").read_text() == "the earlier SAE" and not (tmp_path / ".sae.old-x").exists()
+
+
+def test_an_out_in_a_read_only_folder_is_refused_naming_that_folder(real_acts, tmp_path, monkeypatch):
+    """Not the random name of the folder it would have built there (`.sae.convert-x1y2z3`), which never existed.
+    (chmod does not stop root, who runs CI: the refusal is the one mkdtemp raises in a read-only folder.)"""
+    import tempfile
+
+    model, x = real_acts
+    _, src = source_folder("topk", model, x, tmp_path)
+    shared = tmp_path / "shared"
+    shared.mkdir()
+
+    def read_only(prefix, dir):
+        raise PermissionError(13, "Permission denied", f"{dir}/{prefix}x1y2z3")
+
+    monkeypatch.setattr(tempfile, "mkdtemp", read_only)
+    r = convert(src, "saelens", shared / "sae").no_traceback()
+    assert r.rc != 0 and f"{shared}: Permission denied" in r.err and ".convert-" not in r.err, r.text
