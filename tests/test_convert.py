@@ -481,3 +481,13 @@ def test_an_out_in_a_read_only_folder_is_refused_naming_that_folder(real_acts, t
     monkeypatch.setattr(tempfile, "mkdtemp", read_only)
     r = convert(src, "saelens", shared / "sae").no_traceback()
     assert r.rc != 0 and f"{shared}: Permission denied" in r.err and ".convert-" not in r.err, r.text
+
+
+def test_sparsify_default_hookpoint_is_found_without_notes_about_hookpoints_it_only_tried(real_acts, tmp_path):
+    """An SAE on blocks.1.hook_resid_pre of a model whose config is not at hand: layers.0 is its hookpoint; the
+    MLP and attention hookpoints tried first said "cannot tell from ...'s config whether blocks.1.hook_mlp_out"."""
+    _, x = real_acts
+    sae = saes.create_sae("topk", x.shape[1], 128, k=8, metadata={"hook_name": "blocks.1.hook_resid_pre",
+                                                                 "model_name": "nobody/not-on-this-machine"})
+    r = convert(saes.save_sae(sae, tmp_path / "src"), "sparsify", tmp_path / "sp").ok()
+    assert "hookpoint 'layers.0'" in r.out and "note:" not in r.text and "hook_mlp_out" not in r.text, r.text
