@@ -25,6 +25,7 @@ from sparsify import SparseCoder  # noqa: E402
 
 import saes  # noqa: E402
 from saes.formats import dictionary_learning, resolve_sae  # noqa: E402
+from saes.formats.sparsify import hookpoint_folders  # noqa: E402
 
 pytestmark = [pytest.mark.usefixtures("one_thread", "offline_env")]
 
@@ -242,7 +243,30 @@ def test_an_existing_out_is_replaced_only_with_overwrite_and_only_when_it_is_an_
     mine.mkdir()
     (mine / "notes.txt").write_text("mine")
     r = convert(src, "saelens", mine, "--overwrite")
-    assert r.rc == 2 and "no SAE folder" in r.err and (mine / "notes.txt").read_text() == "mine", r.text
+    assert r.rc == 2 and "notes.txt, which is no part of one SAE" in r.err and (mine / "notes.txt").read_text() == "mine", r.text
+
+
+def test_overwrite_never_deletes_what_sits_beside_the_sae(real_acts, tmp_path):
+    """--overwrite replaces a folder of one SAE; a dictionary_learning trainer folder's checkpoints/ and a sparsify
+    run's other layers are refused, kept as they are."""
+    model, x = real_acts
+    sae, src = source_folder("topk", model, x, tmp_path)
+    trainer = dictionary_learning.save(sae, tmp_path / "trainer_0")
+    (trainer / "checkpoints").mkdir()
+    (trainer / "checkpoints" / "ae_100.pt").write_bytes(b"a checkpoint")
+    r = convert(src, "saelens", trainer, "--overwrite").no_traceback()
+    assert r.rc == 2 and "checkpoints, which is no part of one SAE" in r.err, r.text
+    assert (trainer / "checkpoints" / "ae_100.pt").is_file() and (trainer / "ae.pt").is_file()
+
+    layer0 = saes.create_sae("topk", x.shape[1], 128, k=8, metadata={"hook_name": "blocks.0.hook_resid_post",
+                                                                     "model_name": model})
+    run = tmp_path / "run"
+    convert(saes.save_sae(layer0, tmp_path / "layer0"), "sparsify", run).ok()
+    convert(src, "sparsify", run).ok()
+    r = convert(src, "saelens", run, "--overwrite").no_traceback()
+    assert r.rc == 2 and "layers.0, layers.1, which is no part of one SAE" in r.err, r.text
+    assert hookpoint_folders(run) == ["layers.0", "layers.1"]
+    no_leftovers(tmp_path)
 
 
 def test_a_failure_midway_leaves_no_half_folder_and_the_earlier_one_intact(real_acts, tmp_path, monkeypatch):

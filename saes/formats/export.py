@@ -6,8 +6,9 @@
 Each target is the writer its module owns (`saes.io.save_sae`, `sparsify.save`, `dictionary_learning.save`);
 what a target cannot hold is refused by that writer, naming the SAE's side and the target's. The folder is
 built under a temporary name beside `out` and renamed into place, so a refusal, a full disk or a crash
-leaves no half-written folder; `overwrite` replaces an earlier SAE folder at `out` (only one: a folder
-that holds anything else is refused, so a mistyped --out never deletes someone's files). A sparsify run
+leaves no half-written folder; `overwrite` replaces an earlier SAE folder at `out` (only a folder of one
+SAE: one holding anything else, a trainer's checkpoints/ or a run's other layers among it, is refused, so
+a mistyped --out never deletes someone's files). A sparsify run
 folder takes one more hookpoint (its other hookpoints kept, as `SparseCoder.load_many` reads a run).
 """
 
@@ -38,6 +39,9 @@ NO_NEURONPEDIA = ("Neuronpedia has no file format for SAE weights: it takes an S
                   "neuronpedia`)")
 _TMP_MARK = ".convert-"  # a folder being built: `.<out>.convert-XXXX` beside `out`
 _ASIDE_MARK = ".old-"  # an earlier folder --overwrite replaces, until the new one is in place
+# One SAE's files in the layouts convert writes (SAELens's training extras among them): what --overwrite replaces
+_ONE_SAES_FILES = {"cfg.json", "sae_weights.safetensors", "saesteer.json", "sparsity.safetensors",
+                   "activation_scaler.json", "activation_whitening.safetensors", "ae.pt", "config.json"}
 
 
 @dataclass(frozen=True)
@@ -145,18 +149,21 @@ def _recover_from_a_killed_run(out: Path, aside_in: Path | None = None) -> None:
 
 
 def _check_out(out: Path, overwrite: bool) -> None:
-    """Refuse an `out` that is there, unless `overwrite` and it is an SAE folder (or empty)."""
+    """Refuse an `out` that is there, unless `overwrite` and it holds one SAE and nothing else (or nothing)."""
     if not os.path.lexists(out):
         return
     if not out.is_dir() or out.is_symlink():
         raise FileExistsError(f"--out {out} is there and is not a folder; give a new folder's name")
     if not overwrite:
         raise FileExistsError(f"--out {out} is there; pass --overwrite to replace it, or give a new folder's name")
-    empty = not any(out.iterdir())
-    if not (empty or sae_lens_folder.is_folder(out) or dictionary_learning.is_folder(out)
-            or sparsify.hookpoint_folders(out)):
-        raise FileExistsError(f"--out {out} holds files that are no SAE folder; --overwrite replaces only an SAE "
-                              f"folder: give a new folder's name")
+    names = {p.name for p in out.iterdir() if not p.name.startswith(".")}
+    hookpoints = sparsify.hookpoint_folders(out)
+    is_sae = sae_lens_folder.is_folder(out) or dictionary_learning.is_folder(out) or len(hookpoints) == 1
+    others = sorted(names - _ONE_SAES_FILES - set(hookpoints[:1])) if is_sae else sorted(names)
+    if others:  # a trainer's checkpoints/, a run's other layers, someone's notes: not ours to delete
+        raise FileExistsError(f"--out {out} holds {', '.join(others[:3])}{', ...' if len(others) > 3 else ''}, which "
+                              f"is no part of one SAE's files; --overwrite replaces only a folder holding one SAE: "
+                              f"give a new folder's name")
 
 
 def _add_hookpoint(tmp: Path, run: Path, hookpoint: str, overwrite: bool) -> None:
