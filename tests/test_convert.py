@@ -8,6 +8,7 @@ refused in one line naming both sides; DIR written whole or not at all.
 
 from __future__ import annotations
 
+import copy
 import json
 
 import pytest
@@ -117,6 +118,14 @@ def test_dictionary_learning_loads_the_converted_sae_as_its_own_class_with_our_o
         cls = BatchTopKSAE if dict_class == "BatchTopKSAE" else MatryoshkaBatchTopKSAE
         own = cls.from_pretrained(str(tmp_path / "dl" / "ae.pt"), k=8)
         check_same(sae, own.encode, own.decode, own, x)
+    if name == "relu":  # a ReLU SAE whose decoder rows are not unit-norm: JumpReluAutoEncoder, and why
+        scaled = copy.deepcopy(sae)
+        with torch.no_grad():
+            scaled.W_dec.mul_(2.0)
+        r2 = convert(saes.save_sae(scaled, tmp_path / "scaled"), "dictionary_learning", tmp_path / "dl2").ok()
+        assert "JumpReluAutoEncoder of threshold 0" in r2.out and "not unit-norm" in r2.out, r2.out
+        ae2, _ = load_dictionary(str(tmp_path / "dl2"), "cpu")
+        check_same(scaled, ae2.encode, ae2.decode, ae2, x)
     if "own" in name:  # the why is said
         assert "thresholds of their own" in r.out and ("prefixes [32, 128]" in r.out) == (name == "matryoshka_own"), r.out
 

@@ -56,7 +56,7 @@ def export_sae(sae: Any, target: str, out: str | os.PathLike, *, provenance: dic
     """Write `sae` for `target` (a TARGETS key) as folder `out`. `provenance` goes into saesteer.json
     (target "saesteer"); `hookpoint` is the HF module a sparsify SAE is stored under (default:
     `sparsify.default_hookpoint`). Errors: `SAEFormatError` for what the target cannot hold,
-    `FileExistsError` for an `out` that is there (without `overwrite`, or not an SAE folder)."""
+    `FileExistsError` for an `out` that is there (without `overwrite`, or not a folder of one SAE)."""
     if target == "neuronpedia":
         raise SAEFormatError(NO_NEURONPEDIA)
     if target not in TARGETS:
@@ -116,6 +116,9 @@ def _write(sae: Any, target: str, tmp: Path, out: Path, provenance: dict[str, An
             lost = f"; the Matryoshka prefixes {sae.levels} are not kept" if sae.architecture != "batchtopk" else ""
             why = (f", which computes the same latents (they have thresholds of their own, and {own} holds one "
                    f"threshold for all{lost})")
+        elif sae.saved_architecture() == "standard" and dict_class == "JumpReluAutoEncoder":
+            why = (" of threshold 0, which computes the same latents (the decoder rows are not unit-norm, and "
+                   "AutoEncoder.from_pretrained would rescale them and the latents with them)")
         return Exported(out, f"dictionary_learning {dict_class}{why}",
                         f"dictionary_learning.utils.load_dictionary({str(out)!r}, device)")
     record = without_local_paths(provenance or {}) if target == "saesteer" else None
