@@ -8,6 +8,8 @@ either the old file or the new one, never half of one; an error removes the temp
     atomic_write_bytes(path, data)          atomic_write_json(path, obj)
     with atomic_open(path) as f: f.write(...)            # streamed (e.g. a large shard)
     with atomic_path(path) as tmp: save_file(t, tmp)     # another library writes the file by name
+    with building_folder(folder, ".tmp-") as tmp: ...   # a new folder of several files, whole or not at all
+    put_folder_in_place(built, folder, aside)           # a built folder replacing an earlier one
     atomic_save_safetensors(path, tensors)  # the same for safetensors' save_file: a full disk an OSError
 
 Modes: `tempfile` makes private files (0600) and folders (0700); what we write is for the user to
@@ -27,6 +29,7 @@ import hashlib
 import json
 import os
 import re
+import shutil
 import stat
 import tempfile
 from pathlib import Path
@@ -123,7 +126,12 @@ def new_file_mode(path: str | os.PathLike) -> int:
 def make_temp_dir(prefix: str, dir: str | os.PathLike) -> Path:
     """`tempfile.mkdtemp` with the mode `os.mkdir` would give (0777 minus the umask), for folders
     that are renamed into place and then shared."""
-    tmp = Path(tempfile.mkdtemp(prefix=prefix, dir=dir))
+    try:
+        tmp = Path(tempfile.mkdtemp(prefix=prefix, dir=dir))
+    except OSError as e:  # a read-only folder: name it, not the random name that was never made
+        if e.filename is not None:
+            e.filename = str(dir)
+        raise
     os.chmod(tmp, 0o777 & ~current_umask())
     return tmp
 
@@ -141,6 +149,44 @@ def name_the_final_file(e: BaseException, tmp_dir: Path, final_dir: Path) -> Non
     name that file in `final_dir`: the path a user can look for, not a temporary one that is gone."""
     if isinstance(e, OSError) and e.filename is not None and Path(e.filename).parent == Path(tmp_dir):
         e.filename = str(Path(final_dir) / Path(e.filename).name)
+
+
+@contextlib.contextmanager
+def building_folder(final: str | os.PathLike, mark: str) -> Iterator[Path]:
+    """A new folder beside `final` (`.<name><mark>XXXX`) to write a new folder `final` in; renamed to
+    `final` when the block ends (parent fsynced), removed when it raises (an OSError about one of its
+    files then names that file in `final`). A crash leaves no half of `final`, only the hidden folder
+    (the `mark` its writer looks for to remove it)."""
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = make_temp_dir(f".{final.name}{mark}", final.parent)
+    try:
+        yield tmp
+        os.rename(tmp, final)
+    except BaseException as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        name_the_final_file(e, tmp, final)
+        raise
+    fsync_dir(final.parent)
+
+
+def put_folder_in_place(built: str | os.PathLike, final: str | os.PathLike, aside: str | os.PathLike) -> None:
+    """Rename the finished folder `built` to `final`, replacing an earlier `final`: that one is first
+    renamed to `aside` (a free name on the same file system), then removed once the new one is in
+    place, or renamed back if the rename fails. A crash between leaves it whole at `aside`."""
+    built, final, aside = Path(built), Path(final), Path(aside)
+    replacing = os.path.lexists(final)
+    if replacing:
+        os.rename(final, aside)
+    try:
+        os.rename(built, final)
+    except BaseException:
+        if replacing:
+            os.rename(aside, final)
+        raise
+    fsync_dir(final.parent)
+    if replacing:
+        shutil.rmtree(aside, ignore_errors=True)
 
 
 def _unlink_quietly(path: str | os.PathLike) -> None:

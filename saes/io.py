@@ -47,8 +47,7 @@ from safetensors.torch import load, save
 
 from saes.base import SAE
 from saes.checks import CHECKSUMS_KEY, SAEFormatError, check_finite, check_sae_config, file_checksums, verify_checksums
-from saes.fileio import (atomic_write_bytes, atomic_write_json, fsync_dir, make_temp_dir, name_the_final_file,
-                         read_json)
+from saes.fileio import atomic_write_bytes, atomic_write_json, building_folder, read_json
 from saes.registry import ARCHITECTURES, sae_class
 from saes.whitening import (SCALER_FILENAME, WHITENED, WHITENING_FILENAME, Whitening, checkpoint_whitening,
                              read_scaler)
@@ -176,19 +175,11 @@ def save_sae(sae: SAE, path: str | os.PathLike, provenance: dict[str, Any] | Non
         atomic_write_json(path / PROVENANCE_FILENAME, record)
         atomic_write_json(path / CFG_FILENAME, cfg)
         return path
-    path.parent.mkdir(parents=True, exist_ok=True)
     remove_save_leftovers(path)
-    tmp = make_temp_dir(f".{path.name}{_TMP_MARK}", path.parent)
-    try:
+    with building_folder(path, _TMP_MARK) as tmp:
         atomic_write_bytes(tmp / WEIGHTS_FILENAME, weights)
         atomic_write_json(tmp / PROVENANCE_FILENAME, record)
         atomic_write_json(tmp / CFG_FILENAME, cfg)
-        os.rename(tmp, path)
-    except BaseException as e:
-        shutil.rmtree(tmp, ignore_errors=True)
-        name_the_final_file(e, tmp, path)  # a full disk: the SAE's file, not its temporary folder's
-        raise
-    fsync_dir(path.parent)
     return path
 
 
@@ -476,9 +467,13 @@ def without_local_paths(record: Any) -> Any:
 
         shared = save_sae(load_sae(folder), "to_share", provenance=without_local_paths(read_provenance(folder)))
 
-    Hub ids and relative names are kept."""
+    Hub ids and relative names are kept. A local model's identity loses its path instead (None: unknown):
+    its last part would claim a folder of that name, and no model at the real path would match it."""
     if isinstance(record, dict):
-        return {k: without_local_paths(v) for k, v in record.items()}
+        cut = {k: without_local_paths(v) for k, v in record.items()}
+        if record.get("source") == "local" and "weights_sha256" in record and cut.get("path") != record.get("path"):
+            cut["path"] = None  # a ModelIdentity: matched by its weights' hash, else by name where a path is None
+        return cut
     if isinstance(record, list):
         return [without_local_paths(v) for v in record]
     if isinstance(record, str) and (os.path.isabs(record) or record.startswith("~")):

@@ -8,6 +8,7 @@ refused in one line naming both sides; DIR written whole or not at all.
 
 from __future__ import annotations
 
+import copy
 import json
 
 import pytest
@@ -25,6 +26,7 @@ from sparsify import SparseCoder  # noqa: E402
 
 import saes  # noqa: E402
 from saes.formats import dictionary_learning, resolve_sae  # noqa: E402
+from saes.formats.sparsify import hookpoint_folders  # noqa: E402
 
 pytestmark = [pytest.mark.usefixtures("one_thread", "offline_env")]
 
@@ -116,6 +118,14 @@ def test_dictionary_learning_loads_the_converted_sae_as_its_own_class_with_our_o
         cls = BatchTopKSAE if dict_class == "BatchTopKSAE" else MatryoshkaBatchTopKSAE
         own = cls.from_pretrained(str(tmp_path / "dl" / "ae.pt"), k=8)
         check_same(sae, own.encode, own.decode, own, x)
+    if name == "relu":  # a ReLU SAE whose decoder rows are not unit-norm: JumpReluAutoEncoder, and why
+        scaled = copy.deepcopy(sae)
+        with torch.no_grad():
+            scaled.W_dec.mul_(2.0)
+        r2 = convert(saes.save_sae(scaled, tmp_path / "scaled"), "dictionary_learning", tmp_path / "dl2").ok()
+        assert "JumpReluAutoEncoder of threshold 0" in r2.out and "not unit-norm" in r2.out, r2.out
+        ae2, _ = load_dictionary(str(tmp_path / "dl2"), "cpu")
+        check_same(scaled, ae2.encode, ae2.decode, ae2, x)
     if "own" in name:  # the why is said
         assert "thresholds of their own" in r.out and ("prefixes [32, 128]" in r.out) == (name == "matryoshka_own"), r.out
 
@@ -200,7 +210,7 @@ def test_an_sae_sparsify_made_goes_to_dictionary_learning_with_its_outputs(real_
     ("batchtopk", "sparsify", "a batchtopk SAE cannot be saved for sparsify"),
     ("jumprelu", "sparsify", "a jumprelu SAE cannot be saved for sparsify"),
     ("relu", "sparsify", "a standard SAE cannot be saved for sparsify"),
-    ("topk", "neuronpedia", "no Neuronpedia file format for SAE weights"),
+    ("topk", "neuronpedia", "Neuronpedia has no file format for SAE weights"),
 ])
 def test_what_a_target_cannot_hold_is_refused_in_one_line_and_nothing_is_written(real_acts, tmp_path, name, target,
                                                                                  says):
@@ -242,7 +252,30 @@ def test_an_existing_out_is_replaced_only_with_overwrite_and_only_when_it_is_an_
     mine.mkdir()
     (mine / "notes.txt").write_text("mine")
     r = convert(src, "saelens", mine, "--overwrite")
-    assert r.rc == 2 and "no SAE folder" in r.err and (mine / "notes.txt").read_text() == "mine", r.text
+    assert r.rc == 2 and "notes.txt, which is no part of one SAE" in r.err and (mine / "notes.txt").read_text() == "mine", r.text
+
+
+def test_overwrite_never_deletes_what_sits_beside_the_sae(real_acts, tmp_path):
+    """--overwrite replaces a folder of one SAE; a dictionary_learning trainer folder's checkpoints/ and a sparsify
+    run's other layers are refused, kept as they are."""
+    model, x = real_acts
+    sae, src = source_folder("topk", model, x, tmp_path)
+    trainer = dictionary_learning.save(sae, tmp_path / "trainer_0")
+    (trainer / "checkpoints").mkdir()
+    (trainer / "checkpoints" / "ae_100.pt").write_bytes(b"a checkpoint")
+    r = convert(src, "saelens", trainer, "--overwrite").no_traceback()
+    assert r.rc == 2 and "checkpoints, which is no part of one SAE" in r.err, r.text
+    assert (trainer / "checkpoints" / "ae_100.pt").is_file() and (trainer / "ae.pt").is_file()
+
+    layer0 = saes.create_sae("topk", x.shape[1], 128, k=8, metadata={"hook_name": "blocks.0.hook_resid_post",
+                                                                     "model_name": model})
+    run = tmp_path / "run"
+    convert(saes.save_sae(layer0, tmp_path / "layer0"), "sparsify", run).ok()
+    convert(src, "sparsify", run).ok()
+    r = convert(src, "saelens", run, "--overwrite").no_traceback()
+    assert r.rc == 2 and "layers.0, layers.1, which is no part of one SAE" in r.err, r.text
+    assert hookpoint_folders(run) == ["layers.0", "layers.1"]
+    no_leftovers(tmp_path)
 
 
 def test_a_failure_midway_leaves_no_half_folder_and_the_earlier_one_intact(real_acts, tmp_path, monkeypatch):
@@ -339,6 +372,89 @@ def test_a_topk_transcoder_goes_to_sparsify_and_is_refused_for_dictionary_learni
     assert back.cfg.metadata["hook_name"] == "blocks.1.hook_resid_pre" and back.cfg.metadata["hook_name_out"] == HOOK
 
 
+def test_neuronpedia_is_no_listed_target_but_a_user_who_asks_is_told_what_to_do(tmp_path):
+    """--to's choices are what it writes; `--to neuronpedia` is answered with Neuronpedia's two inputs."""
+    r = saesteer("convert", "--help").ok()
+    listed = r.out.split("--to {", 1)[1].split("}", 1)[0].split(",")
+    assert listed == ["saesteer", "saelens", "sparsify", "dictionary_learning"], r.out
+    r = convert(tmp_path / "any", "neuronpedia", tmp_path / "out").no_traceback()
+    errors = [line for line in r.err.splitlines() if line.startswith("error:")]
+    assert r.rc == 2 and len(errors) == 1, r.text
+    assert "--to saelens" in errors[0] and "features export STORE OUT --format neuronpedia" in errors[0], r.err
+
+
+def test_a_topk_transcoder_is_refused_for_saelens_which_has_no_class_for_it(real_acts, tmp_path):
+    """SAELens has no TopK transcoder: --to saelens is refused (SAE.load_from_disk would raise KeyError on
+    the folder), --to saesteer writes it and names only saesteer as its loader."""
+    model, x = real_acts
+    tc = saes.create_sae("topk", x.shape[1], 128, k=8, d_out=x.shape[1], apply_b_dec_to_input=False,
+                         metadata={"hook_name": "blocks.1.hook_resid_pre", "hook_name_out": HOOK, "model_name": model})
+    src = saes.save_sae(tc, tmp_path / "tc")
+    r = convert(src, "saelens", tmp_path / "sl").no_traceback()
+    assert r.rc == 2 and "SAELens has no TopK transcoder class" in r.err and "--to sparsify" in r.err, r.text
+    assert not (tmp_path / "sl").exists()
+    no_leftovers(tmp_path)
+
+    r = convert(src, "saesteer", tmp_path / "ours").ok()
+    assert "topk transcoder" in r.out and "sae_lens" not in r.out.split("load it with", 1)[1], r.out
+    with pytest.raises(KeyError):  # what the message no longer promises
+        SaeLensSAE.load_from_disk(str(tmp_path / "ours"))
+    torch.testing.assert_close(resolve_sae(tmp_path / "ours").sae(x).recon, tc(x).recon, **TOL)
+
+
+def test_the_printed_load_lines_work_as_pasted_for_a_folder_with_spaces_quotes_and_accents(real_acts, tmp_path):
+    import shlex
+
+    model, x = real_acts
+    sae, src = source_folder("topk", model, x, tmp_path)
+    out = tmp_path / "it's my café dir" / "sae"
+    r = convert(src, "saelens", out).ok()
+    python_call, saesteer_args = r.out.split("load it with ", 1)[1].strip().split(", or saesteer's ")
+    loaded = eval(python_call, {"sae_lens": __import__("sae_lens")})  # what a user pastes into Python
+    check_same(sae, loaded.encode, loaded.decode, loaded, x)
+    assert shlex.split(saesteer_args) == ["--sae", str(out)]  # and into a shell
+
+
+def test_what_a_killed_convert_left_is_cleaned_or_put_back_by_the_next(real_acts, tmp_path):
+    """SIGKILL runs no `except`: a half-built folder stays beside --out, and with --overwrite the earlier SAE
+    may be moved aside with the new one not yet in place. The next convert to that --out removes the first
+    and puts the second back (its --out missing) or removes it (the new one there)."""
+    model, x = real_acts
+    _, src = source_folder("topk", model, x, tmp_path)
+    share = tmp_path / "share"
+    convert(src, "saelens", share / "sae").ok()
+    before = {p.name: p.read_bytes() for p in (share / "sae").iterdir()}
+    (share / "sae").rename(share / ".sae.old-k1ll3d")  # killed between moving it aside and renaming the new in
+    (share / ".sae.convert-k1ll3d").mkdir()
+    (share / ".sae.convert-k1ll3d" / "ae.pt").write_bytes(b"half")
+
+    r = convert(src, "dictionary_learning", share / "sae")  # no --overwrite: the SAE put back is kept
+    assert r.rc == 2 and "pass --overwrite" in r.err, r.text
+    assert {p.name: p.read_bytes() for p in (share / "sae").iterdir()} == before
+    no_leftovers(share)
+
+    (share / ".sae.old-k1ll3d").mkdir()  # killed after the new one was in place, before the old was removed
+    convert(src, "dictionary_learning", share / "sae", "--overwrite").ok()
+    assert sorted(p.name for p in (share / "sae").iterdir()) == ["ae.pt", "config.json"]
+    no_leftovers(share)
+
+
+def test_a_foreign_sae_converted_to_saesteer_steers_with_its_local_model(real_acts, tmp_path):
+    """A sparsify run naming a local model (no weights hash recorded): `--to saesteer` cuts the model's folder
+    from the record, and `saesteer steer --model FOLDER` still takes it (a cut path "gpt2" matched nothing)."""
+    model, x = real_acts
+    from sparsify import SparseCoderConfig
+
+    coder = SparseCoder(x.shape[1], SparseCoderConfig(num_latents=128, k=8), device="cpu")
+    coder.save_to_disk(tmp_path / "run" / "layers.1")
+    (tmp_path / "run" / "config.json").write_text(json.dumps({"model": model, "hookpoints": ["layers.1"]}))
+    convert(tmp_path / "run" / "layers.1", "saesteer", tmp_path / "ours").ok()
+    assert model not in (tmp_path / "ours" / "saesteer.json").read_text()  # this machine's layout is not shared
+    r = saesteer("steer", "--sae", tmp_path / "ours", "--model", model, "--prompt", "def café(x):  # 東京",
+                 "--latent", "3:clamp=8", "--max-new-tokens", "3", "--no-progress").no_traceback()
+    assert r.rc == 0, r.text
+
+
 def test_a_sparsify_run_takes_the_sae_of_another_layer_beside_its_own(real_acts, tmp_path):
     """Several layers' SAEs shared as one sparsify run, as `SparseCoder.load_many` reads one: each convert adds
     its hookpoint; one already there is replaced only with --overwrite; another model's SAE is refused."""
@@ -367,3 +483,44 @@ def test_a_sparsify_run_takes_the_sae_of_another_layer_beside_its_own(real_acts,
     assert sorted(p.name for p in run.iterdir()) == ["config.json", "layers.0", "layers.1"]
     assert set(SparseCoder.load_many(run, local=True)) == {"layers.0", "layers.1"}
     no_leftovers(tmp_path)
+
+
+def test_a_replacement_that_cannot_be_renamed_in_puts_the_earlier_folder_back(tmp_path):
+    """--overwrite (and a re-written checkpoint) move the earlier folder aside first: a failed rename of
+    the new one brings it back, whole, rather than leaving nothing at its name."""
+    from saes.fileio import put_folder_in_place
+
+    final = tmp_path / "sae"
+    final.mkdir()
+    (final / "cfg.json").write_text("the earlier SAE")
+    with pytest.raises(FileNotFoundError):
+        put_folder_in_place(tmp_path / "never-built", final, tmp_path / ".sae.old-x")
+    assert (final / "cfg.json").read_text() == "the earlier SAE" and not (tmp_path / ".sae.old-x").exists()
+
+
+def test_an_out_in_a_read_only_folder_is_refused_naming_that_folder(real_acts, tmp_path, monkeypatch):
+    """Not the random name of the folder it would have built there (`.sae.convert-x1y2z3`), which never existed.
+    (chmod does not stop root, who runs CI: the refusal is the one mkdtemp raises in a read-only folder.)"""
+    import tempfile
+
+    model, x = real_acts
+    _, src = source_folder("topk", model, x, tmp_path)
+    shared = tmp_path / "shared"
+    shared.mkdir()
+
+    def read_only(prefix, dir):
+        raise PermissionError(13, "Permission denied", f"{dir}/{prefix}x1y2z3")
+
+    monkeypatch.setattr(tempfile, "mkdtemp", read_only)
+    r = convert(src, "saelens", shared / "sae").no_traceback()
+    assert r.rc != 0 and f"{shared}: Permission denied" in r.err and ".convert-" not in r.err, r.text
+
+
+def test_sparsify_default_hookpoint_is_found_without_notes_about_hookpoints_it_only_tried(real_acts, tmp_path):
+    """An SAE on blocks.1.hook_resid_pre of a model whose config is not at hand: layers.0 is its hookpoint; the
+    MLP and attention hookpoints tried first said "cannot tell from ...'s config whether blocks.1.hook_mlp_out"."""
+    _, x = real_acts
+    sae = saes.create_sae("topk", x.shape[1], 128, k=8, metadata={"hook_name": "blocks.1.hook_resid_pre",
+                                                                 "model_name": "nobody/not-on-this-machine"})
+    r = convert(saes.save_sae(sae, tmp_path / "src"), "sparsify", tmp_path / "sp").ok()
+    assert "hookpoint 'layers.0'" in r.out and "note:" not in r.text and "hook_mlp_out" not in r.text, r.text

@@ -35,7 +35,8 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
 from saes.errors import SaesteerError
-from saes.fileio import atomic_write_bytes, atomic_write_json, fsync_dir, make_temp_dir, name_the_final_file
+from saes.fileio import (atomic_write_bytes, atomic_write_json, fsync_dir, make_temp_dir, name_the_final_file,
+                         put_folder_in_place)
 
 FORMAT = "saesteer.train_checkpoint"
 FORMAT_VERSION = 1
@@ -147,13 +148,8 @@ def write_checkpoint(root: str | os.PathLike, step: int, state: dict[str, Any], 
         atomic_write_bytes(tmp / TENSORS_FILE, blob)
         atomic_write_json(tmp / STATE_FILE, state)
         fsync_dir(tmp)
-        if final.exists():  # the same step written by an earlier attempt: replace it
-            old = root / f"{DEL_PREFIX}{final.name}.{os.getpid()}"
-            os.rename(final, old)
-            os.rename(tmp, final)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.rename(tmp, final)
+        # the same step written by an earlier attempt is replaced (put back if the rename fails)
+        put_folder_in_place(tmp, final, aside=root / f"{DEL_PREFIX}{final.name}.{os.getpid()}")
     except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
         name_the_final_file(e, tmp, final)  # a full disk: the checkpoint's file, not its temporary folder's

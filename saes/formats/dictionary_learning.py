@@ -36,15 +36,13 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import re
-import shutil
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from saes.fileio import atomic_write_bytes, fsync_dir, make_temp_dir, name_the_final_file, read_json
+from saes.fileio import atomic_write_bytes, building_folder, read_json
 from saes.formats.base import (
     SHARE_FOLDER_HINT,
     TRANSCODER_HINT,
@@ -363,17 +361,9 @@ def _write_pair(folder: Path, weights: bytes, config: bytes) -> Path:
         atomic_write_bytes(folder / WEIGHTS, weights)
         atomic_write_bytes(folder / CONFIG, config)
         return folder
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = make_temp_dir(f".{folder.name}.tmp-", folder.parent)
-    try:
+    with building_folder(folder, ".tmp-") as tmp:
         atomic_write_bytes(tmp / WEIGHTS, weights)
         atomic_write_bytes(tmp / CONFIG, config)
-        os.rename(tmp, folder)
-    except BaseException as e:
-        shutil.rmtree(tmp, ignore_errors=True)
-        name_the_final_file(e, tmp, folder)  # a full disk: the folder's file, not the temporary one's
-        raise
-    fsync_dir(folder.parent)
     return folder
 
 

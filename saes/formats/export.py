@@ -6,20 +6,23 @@
 Each target is the writer its module owns (`saes.io.save_sae`, `sparsify.save`, `dictionary_learning.save`);
 what a target cannot hold is refused by that writer, naming the SAE's side and the target's. The folder is
 built under a temporary name beside `out` and renamed into place, so a refusal, a full disk or a crash
-leaves no half-written folder; `overwrite` replaces an earlier SAE folder at `out` (only one: a folder
-that holds anything else is refused, so a mistyped --out never deletes someone's files). A sparsify run
+leaves no half-written folder; `overwrite` replaces an earlier SAE folder at `out` (only a folder of one
+SAE: one holding anything else, a trainer's checkpoints/ or a run's other layers among it, is refused, so
+a mistyped --out never deletes someone's files). A sparsify run
 folder takes one more hookpoint (its other hookpoints kept, as `SparseCoder.load_many` reads a run).
 """
 
 from __future__ import annotations
 
+import glob
 import os
+import shlex
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from saes.fileio import fsync_dir, make_temp_dir, name_the_final_file
+from saes.fileio import fsync_dir, make_temp_dir, name_the_final_file, put_folder_in_place
 from saes.formats import dictionary_learning, sae_lens_folder, sparsify
 from saes.io import PROVENANCE_FILENAME, SAEFormatError, save_sae, without_local_paths
 
@@ -28,12 +31,17 @@ TARGETS = {
     "saelens": "SAELens's cfg.json + sae_weights.safetensors (what SAE.save_model writes)",
     "sparsify": "a sparsify run folder: HOOKPOINT/cfg.json + sae.safetensors and the run's config.json",
     "dictionary_learning": "dictionary_learning's ae.pt + config.json (what trainSAE writes)",
-    "neuronpedia": "refused: Neuronpedia takes the weights as a SAELens folder and the dashboards from a feature store",
 }
-NEURONPEDIA_HINT = ("Neuronpedia takes an SAE's weights as a SAELens folder (`saesteer convert SAE --to saelens`) "
-                    "and its latents' dashboards from a feature store (`saesteer features build --sae SAE ...`, then "
-                    "`saesteer features export STORE OUT --format neuronpedia`)")
-_TMP_MARK = ".convert-"
+# Not a target (an SAE alone makes no Neuronpedia upload), but a user asks for it: the answer, in one line.
+NO_NEURONPEDIA = ("Neuronpedia has no file format for SAE weights: it takes an SAE's weights as a SAELens folder "
+                  "(`saesteer convert SAE --to saelens`) and its latents' dashboards from a feature store "
+                  "(`saesteer features build --sae SAE ...`, then `saesteer features export STORE OUT --format "
+                  "neuronpedia`)")
+_TMP_MARK = ".convert-"  # a folder being built: `.<out>.convert-XXXX` beside `out`
+_ASIDE_MARK = ".old-"  # an earlier folder --overwrite replaces, until the new one is in place
+# One SAE's files in the layouts convert writes (SAELens's training extras among them): what --overwrite replaces
+_ONE_SAES_FILES = {"cfg.json", "sae_weights.safetensors", "saesteer.json", "sparsity.safetensors",
+                   "activation_scaler.json", "activation_whitening.safetensors", "ae.pt", "config.json"}
 
 
 @dataclass(frozen=True)
@@ -48,15 +56,20 @@ def export_sae(sae: Any, target: str, out: str | os.PathLike, *, provenance: dic
     """Write `sae` for `target` (a TARGETS key) as folder `out`. `provenance` goes into saesteer.json
     (target "saesteer"); `hookpoint` is the HF module a sparsify SAE is stored under (default:
     `sparsify.default_hookpoint`). Errors: `SAEFormatError` for what the target cannot hold,
-    `FileExistsError` for an `out` that is there (without `overwrite`, or not an SAE folder)."""
+    `FileExistsError` for an `out` that is there (without `overwrite`, or not a folder of one SAE)."""
+    if target == "neuronpedia":
+        raise SAEFormatError(NO_NEURONPEDIA)
     if target not in TARGETS:
         raise SAEFormatError(f"unknown target {target!r}; one of {', '.join(TARGETS)}")
-    if target == "neuronpedia":
-        raise SAEFormatError(f"there is no Neuronpedia file format for SAE weights; {NEURONPEDIA_HINT}")
     out = Path(out)
+    _recover_from_a_killed_run(out)
     into_run = target == "sparsify" and out.is_dir() and not out.is_symlink() and bool(sparsify.hookpoint_folders(out))
     if not into_run:  # a sparsify run takes another hookpoint (load_many reads them all)
         _check_out(out, overwrite)
+    if target == "saelens" and sae.is_transcoder and sae.saved_architecture() == "topk":
+        raise SAEFormatError("a TopK transcoder cannot be saved for SAELens: SAELens has no TopK transcoder class "
+                             "(its transcoders are ReLU and JumpReLU); --to sparsify writes it for sparsify's "
+                             "SparseCoder, --to saesteer for saesteer")
     if target in ("sparsify", "dictionary_learning") and not sae.cfg.metadata.get("hook_name"):
         raise SAEFormatError(f"the SAE's files record no hook point, and a {target} folder names the module it reads; "
                              f"give --hook (the hook point it was trained on, e.g. blocks.6.hook_resid_post)")
@@ -66,6 +79,8 @@ def export_sae(sae: Any, target: str, out: str | os.PathLike, *, provenance: dic
             raise SAEFormatError(f"the SAE reads {sae.cfg.metadata.get('hook_name') or 'no recorded hook'}, which "
                                  f"saesteer names no sparsify hookpoint for; give --hookpoint, the HF module whose "
                                  f"output it reads (e.g. layers.6, h.6 on GPT-2)")
+    if into_run:
+        _recover_from_a_killed_run(out / hookpoint, aside_in=out.parent)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = make_temp_dir(f".{out.name}{_TMP_MARK}", out.parent)  # beside: load_many reads every folder in a run
     try:
@@ -90,8 +105,8 @@ def _write(sae: Any, target: str, tmp: Path, out: Path, provenance: dict[str, An
     if target == "sparsify":
         folder = sparsify.save(sae, tmp, hookpoint)
         return Exported(out, f"sparsify TopK {'transcoder' if sae.is_transcoder else 'SAE'} at hookpoint {hookpoint!r}",
-                        f"sparsify.SparseCoder.load_from_disk('{out / folder.name}') or "
-                        f"SparseCoder.load_many('{out}')")
+                        f"sparsify.SparseCoder.load_from_disk({str(out / folder.name)!r}) or "
+                        f"SparseCoder.load_many({str(out)!r})")
     if target == "dictionary_learning":
         dictionary_learning.save(sae, tmp)
         dict_class = dictionary_learning.dict_class_for(sae)
@@ -101,31 +116,57 @@ def _write(sae: Any, target: str, tmp: Path, out: Path, provenance: dict[str, An
             lost = f"; the Matryoshka prefixes {sae.levels} are not kept" if sae.architecture != "batchtopk" else ""
             why = (f", which computes the same latents (they have thresholds of their own, and {own} holds one "
                    f"threshold for all{lost})")
+        elif sae.saved_architecture() == "standard" and dict_class == "JumpReluAutoEncoder":
+            why = (" of threshold 0, which computes the same latents (the decoder rows are not unit-norm, and "
+                   "AutoEncoder.from_pretrained would rescale them and the latents with them)")
         return Exported(out, f"dictionary_learning {dict_class}{why}",
-                        f"dictionary_learning.utils.load_dictionary('{out}', device)")
+                        f"dictionary_learning.utils.load_dictionary({str(out)!r}, device)")
     record = without_local_paths(provenance or {}) if target == "saesteer" else None
     save_sae(sae, tmp, provenance=record)
     if target == "saelens":
         (tmp / PROVENANCE_FILENAME).unlink()
-    form = (f"{sae.architecture} in its {sae.saved_architecture()} inference form"
-            if sae.saved_architecture() != sae.architecture else sae.architecture)
+    kind = ("skip transcoder" if sae.W_skip is not None else "transcoder") if sae.is_transcoder else ""
+    form = (f"{sae.architecture} {kind or 'SAE'} in its {sae.saved_architecture()} inference form"
+            if sae.saved_architecture() != sae.architecture else f"{sae.architecture} {kind}".rstrip())
+    saesteer_loads = f"saesteer's --sae {shlex.quote(str(out))}"
+    if sae.is_transcoder and sae.saved_architecture() == "topk":  # only --to saesteer gets here (see export_sae)
+        return Exported(out, f"saesteer folder, {form} (SAELens has no TopK transcoder class)", saesteer_loads)
     return Exported(out, f"{'saesteer' if target == 'saesteer' else 'SAELens'} folder, {form}",
-                    f"sae_lens.SAE.load_from_disk('{out}'), or saesteer's --sae {out}")
+                    f"sae_lens.SAE.load_from_disk({str(out)!r}), or {saesteer_loads}")
+
+
+def _recover_from_a_killed_run(out: Path, aside_in: Path | None = None) -> None:
+    """Undo what a convert killed midway (SIGKILL, a power cut: no `except` ran) left beside `out`: its
+    half-built folders are removed, and an earlier SAE it had moved aside to replace is put back where
+    `out` is missing (the replacement never arrived) or removed where the replacement is in place."""
+    aside_in = aside_in or out.parent
+    if not out.parent.is_dir():
+        return
+    for p in out.parent.glob(f".{glob.escape(out.name)}{_TMP_MARK}*"):
+        shutil.rmtree(p, ignore_errors=True)
+    asides = sorted(aside_in.glob(f".{glob.escape(out.name)}{_ASIDE_MARK}*"), key=lambda p: p.stat().st_mtime)
+    if asides and not os.path.lexists(out):
+        os.rename(asides.pop(), out)
+    for p in asides:
+        shutil.rmtree(p, ignore_errors=True)
 
 
 def _check_out(out: Path, overwrite: bool) -> None:
-    """Refuse an `out` that is there, unless `overwrite` and it is an SAE folder (or empty)."""
+    """Refuse an `out` that is there, unless `overwrite` and it holds one SAE and nothing else (or nothing)."""
     if not os.path.lexists(out):
         return
     if not out.is_dir() or out.is_symlink():
         raise FileExistsError(f"--out {out} is there and is not a folder; give a new folder's name")
     if not overwrite:
         raise FileExistsError(f"--out {out} is there; pass --overwrite to replace it, or give a new folder's name")
-    empty = not any(out.iterdir())
-    if not (empty or sae_lens_folder.is_folder(out) or dictionary_learning.is_folder(out)
-            or sparsify.hookpoint_folders(out)):
-        raise FileExistsError(f"--out {out} holds files that are no SAE folder; --overwrite replaces only an SAE "
-                              f"folder: give a new folder's name")
+    names = {p.name for p in out.iterdir() if not p.name.startswith(".")}
+    hookpoints = sparsify.hookpoint_folders(out)
+    is_sae = sae_lens_folder.is_folder(out) or dictionary_learning.is_folder(out) or len(hookpoints) == 1
+    others = sorted(names - _ONE_SAES_FILES - set(hookpoints[:1])) if is_sae else sorted(names)
+    if others:  # a trainer's checkpoints/, a run's other layers, someone's notes: not ours to delete
+        raise FileExistsError(f"--out {out} holds {', '.join(others[:3])}{', ...' if len(others) > 3 else ''}, which "
+                              f"is no part of one SAE's files; --overwrite replaces only a folder holding one SAE: "
+                              f"give a new folder's name")
 
 
 def _add_hookpoint(tmp: Path, run: Path, hookpoint: str, overwrite: bool) -> None:
@@ -139,20 +180,9 @@ def _add_hookpoint(tmp: Path, run: Path, hookpoint: str, overwrite: bool) -> Non
     fsync_dir(run)
 
 
-def _put_in_place(tmp: Path, out: Path, aside_in: Path | None = None) -> None:
-    """Rename the finished folder `tmp` to `out`; an earlier `out` (overwrite) is moved aside first and
-    removed once the new one is in place (moved back if that fails)."""
-    aside = None
-    if os.path.lexists(out):
-        aside = make_temp_dir(f".{out.name}.old-", aside_in or out.parent)
-        os.rmdir(aside)
-        os.rename(out, aside)
-    try:
-        os.rename(tmp, out)
-    except BaseException:
-        if aside is not None:
-            os.rename(aside, out)
-        raise
-    fsync_dir(out.parent)
-    if aside is not None:
-        shutil.rmtree(aside, ignore_errors=True)
+def _put_in_place(built: Path, out: Path, aside_in: Path | None = None) -> None:
+    """`built` renamed to `out`, an earlier `out` moved aside to `.<name>.old-XXXX` meanwhile (a free name,
+    which `_recover_from_a_killed_run` finds)."""
+    aside = make_temp_dir(f".{out.name}{_ASIDE_MARK}", aside_in or out.parent)
+    os.rmdir(aside)
+    put_folder_in_place(built, out, aside)

@@ -35,11 +35,13 @@ above, at the hookpoint whose hook(s) are the SAE's.
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from saes.errors import SaesteerWarning
 from saes.fileio import atomic_save_safetensors, atomic_write_json, read_json
 from saes.formats.base import (
     SHARE_FOLDER_HINT,
@@ -255,7 +257,9 @@ def default_hookpoint(sae: Any) -> str | None:
     candidates = [f"layers.{n}", f"layers.{n}.mlp", f"layers.{n}.self_attn"] + ([f"layers.{n - 1}"] if n else [])
     for hookpoint in candidates:
         try:
-            _check_hookpoint(sae, hookpoint, meta)
+            with warnings.catch_warnings():  # a guess's notes (a model config not at hand for layers.N.mlp) are
+                warnings.simplefilter("ignore", SaesteerWarning)  # noise; `save` checks the chosen one aloud
+                _check_hookpoint(sae, hookpoint, meta)
         except SAEFormatError:
             continue
         return hookpoint

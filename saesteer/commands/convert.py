@@ -22,8 +22,8 @@ BatchTopK and Matryoshka as its BatchTopKSAE and MatryoshkaBatchTopKSAE where ev
 threshold, else (per-latent thresholds, as saesteer trains them) as its JumpReluAutoEncoder, which computes
 them exactly. Neuronpedia takes the weights as a SAELens folder and the dashboards from a feature store
 (`saesteer features export STORE OUT --format neuronpedia`). OUT is written whole or not at all (built
-beside under a temporary name, then renamed). A sparsify run folder at OUT takes one more hookpoint (another
-layer's SAE), its other hookpoints kept.
+beside under a temporary name, then renamed; what a killed run left is cleaned up by the next). A sparsify
+run folder at OUT takes one more hookpoint (another layer's SAE), its other hookpoints kept.
 
 examples:
   saesteer convert runs/toy/saes/topk_k32_f1024 --to sparsify --out share/sparsify
@@ -32,10 +32,11 @@ examples:
 
 
 def add_arguments(parser) -> None:
+    from saes.formats.export import TARGETS
+
     parser.add_argument("sae", metavar="SAE",
                         help="the SAE: a folder or file saesteer reads, sae_lens:RELEASE/SAE_ID, or a Neuronpedia id")
-    parser.add_argument("--to", required=True,
-                        choices=["saesteer", "saelens", "sparsify", "dictionary_learning", "neuronpedia"],
+    parser.add_argument("--to", required=True, type=_target, choices=list(TARGETS),
                         help="the library to write it for")
     parser.add_argument("--out", required=True, metavar="DIR", help="the folder to write (must not exist, unless "
                                                                     "--overwrite)")
@@ -49,6 +50,18 @@ def add_arguments(parser) -> None:
                         help="sparsify: the HF module the SAE reads the output of, its name in the run (default: "
                              "layers.N for blocks.N.hook_resid_post, layers.N.mlp for hook_mlp_out; GPT-2 calls "
                              "them h.N, h.N.mlp)")
+
+
+def _target(text: str) -> str:
+    """--to's value; "neuronpedia", which users ask for but is no target, answered with what to do instead
+    (argparse prints the message after "argument --to:")."""
+    import argparse
+
+    from saes.formats.export import NO_NEURONPEDIA
+
+    if text.strip().lower() == "neuronpedia":
+        raise argparse.ArgumentTypeError(NO_NEURONPEDIA)
+    return text
 
 
 def run(args) -> int:
