@@ -41,7 +41,7 @@ import torch
 from saes.base import SAE
 from saes.errors import note
 from saes.fileio import sha256_file
-from saes.identity import ModelIdentity
+from saes.identity import ModelIdentity, split_revision
 from saes.io import SAEFormatError
 from saes.model_files import cache_folder_repo
 
@@ -411,12 +411,11 @@ def hf_tokenizer_adds_bos(model_name: str | None) -> bool | None:
 
 
 def _name_and_revision(model_name: str) -> tuple[str, str | None]:
-    """(hub name or directory, revision) of a model as `--model` names it: `NAME@REVISION` is a hub
-    model at a branch, tag or commit (`saesteer.models.resolve_spec`); a directory is itself."""
+    """(hub name or directory, revision) of a model as `--model` names it (`saes.identity.split_revision`;
+    a directory, whose name may hold an @, is itself)."""
     if Path(model_name).expanduser().is_dir():
         return model_name, None
-    name, _, revision = model_name.partition("@")
-    return name, revision or None
+    return split_revision(model_name)
 
 
 def _tokenizer_source(model_name: str) -> tuple[Any, ...]:
