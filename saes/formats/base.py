@@ -464,7 +464,9 @@ def _tokenizer_adds_bos(model_name: str, source: tuple[Any, ...]) -> bool | None
         ids = tok("a").input_ids
     except Exception:  # noqa: BLE001 - any tokenizer that cannot be read here: left to the model's default
         return None
-    return tok.bos_token_id is not None and bool(ids) and ids[0] == tok.bos_token_id
+    if not ids:  # no tokenizer files beside the config: transformers builds an empty tokenizer, which tells nothing
+        return None
+    return tok.bos_token_id is not None and ids[0] == tok.bos_token_id
 
 
 def record_hf_tokenizer_bos(sae: SAE, provenance: dict[str, Any], model_name: str | None) -> None:
