@@ -483,8 +483,10 @@ def record_hf_tokenizer_bos(sae: SAE, provenance: dict[str, Any], model_name: st
     if adds is not None:
         sae.cfg.metadata["prepend_bos"] = adds
     elif model_name and model_name != "toy":
+        name, revision = _name_and_revision(model_name)
+        load = f"{name!r}" + (f", revision={revision!r}" if revision else "")
         note(f"{provenance['source'].get('path', 'this SAE')}: {model_name}'s HF tokenizer is not on this machine "
              f"(nothing is downloaded), so whether this SAE's training text started with BOS is unknown; text gets "
              f"the model's default BOS, which TransformerLens may add where the tokenizer does not (GPT-2). Load the "
-             f"tokenizer once with network (AutoTokenizer.from_pretrained({model_name!r})), or choose BOS explicitly",
+             f"tokenizer once with network (AutoTokenizer.from_pretrained({load})), or choose BOS explicitly",
              stacklevel=3)
