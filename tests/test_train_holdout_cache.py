@@ -141,3 +141,22 @@ def test_a_resume_draws_its_held_out_rows_where_the_run_did(neox, tmp_path):
         assert f"this run's come from {said}" in r.err, r.err
     r = _train(train_cache, val, run, *more).ok()  # the same held-out cache: resumed
     assert json.loads((run / "metrics.json").read_text())["tokens_trained"] == 3072
+
+
+def test_without_held_out_text_the_ce_evaluation_reads_the_holdout_cache_s_contexts(neox, real_models, real_corpus,
+                                                                                    tmp_path):
+    """A training text with no validation split: CE loss recovered ran on the training cache's last shard
+    (trained-on text) though --holdout-cache holds contexts of other text, their tokens kept."""
+    import shutil
+
+    _, val, _ = neox
+    only_train = tmp_path / "only-train"
+    only_train.mkdir()
+    shutil.copy(real_corpus.jsonl_dir / "train.jsonl", only_train / "train.jsonl")
+    train_cache = tmp_path / "train"
+    saesteer("cache", "--model", real_models.path("neox"), "--dataset", only_train, "--split", "train",
+             "--max-tokens", 3072, "--hooks", HOOK, "--context-length", 64, "--out", train_cache, "--no-progress").ok()
+    r = _train(train_cache, val, tmp_path / "run", "--model-eval", "true", "--eval-ce-contexts", 4).ok()
+    assert f"CE evaluation on contexts of --holdout-cache {val}" in r.text and "trained-on text" not in r.text
+    ce = json.loads((tmp_path / "run/metrics.json").read_text())["data"]["ce_eval_data"]
+    assert ce == {"cache": str(val), "contexts": 4, "trained_on": False}

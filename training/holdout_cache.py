@@ -22,8 +22,9 @@ def check_holdout_cache(train: Manifest, train_dir: str | Path, held: Manifest, 
     shared)."""
     ours, theirs = f"the training cache {train_dir}", f"--holdout-cache {held_dir}"
     if not held.complete:  # its manifest lists no shards until the build ends
-        raise CacheMismatchError(f"{theirs} is not a finished cache (its `saesteer cache` is still running, or stopped "
-                                 f"before the end): wait for it, or re-run the same `saesteer cache` command to finish it")
+        raise CacheMismatchError(f"{theirs} is not a finished cache (its `saesteer cache` is still running, or "
+                                 f"stopped before the end): wait for it, or re-run the same `saesteer cache` command "
+                                 f"to finish it")
     if Path(train_dir).resolve() == Path(held_dir).resolve():
         raise CacheMismatchError(f"{theirs} is the training cache itself: its rows would be trained on; cache other "
                                  f"text (e.g. the validation split) with the same model and hook, and pass that")

@@ -245,7 +245,7 @@ def _follow_the_trainers_bos(sae, prov: dict[str, Any], release: str, spec: str)
         return
     model = bridge_hub_name(info.model)
     adds = hf_tokenizer_adds_bos(model)
-    if adds is None:  # SAELens's constant, unchecked: said, as it may be wrong (Pythia's, Qwen2's tokenizers add no BOS)
+    if adds is None:  # SAELens's constant, unchecked: said, as it may be wrong (Pythia's, Qwen2's add no BOS)
         note(f"{spec}: SAELens records prepend_bos={bool(recorded)} (a constant of its {converter} converter); "
              f"{trainer}, which trained this SAE, fed it text as {model}'s HF tokenizer makes it, which is not on this "
              f"machine to tell whether it starts with BOS: prepend_bos={bool(recorded)} is kept (download the "
