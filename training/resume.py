@@ -9,8 +9,8 @@ source, never trained on) and build the `Trainer`. A fresh run seeds the global 
 initialises the SAEs from the held-out rows; a resume checks the config against the
 checkpoint's, loads the trainer's state and puts the data source back where the checkpoint
 left it (its `load_state_dict`, or by skipping the batches already trained on); a resume whose
-held-out rows come from elsewhere than the checkpoint records is refused (`holdout_change`). Either way the
-history is cut back to the trainer's step and `config.json` is written.
+held-out rows come from elsewhere than the checkpoint records is refused (`holdout_change`).
+Either way the history is cut back to the trainer's step and `config.json` is written.
 """
 
 from __future__ import annotations
