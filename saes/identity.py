@@ -145,10 +145,10 @@ class ModelIdentity:
             return None
         weights = "processed" if rest.endswith("+processed") else "raw"
         rest, _, digest = rest.removesuffix("+processed").partition("#sha256:")
-        name, _, rev = rest.partition("@")
+        name, rev = split_revision(rest)
         if not name:
             return None
-        return cls(source, name, revision=rev or revision or None, weights_sha256=digest or None, weights=weights)
+        return cls(source, name, revision=rev or revision, weights_sha256=digest or None, weights=weights)
 
 
 def _same_hash(a: str, b: str) -> bool:
@@ -172,6 +172,13 @@ def official_model_name(name: str) -> str | None:
         return get_official_model_name(name)
     except Exception:  # ValueError for an unknown name, a local path; any failure: no mapping
         return None
+
+
+def split_revision(spec: str) -> tuple[str, str | None]:
+    """(hub name, revision) of a hub model as `--model` names it: `NAME@REVISION` (a branch, tag or
+    commit); without `@`, the default branch (None). The one place `NAME@REVISION` is taken apart."""
+    name, _, revision = spec.partition("@")
+    return name, revision or None
 
 
 def bridge_hub_name(name: str) -> str:

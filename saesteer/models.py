@@ -71,6 +71,7 @@ from saes.identity import (
     check_same_model,
     identity_of_model,
     same_model,
+    split_revision,
 )
 from saes.model_files import local_weights_sha256  # noqa: F401  (re-exported: callers import it from here)
 
@@ -141,9 +142,9 @@ def resolve_spec(spec: str) -> ModelInfo:
         return ModelInfo(spec, "local", p.resolve().name, path=str(p.resolve()))
     if _looks_like_path(spec) or p.exists():
         raise FileNotFoundError(f"model directory {spec!r} does not exist (or is not a directory)")
-    name, _, revision = spec.partition("@")
+    name, revision = split_revision(spec)
     # a TransformerLens alias: the repo the Bridge loads, so that its commit is resolved and recorded
-    return ModelInfo(spec, "hub", bridge_hub_name(name), revision=revision or None)
+    return ModelInfo(spec, "hub", bridge_hub_name(name), revision=revision)
 
 
 def load_model(spec: str, device: str | None = None, dtype=None, *, process_weights: bool = False):

@@ -106,3 +106,18 @@ def test_a_sparsify_sae_given_the_model_at_a_revision_gets_that_tokenizer_s_bos(
     folder = fs.write_sparsify(tmp_path / "run" / "h.0", state, cfg)
     for spec, adds in ((f"{REPO}@bos", True), (REPO, False)):
         assert resolve_sae(folder, model=spec).sae.cfg.metadata["prepend_bos"] is adds, spec
+
+
+def test_a_revision_not_on_this_machine_is_said_with_the_call_that_fetches_it(hub, tmp_path):
+    import warnings
+
+    from helpers import foreign_saes as fs
+    from saes.formats import resolve_sae
+
+    state, cfg = fs.random_sparsify(32, 64, k=4)
+    folder = fs.write_sparsify(tmp_path / "run" / "h.0", state, cfg)
+    with warnings.catch_warnings(record=True) as said:
+        warnings.simplefilter("always")
+        resolve_sae(folder, model=f"{REPO}@v2")
+    notes = [str(w.message) for w in said if "HF tokenizer is not on this machine" in str(w.message)]
+    assert len(notes) == 1 and f"AutoTokenizer.from_pretrained('{REPO}', revision='v2')" in notes[0], notes

@@ -3,12 +3,14 @@
 `prepend_bos: True` for every one, while dictionary_learning, which trained them, fed them the text as
 the model's HF tokenizer makes it: no BOS for Pythia (GPT-NeoX's tokenizer) or Qwen2. saesteer fed
 `sae_lens:...` with BOS and the same SAE read from its own files without. The registry SAE now gets
-the trainer's BOS, with a note naming both sides."""
+the trainer's BOS, with a note naming both sides; where that tokenizer is not on the machine, SAELens's
+value is kept and said; SAEs of other converters keep SAELens's record."""
 
 from __future__ import annotations
 
 import json
 import warnings
+from pathlib import Path
 
 import pytest
 
@@ -55,3 +57,48 @@ def test_a_registry_sae_trained_by_dictionary_learning_gets_its_trainer_s_bos(hu
         cfg = type("cfg", (), {"default_prepend_bos": True})
 
     assert prepend_bos_for(Model(), [loaded]) is False
+
+
+def test_without_the_tokenizer_here_saelens_s_record_is_kept_and_said(hub):
+    import shutil
+
+    from huggingface_hub import constants
+
+    from saes.formats import resolve_sae
+    from saes.formats.base import hf_tokenizer_adds_bos
+
+    pythia = Path(constants.HF_HUB_CACHE) / "models--EleutherAI--pythia-70m-deduped"
+    for snapshot in (pythia / "snapshots").iterdir():  # the config and weights only
+        for p in snapshot.iterdir():
+            if p.name.startswith(("tokenizer", "special_tokens", "vocab", "merges")):
+                p.unlink() if p.is_file() or p.is_symlink() else shutil.rmtree(p)
+    # config.json without tokenizer files: transformers builds an empty tokenizer (which "adds no BOS")
+    assert hf_tokenizer_adds_bos("EleutherAI/pythia-70m-deduped") is None
+    with warnings.catch_warnings(record=True) as said:
+        warnings.simplefilter("always")
+        loaded = resolve_sae(f"sae_lens:{RELEASE}/{SAE_ID}")
+    assert loaded.sae.cfg.metadata["prepend_bos"] is True and "prepend_bos" not in loaded.provenance["source"]
+    notes = [str(w.message) for w in said if "prepend_bos" in str(w.message)]
+    assert len(notes) == 1 and "SAELens records prepend_bos=True" in notes[0], notes
+    assert "is not on this machine" in notes[0] and "prepend_bos=True is kept" in notes[0], notes
+
+
+def test_an_sae_of_another_converter_keeps_saelens_s_record(hub, tmp_path):
+    """gpt2-small-res-jb (SAELens's own converter): its cfg.json says prepend_bos true, the HF GPT-2 tokenizer
+    adds no BOS, and SAELens trained it with BOS: the record stands, and nothing is said."""
+    from huggingface_hub import constants
+
+    from saes.formats import resolve_sae
+    from saes.formats.base import hf_tokenizer_adds_bos
+
+    cfg = json.loads((tmp_path / "made/cfg.json").read_text())
+    cfg["metadata"]["prepend_bos"] = True  # as the release's cfg.json records it
+    (tmp_path / "cfg.json").write_text(json.dumps(cfg))
+    fs.write_hf_snapshot(Path(constants.HF_HUB_CACHE), "jbloom/GPT2-Small-SAEs-Reformatted",
+                         {"blocks.1.hook_resid_pre/cfg.json": tmp_path / "cfg.json"})
+    assert hf_tokenizer_adds_bos("gpt2") is False  # what a flip would follow
+    with warnings.catch_warnings(record=True) as said:
+        warnings.simplefilter("always")
+        loaded = resolve_sae("sae_lens:gpt2-small-res-jb/blocks.1.hook_resid_pre")
+    assert loaded.sae.cfg.metadata["prepend_bos"] is True and "prepend_bos" not in loaded.provenance["source"]
+    assert [str(w.message) for w in said if "prepend_bos" in str(w.message)] == []

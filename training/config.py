@@ -429,8 +429,9 @@ class DataConfig:
     holdout_cache: str | None = field(
         default=None,
         metadata={"help": "activation cache of other text (e.g. the validation split, cached with the same --model, "
-                          "--hooks and --bos-policy) the held-out rows come from; none: the first rows of --cache's "
-                          "stream, trained on from its second pass on"},
+                          "--hooks, --bos-policy, --context-length and --exclude-tokens) the held-out rows come from; "
+                          "a resume needs the run's own; none: the first rows of --cache's stream, trained on from "
+                          "its second pass on"},
     )
     hook: str | None = field(default=None, metadata={"help": "hook point to train on; none: the cache's only hook, or "
                                                              "blocks.<n_layers//2>.hook_resid_post without a cache"})

@@ -8,8 +8,9 @@ stream, not trained on until a source's second pass over its data; or of a separ
 source, never trained on) and build the `Trainer`. A fresh run seeds the global RNGs and
 initialises the SAEs from the held-out rows; a resume checks the config against the
 checkpoint's, loads the trainer's state and puts the data source back where the checkpoint
-left it (its `load_state_dict`, or by skipping the batches already trained on). Either way the
-history is cut back to the trainer's step and `config.json` is written.
+left it (its `load_state_dict`, or by skipping the batches already trained on); a resume whose
+held-out rows come from elsewhere than the checkpoint records is refused (`holdout_change`).
+Either way the history is cut back to the trainer's step and `config.json` is written.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from saes.fileio import atomic_write_json
 from training.checkpoint import CheckpointError, checkpoint_name, list_checkpoints, read_checkpoint
 from training.collectives import Collectives
 from training.config import RunConfig, config_differences
+from training.holdout_cache import holdout_change, holdout_source
 from training.initialize import estimate_activation_scale
 from training.logs import truncate_history
 from training.trainer import ConfigMismatchError, DataError, Trainer, batch_targets, batch_tensor
@@ -56,6 +58,12 @@ def start_run(config: RunConfig, data: Iterable[Any], out: Path, coll: Collectiv
         raise ValueError(f"start_run: init_source reads {init_source.spec!r}, the config's train.init_from is "
                          f"{config.train.init_from!r}; set train.init_from to it, or pass no init_source")
     found = checkpoint_to_resume(config, out, coll, resume)
+    held_from = holdout_source(holdout)
+    change = holdout_change(found[1].get("holdout_source"), held_from) if found is not None else None
+    if change:
+        raise ConfigMismatchError(
+            f"cannot resume {found[0]}: {change}; its held-out metrics would be on other rows. Resume with the "
+            f"held-out source the run started with, or start a new run in another output folder")
     batches = iter(data)
     holdout_BD, _, holdout_targets = draw_holdout(batches if holdout is None else iter(holdout),
                                                   config.train.holdout_tokens, coll)
@@ -64,6 +72,7 @@ def start_run(config: RunConfig, data: Iterable[Any], out: Path, coll: Collectiv
         refuse_nonfinite(holdout_targets, prov)
     d_out = holdout_targets.shape[1] if holdout_targets is not None else None
     trainer = Trainer(config, holdout_BD.shape[1], collectives=coll, sae_metadata=sae_metadata(prov), d_out=d_out)
+    trainer.holdout_source = held_from
     if found is not None:
         batches = resume_from(trainer, found, data, batches, holdout_BD)
     else:

@@ -224,6 +224,8 @@ class Trainer:
         self.target_scale = 1.0  # transcoders: the target's own scale (an SAE's target is its input)
         self.train_seconds = 0.0
         self.init_from: dict[str, Any] | None = None  # fine-tuning: the source SAE's record (training.init_from)
+        # where the held-out rows come from (training.holdout_cache.holdout_source): a resume must match it
+        self.holdout_source: dict[str, Any] | None = None
 
     @property
     def total_steps(self) -> int:
@@ -356,7 +358,7 @@ class Trainer:
             "tokens": self.tokens, "step_method": self.step_method, "activation_scale": self.scale,
             "target_activation_scale": self.target_scale, "d_out": self.d_out,
             "train_seconds": self.train_seconds, "config": self.config.to_dict(), "members": members,
-            "init_from": self.init_from,
+            "init_from": self.init_from, "holdout_source": self.holdout_source,
             "world_size": self.coll.world_size,
             "rng": capture_rng(tensors), "data": flatten_state(data_state, "data", tensors),
         }

@@ -41,7 +41,7 @@ import torch
 from saes.base import SAE
 from saes.errors import note
 from saes.fileio import sha256_file
-from saes.identity import ModelIdentity
+from saes.identity import ModelIdentity, split_revision
 from saes.io import SAEFormatError
 from saes.model_files import cache_folder_repo
 
@@ -411,12 +411,11 @@ def hf_tokenizer_adds_bos(model_name: str | None) -> bool | None:
 
 
 def _name_and_revision(model_name: str) -> tuple[str, str | None]:
-    """(hub name or directory, revision) of a model as `--model` names it: `NAME@REVISION` is a hub
-    model at a branch, tag or commit (`saesteer.models.resolve_spec`); a directory is itself."""
+    """(hub name or directory, revision) of a model as `--model` names it (`saes.identity.split_revision`;
+    a directory, whose name may hold an @, is itself)."""
     if Path(model_name).expanduser().is_dir():
         return model_name, None
-    name, _, revision = model_name.partition("@")
-    return name, revision or None
+    return split_revision(model_name)
 
 
 def _tokenizer_source(model_name: str) -> tuple[Any, ...]:
@@ -465,7 +464,9 @@ def _tokenizer_adds_bos(model_name: str, source: tuple[Any, ...]) -> bool | None
         ids = tok("a").input_ids
     except Exception:  # noqa: BLE001 - any tokenizer that cannot be read here: left to the model's default
         return None
-    return tok.bos_token_id is not None and bool(ids) and ids[0] == tok.bos_token_id
+    if not ids:  # no tokenizer files beside the config: transformers builds an empty tokenizer, which tells nothing
+        return None
+    return tok.bos_token_id is not None and ids[0] == tok.bos_token_id
 
 
 def record_hf_tokenizer_bos(sae: SAE, provenance: dict[str, Any], model_name: str | None) -> None:
@@ -482,8 +483,10 @@ def record_hf_tokenizer_bos(sae: SAE, provenance: dict[str, Any], model_name: st
     if adds is not None:
         sae.cfg.metadata["prepend_bos"] = adds
     elif model_name and model_name != "toy":
+        name, revision = _name_and_revision(model_name)
+        load = f"{name!r}" + (f", revision={revision!r}" if revision else "")
         note(f"{provenance['source'].get('path', 'this SAE')}: {model_name}'s HF tokenizer is not on this machine "
              f"(nothing is downloaded), so whether this SAE's training text started with BOS is unknown; text gets "
              f"the model's default BOS, which TransformerLens may add where the tokenizer does not (GPT-2). Load the "
-             f"tokenizer once with network (AutoTokenizer.from_pretrained({model_name!r})), or choose BOS explicitly",
+             f"tokenizer once with network (AutoTokenizer.from_pretrained({load})), or choose BOS explicitly",
              stacklevel=3)

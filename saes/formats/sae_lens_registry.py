@@ -229,7 +229,8 @@ def _follow_the_trainers_bos(sae, prov: dict[str, Any], release: str, spec: str)
     """`metadata.prepend_bos` as the library that trained the SAE fed it (`_TRAINED_BY`), where SAELens's
     converter records otherwise, said in a note naming both: the same SAE read from its own files
     (`saes.formats.dictionary_learning`) gets the tokenizer's, and every stage follows the record (`saes.bos`).
-    Kept as SAELens records it where the tokenizer is not on this machine (nothing is downloaded)."""
+    Kept as SAELens records it where the tokenizer is not on this machine (nothing is downloaded), said in a
+    note. SAEs of every other converter keep SAELens's record."""
     from sae_lens.loading.pretrained_saes_directory import get_pretrained_saes_directory
 
     from saes.errors import note
@@ -244,7 +245,14 @@ def _follow_the_trainers_bos(sae, prov: dict[str, Any], release: str, spec: str)
         return
     model = bridge_hub_name(info.model)
     adds = hf_tokenizer_adds_bos(model)
-    if adds is None or adds == bool(recorded):
+    if adds is None:  # SAELens's constant, unchecked: said, as it may be wrong (Pythia's, Qwen2's add no BOS)
+        note(f"{spec}: SAELens records prepend_bos={bool(recorded)} (a constant of its {converter} converter); "
+             f"{trainer}, which trained this SAE, fed it text as {model}'s HF tokenizer makes it, which is not on this "
+             f"machine to tell whether it starts with BOS: prepend_bos={bool(recorded)} is kept (download the "
+             f"model's tokenizer and load the SAE again, or choose with --prepend-bos / GenerationConfig.prepend_bos)",
+             stacklevel=3)
+        return
+    if adds == bool(recorded):
         return
     sae.cfg.metadata["prepend_bos"] = adds
     prov["source"]["prepend_bos"] = {"sae_lens": bool(recorded), "used": adds,

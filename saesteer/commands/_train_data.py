@@ -221,8 +221,9 @@ def _holdout_trained_on(t, rows: int, cache) -> bool:
 
 
 def _cache_model_eval(run_cfg, data_cfg, reader, model, prov: dict, allow_model_mismatch: bool):
-    """The CE evaluation of a cached run: held-out text when there is some (else the cache's last
-    shard, with a note); fills prov's model identity (older caches) and ce_eval_data."""
+    """The CE evaluation of a cached run: held-out text when there is some (else the contexts of
+    --holdout-cache, else the cache's last shard, with a note); fills prov's model identity (older
+    caches) and ce_eval_data."""
     from training.evaluate import ModelEval
     from training.sources import contexts_from_cache, text_config_from_manifest, text_documents_read
 
@@ -235,7 +236,12 @@ def _cache_model_eval(run_cfg, data_cfg, reader, model, prov: dict, allow_model_
     n = run_cfg.eval.ce_contexts
     held, why = _heldout(text_config_from_manifest(man), data_cfg, model.tokenizer, n, text_documents_read(man),
                          from_cache=True)
-    if held is None:
+    if held is None and data_cfg.holdout_cache:  # the held-out cache keeps its contexts' tokens: never trained on
+        print(f"note: CE evaluation on contexts of --holdout-cache {data_cfg.holdout_cache}: {why}")
+        tokens = contexts_from_cache(data_cfg.holdout_cache, n)
+        prov["ce_eval_data"] = {"cache": str(data_cfg.holdout_cache), "contexts": int(tokens.shape[0]),
+                                "trained_on": False}
+    elif held is None:
         print(f"note: CE evaluation on contexts of the cache's last shard (trained-on text): {why}; "
               f"{NO_HELDOUT_FIX}")
         tokens = contexts_from_cache(data_cfg.cache, n, man)
