@@ -38,7 +38,7 @@ from steering.latentcolumns import LatentColumns
 from steering.lengthgroups import prefill_groups
 from steering.lowprecision import sae_precision
 from steering.rowedits import BatchEditor, RowLayout, RowSteering, check_positions, editors_for, kept_columns
-from steering.runner import make_runner
+from steering.runner import HookedRunner, make_runner
 from steering.sampling import Choice, RowRandom, SamplingParams, choose
 from steering.spec import SteeringError
 from steering.textstream import TextAssembler
@@ -113,6 +113,7 @@ class BatchEngine:
         self.admitting: list[_Live] = []  # rows in their prefill: out of pending, not yet running
         self.running: list[_Live] = []
         self.cache: Any = None
+        self._caches_merge: bool | None = True if isinstance(self.runner, HookedRunner) else None  # see `_merges`
         self._decode_editors: dict[str, BatchEditor] | None = None
         self.columns: dict[str, LatentColumns] = {}  # per SAE: latents read and edited, kept between batches
         self._cancel_lock = threading.Lock()
@@ -227,8 +228,21 @@ class BatchEngine:
             return  # this cache layout cannot take more rows: wait for the batch to drain
         with self._cancel_lock:  # `cancel` sees each row in one of pending, admitting, running
             self.pending, self.admitting = self.pending[len(take):], take
-        for group in prefill_groups(take, lambda l: len(l.row.prompt_ids)):
+        groups = prefill_groups(take, lambda l: len(l.row.prompt_ids))
+        if len(groups) > 1 and not self._merges():
+            groups = [take]
+        for group in groups:
             self._prefill(group, events)
+
+    def _merges(self) -> bool:
+        """Whether this model's prefill caches merge, so one step's rows can be prefilled in groups:
+        a HookedTransformer's always do; an HF model's are probed once with a one-token prefill (one
+        with sliding-window or linear-attention layers never merge: `steering.runner`)."""
+        if self._caches_merge is None:
+            one = torch.ones(1, 1, dtype=torch.long, device=self.runner.device)
+            with self.lock:
+                self._caches_merge = self.runner.can_merge(self.runner.prefill(one, one)[1])
+        return self._caches_merge
 
     def _prefill(self, take: list[_Live], events: list[RowEvent]) -> None:
         """Prefill rows `take` (left padded to the longest) and add them to the running batch."""
