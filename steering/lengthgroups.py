@@ -4,10 +4,16 @@ prefill is spent on left padding.
 Rows taken into the batch in one step (oldest first: see `BatchEngine._admit`) are sorted by prompt
 length and cut into groups, each prefilled in its own forward pass and then merged into the
 running batch. A group grows while its padding stays within a quarter of its positions, or within
-`PAD_SLACK` positions (a forward pass of its own is not worth fewer). This is the bucketing of
-padded serving engines (TGI's padded models, vLLM's TPU / Neuron backends pad each prompt to its
-length bucket) done on the rows at hand: 32 prompts of 1-100 tokens in one padded prefill spend
-about a third of its positions on padding, grouped well under a fifth.
+`PAD_SLACK` positions (a forward pass of its own is not worth fewer). Serving engines with paged
+attention (vLLM, TGI) pad nothing; those that pad (vLLM's TPU and Neuron backends, TGI on Gaudi)
+pad each prompt to a length bucket rather than to the batch's longest. This is that bucketing,
+done on the rows at hand: 32 prompts of 1-96 tokens in one padded prefill spend
+about half its positions on padding, grouped about a fifth (`benchmarks/bench_engine.py --mixed`).
+Only the rows taken in one step are grouped, never rows picked by length from the whole queue, so
+a long prompt is not passed over while short ones keep coming.
+
+The decode batch stays one: its cache is padded to its longest row (cutting it by length would
+cost a forward pass, a full read of the weights, per extra batch; `bench_engine.py --decode-split`).
 """
 
 from __future__ import annotations
