@@ -18,7 +18,7 @@ tokens each; unsteered first in even rounds, steered first in odd ones, so neith
 warmer or cooler machine) and prints tokens per process CPU second and their ratio; the medians
 over rounds come last.
 
---mixed: prompts of very different lengths (toy-world text cut to 1-96 tokens, a length drawn per
+--mixed: prompts of very different lengths (BOS + toy-world text, 2-96 tokens, a length drawn per
 request; 32 new tokens each, inside the toy model's 128-token context), every row steered, all
 rows starting together and each finished row replaced at once. Each round runs the engine as it is
 (rows joining in one step prefilled in groups of close lengths, `steering.lengthgroups`) and with
@@ -156,7 +156,7 @@ def mixed(model, sae, args) -> int:
     def med(grouped, key):
         return statistics.median(c[key] for c in cells[grouped])
 
-    print(f"{args.rows} rows, prompts of 1-{MIXED_MAX_PROMPT} tokens, {MIXED_NEW} new tokens, steered ({args.arch}); "
+    print(f"{args.rows} rows, prompts of 2-{MIXED_MAX_PROMPT} tokens, {MIXED_NEW} new tokens, steered ({args.arch}); "
           f"medians of {args.rounds} rounds: prefill padding {med(False, 'prefill_pad'):.1%} one batch -> "
           f"{med(True, 'prefill_pad'):.1%} grouped; KV padding {med(False, 'kv_pad'):.1%} -> {med(True, 'kv_pad'):.1%}; "
           f"{med(False, 'tok_s'):,.0f} -> {med(True, 'tok_s'):,.0f} tok/CPU-s; grouped / one batch median "
@@ -211,7 +211,7 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=1, help="torch threads")
     ap.add_argument("--together", action="store_true", help="start every row at once (no stagger)")
     ap.add_argument("--mixed", action="store_true",
-                    help="prompts of 1-96 tokens: grouped prefill vs one padded prefill (see the docstring)")
+                    help="prompts of 2-96 tokens: grouped prefill vs one padded prefill (see the docstring)")
     args = ap.parse_args(argv)
 
     import torch

@@ -7,7 +7,7 @@ running batch. A group grows while its padding stays within a quarter of its pos
 `PAD_SLACK` positions (a forward pass of its own is not worth fewer). Serving engines with paged
 attention (vLLM, TGI) pad nothing; those that pad (vLLM's TPU and Neuron backends, TGI on Gaudi)
 pad each prompt to a length bucket rather than to the batch's longest. This is that bucketing,
-done on the rows at hand: 32 prompts of 1-96 tokens in one padded prefill spend
+done on the rows at hand: 32 prompts of 2-96 tokens in one padded prefill spend
 about half its positions on padding, grouped about a fifth (`benchmarks/bench_engine.py --mixed`).
 Only the rows taken in one step are grouped, never rows picked by length from the whole queue, so
 a long prompt is not passed over while short ones keep coming.
