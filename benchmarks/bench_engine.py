@@ -2,6 +2,8 @@
 
     python benchmarks/bench_engine.py [--rows 32] [--tokens 6000] [--rounds 5] [--arch topk]
         [--sae-dtype float32] [--together]
+    python benchmarks/bench_engine.py --mixed [--rows 32] [--tokens 6000] [--rounds 5]
+    python benchmarks/bench_engine.py --decode-split [--rows 32] [--rounds 5]
 
 What `bench_api.py` measures at N clients, without HTTP, the event loop or the other processes:
 `--rows` rows decode together, each asking for 64 tokens (BOS prompt, temperature 1, a seed per
@@ -15,6 +17,20 @@ float32; the SAE reads its input in its own dtype). Each round runs both (--toke
 tokens each; unsteered first in even rounds, steered first in odd ones, so neither always runs on a
 warmer or cooler machine) and prints tokens per process CPU second and their ratio; the medians
 over rounds come last.
+
+--mixed: prompts of very different lengths (BOS + toy-world text, 2-96 tokens, a length drawn per
+request; 32 new tokens each, inside the toy model's 128-token context), every row steered, all
+rows starting together and each finished row replaced at once. Each round runs the engine as it is
+(rows joining in one step prefilled in groups of close lengths, `steering.lengthgroups`) and with
+those rows prefilled in one left-padded batch (the engine before that change), alternating which
+runs first, and prints each one's padding share of the prefill positions and of the cached
+keys/values read at decode, tokens per process CPU second, and grouped / one-batch ratio.
+
+--decode-split: what cutting the padded KV reads of decoding would cost here. The model's decode
+step alone (no SAE), process CPU time per step: --rows rows in one batch whose cache is 80 columns
+(rows of 30 and 80 tokens: 31% of the keys read are padding) against the same rows as two batches
+of half the rows, 80 and 30 columns (no padding), one forward pass each; medians of --rounds
+interleaved rounds of 40 steps.
 """
 
 from __future__ import annotations
@@ -61,6 +77,128 @@ def throughput(model, sae, *, steered: bool, rows: int, tokens: int, together: b
     return got / (time.process_time() - c0)
 
 
+MIXED_MAX_PROMPT, MIXED_NEW = 96, 32
+
+
+def mixed_prompts(model, n: int = 64) -> list[list[int]]:
+    """n windows of MIXED_MAX_PROMPT tokens of toy-world text (documents run together; cut per request)."""
+    from toyworld.grammar import generate_document
+
+    ids: list[int] = []
+    i = 0
+    while len(ids) < n * MIXED_MAX_PROMPT:
+        ids += model.tokenizer(generate_document(f"bench-engine-mixed-{i}").text)["input_ids"]
+        i += 1
+    return [ids[j * MIXED_MAX_PROMPT:(j + 1) * MIXED_MAX_PROMPT] for j in range(n)]
+
+
+def mixed_throughput(model, sae, prompts, *, grouped: bool, rows: int, tokens: int) -> dict[str, float]:
+    """Steered rows with prompts of 1-MIXED_MAX_PROMPT tokens (request j: a seeded length and
+    document), all starting together, each replaced when it ends; `grouped` False: the rows joining
+    in one step are prefilled as one left-padded batch. Padding shares and tokens per CPU second."""
+    import random
+
+    import steering.engine as engine_mod
+    from steering.engine import BatchEngine, Row
+    from steering.rowedits import RowEdit, RowSteering
+    from steering.sampling import SamplingParams
+
+    engine = BatchEngine(model, {"s": sae}, max_rows=rows)
+    made = 0
+
+    def row(i: int) -> Row:
+        nonlocal made
+        made += 1
+        rng = random.Random(made)
+        ids = [model.tokenizer.bos_token_id] + rng.choice(prompts)[:rng.randint(1, MIXED_MAX_PROMPT - 1)]
+        edits = RowSteering([RowEdit("s", (37 * i) % sae.d_sae, "clamp", 8.0, "all")])
+        return Row(ids, SamplingParams(max_new_tokens=MIXED_NEW, temperature=1.0, seed=made), edits, tag=i)
+
+    kept = engine_mod.prefill_groups
+    if not grouped:
+        engine_mod.prefill_groups = lambda rows_, length: [list(rows_)]
+    try:
+        engine.add([row(i) for i in range(rows)])
+        got = 0
+        c0 = time.process_time()
+        while got < tokens:
+            for ev in engine.step():
+                got += ev.token is not None
+                if ev.finish_reason:
+                    engine.add([row(ev.tag)])
+        cpu = time.process_time() - c0
+    finally:
+        engine_mod.prefill_groups = kept
+    return {"prefill_pad": engine.prefill_padding / engine.prefill_positions,
+            "kv_pad": engine.kv_padding / engine.kv_positions, "tok_s": got / cpu}
+
+
+def mixed(model, sae, args) -> int:
+    import torch
+
+    prompts = mixed_prompts(model)
+    cells = {True: [], False: []}
+    ratios = []
+    with torch.no_grad():
+        for grouped in (True, False):  # warm-up
+            mixed_throughput(model, sae, prompts, grouped=grouped, rows=args.rows, tokens=1000)
+        for rnd in range(args.rounds):
+            got = {}
+            for grouped in ((False, True) if rnd % 2 == 0 else (True, False)):
+                got[grouped] = mixed_throughput(model, sae, prompts, grouped=grouped, rows=args.rows, tokens=args.tokens)
+                cells[grouped].append(got[grouped])
+            ratios.append(got[True]["tok_s"] / got[False]["tok_s"])
+            print(f"round {rnd} ({'one batch' if rnd % 2 == 0 else 'grouped'} first): " + "; ".join(
+                f"{name}: prefill padding {c['prefill_pad']:.1%}, KV padding {c['kv_pad']:.1%}, {c['tok_s']:,.0f} tok/CPU-s"
+                for name, c in (("one batch", got[False]), ("grouped", got[True]))) +
+                f"; grouped / one batch {ratios[-1]:.3f}", flush=True)
+
+    def med(grouped, key):
+        return statistics.median(c[key] for c in cells[grouped])
+
+    print(f"{args.rows} rows, prompts of 2-{MIXED_MAX_PROMPT} tokens, {MIXED_NEW} new tokens, steered ({args.arch}); "
+          f"medians of {args.rounds} rounds: prefill padding {med(False, 'prefill_pad'):.1%} one batch -> "
+          f"{med(True, 'prefill_pad'):.1%} grouped; KV padding {med(False, 'kv_pad'):.1%} -> {med(True, 'kv_pad'):.1%}; "
+          f"{med(False, 'tok_s'):,.0f} -> {med(True, 'tok_s'):,.0f} tok/CPU-s; grouped / one batch median "
+          f"{statistics.median(ratios):.3f} (range {min(ratios):.3f}-{max(ratios):.3f})")
+    return 0
+
+
+def decode_split(model, args) -> int:
+    import torch
+
+    from steering.runner import make_runner
+
+    runner = make_runner(model)
+
+    def step_ms(shapes, steps: int = 40) -> float:
+        """CPU ms per decode step of batches [(rows, cached columns)], one forward pass each."""
+        batches = []
+        for B, T in shapes:
+            tokens = torch.randint(5, model.cfg.d_vocab, (B, T))
+            batches.append((runner.prefill(tokens, torch.ones(B, T, dtype=torch.long))[1], tokens[:, -1]))
+        c0 = time.process_time()
+        for _ in range(steps):
+            for cache, last in batches:
+                runner.decode(last, cache)
+        return (time.process_time() - c0) / steps * 1e3
+
+    half = args.rows // 2
+    one, two = [(args.rows, 80)], [(half, 80), (args.rows - half, 30)]
+    times = {"one": [], "two": []}
+    with torch.no_grad():
+        step_ms(one, 5), step_ms(two, 5)  # warm-up
+        for rnd in range(args.rounds):
+            for name in (("one", "two") if rnd % 2 == 0 else ("two", "one")):
+                times[name].append(step_ms(one if name == "one" else two))
+            print(f"round {rnd}: one padded batch {times['one'][-1]:.2f} ms/step, two unpadded batches "
+                  f"{times['two'][-1]:.2f} ms/step", flush=True)
+    a, b = statistics.median(times["one"]), statistics.median(times["two"])
+    print(f"decode step, {args.rows} rows of 30 and 80 tokens: one batch (31% of KV reads padding) {a:.2f} ms, "
+          f"two batches (none) {b:.2f} ms; two / one {b / a:.2f}x CPU (medians of {args.rounds} rounds)")
+    return 0
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rows", type=int, default=32)
@@ -68,8 +206,12 @@ def main(argv=None) -> int:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--arch", default="topk", choices=["topk", "batchtopk", "jumprelu", "standard"])
     ap.add_argument("--sae-dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    ap.add_argument("--decode-split", action="store_true",
+                    help="the decode step: one padded batch vs two unpadded ones (see the docstring)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads")
     ap.add_argument("--together", action="store_true", help="start every row at once (no stagger)")
+    ap.add_argument("--mixed", action="store_true",
+                    help="prompts of 2-96 tokens: grouped prefill vs one padded prefill (see the docstring)")
     args = ap.parse_args(argv)
 
     import torch
@@ -78,7 +220,11 @@ def main(argv=None) -> int:
 
     torch.set_num_threads(args.threads)
     model = load_model("toy")
+    if args.decode_split:
+        return decode_split(model, args)
     sae = random_sae(args.arch, model.cfg.d_model, HOOK, seed=1).to(getattr(torch, args.sae_dtype))
+    if args.mixed:
+        return mixed(model, sae, args)
     with torch.no_grad():
         for steered in (True, False):  # warm-up (and the TopK candidate set learns)
             throughput(model, sae, steered=steered, rows=args.rows, tokens=2000, together=args.together)

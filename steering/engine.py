@@ -6,8 +6,9 @@
         for event in engine.step(): ...          # RowEvent: new text, token, finish reason
 
 This is what the API server runs (`saesteer.api`), one step at a time on its worker thread. Rows
-join the running batch between steps (continuous batching): new rows are prefilled together
-(left padded), their KV cache is merged into the batch's (`steering.runner`), and every step
+join the running batch between steps (continuous batching): new rows are taken oldest first and
+prefilled in groups of close lengths (left padded; `steering.lengthgroups`), their KV cache is
+merged into the batch's (`steering.runner`), and every step
 decodes one token for every row. Finished rows leave at once. Each row's edits are its own
 (`steering.rowedits`: per-row edit tensors in one hook per hook point), and so are its sampling
 settings and random stream (`steering.sampling`), so a row's result does not depend on which
@@ -34,9 +35,10 @@ from torch import Tensor
 
 from saes.hookpoints import OptInSwitch
 from steering.latentcolumns import LatentColumns
+from steering.lengthgroups import prefill_groups
 from steering.lowprecision import sae_precision
 from steering.rowedits import BatchEditor, RowLayout, RowSteering, check_positions, editors_for, kept_columns
-from steering.runner import make_runner
+from steering.runner import HookedRunner, make_runner
 from steering.sampling import Choice, RowRandom, SamplingParams, choose
 from steering.spec import SteeringError
 from steering.textstream import TextAssembler
@@ -111,6 +113,7 @@ class BatchEngine:
         self.admitting: list[_Live] = []  # rows in their prefill: out of pending, not yet running
         self.running: list[_Live] = []
         self.cache: Any = None
+        self._caches_merge: bool | None = True if isinstance(self.runner, HookedRunner) else None  # see `_merges`
         self._decode_editors: dict[str, BatchEditor] | None = None
         self.columns: dict[str, LatentColumns] = {}  # per SAE: latents read and edited, kept between batches
         self._cancel_lock = threading.Lock()
@@ -122,6 +125,9 @@ class BatchEngine:
         self.editor_builds = 0  # decode editors built for the whole batch (tests, tuning)
         self.editor_reuses = 0  # ... and derived from the previous ones when rows left or joined
         self.max_rows_seen = 0  # the largest batch decoded so far (tests, status)
+        # positions computed at prefill / cached keys read at decode, and how many of them were padding
+        # (benchmarks/bench_engine.py --mixed reads them)
+        self.prefill_positions = self.prefill_padding = self.kv_positions = self.kv_padding = 0
 
     # -- requests --------------------------------------------------------------------------
     def add(self, rows: Sequence[Row]) -> None:
@@ -210,7 +216,7 @@ class BatchEngine:
             return
         take: list[_Live] = []
         longest = 0
-        for l in self.pending:
+        for l in self.pending:  # oldest first: a row never waits behind younger ones (no starvation)
             P = len(l.row.prompt_ids)
             if len(take) >= room or (take and max(longest, P) * (len(take) + 1) > self.max_prefill_tokens):
                 break
@@ -222,7 +228,27 @@ class BatchEngine:
             return  # this cache layout cannot take more rows: wait for the batch to drain
         with self._cancel_lock:  # `cancel` sees each row in one of pending, admitting, running
             self.pending, self.admitting = self.pending[len(take):], take
+        groups = prefill_groups(take, lambda l: len(l.row.prompt_ids))
+        if len(groups) > 1 and not self._merges():
+            groups = [take]
+        for group in groups:
+            self._prefill(group, events)
+
+    def _merges(self) -> bool:
+        """Whether this model's prefill caches merge, so one step's rows can be prefilled in groups:
+        a HookedTransformer's always do; an HF model's are probed once with a one-token prefill (one
+        with sliding-window or linear-attention layers never merge: `steering.runner`)."""
+        if self._caches_merge is None:
+            one = torch.ones(1, 1, dtype=torch.long, device=self.runner.device)
+            with self.lock:
+                self._caches_merge = self.runner.can_merge(self.runner.prefill(one, one)[1])
+        return self._caches_merge
+
+    def _prefill(self, take: list[_Live], events: list[RowEvent]) -> None:
+        """Prefill rows `take` (left padded to the longest) and add them to the running batch."""
         S = max(len(l.row.prompt_ids) for l in take)
+        self.prefill_positions += len(take) * S
+        self.prefill_padding += sum(S - len(l.row.prompt_ids) for l in take)
         dev = self.runner.device
         tokens = torch.zeros(len(take), S, dtype=torch.long)
         mask = torch.zeros(len(take), S, dtype=torch.long)
@@ -249,7 +275,8 @@ class BatchEngine:
             self._decode_editors = self._joined_editors(editors, take)
         with self._cancel_lock:
             self.running.extend(take)
-            self.admitting = []
+            joined = {id(l) for l in take}
+            self.admitting = [l for l in self.admitting if id(l) not in joined]
         self._take_tokens(take, logits, events)
 
     def _decode(self, events: list[RowEvent]) -> None:
@@ -268,6 +295,9 @@ class BatchEngine:
         for ed in editors.values():
             ed.decode(index)
         tokens = torch.tensor([l.next_token for l in rows], dtype=torch.long, device=self.runner.device)
+        T = self.runner.length(self.cache) + 1  # the cache and this step's token
+        self.kv_positions += len(rows) * T
+        self.kv_padding += len(rows) * T - sum(index) - len(rows)
         self.max_rows_seen = max(self.max_rows_seen, len(rows))
         with self._hooked(editors):
             logits = self.runner.decode(tokens, self.cache)
