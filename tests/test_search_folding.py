@@ -13,6 +13,7 @@ import pytest
 
 from features import FeatureStore
 from features.store.folding import fold, folded_spans
+from helpers.browser import browser  # noqa: F401 (the Chromium fixture)
 
 NFD = "NFD"
 
@@ -129,3 +130,25 @@ def test_the_fold_and_its_pieces():
         assert [e for _, _, e in spans] == [len(fold(text[:b])) for _, b, _ in spans]
         assert spans[0][0] == 0 and spans[-1][1] == len(text)
         assert all(spans[k][1] == spans[k + 1][0] for k in range(len(spans) - 1))
+
+
+@pytest.mark.browser
+def test_the_search_page_highlights_the_stored_characters_in_chromium(store, browser):  # noqa: F811
+    """The search page in Chromium: "データ" typed composed marks the decomposed stored text whole (the
+    voicing mark inside the <mark>, not left after it as a lone mark on the next character)."""
+    from helpers.browser import DESKTOP, Page
+    from helpers.web_app import ServerThread, free_port
+    from saesteer.web import Limits, ServeConfig, StoreEntry, create_app
+    from saesteer.web.store_source import StoreCatalog
+
+    port = free_port()
+    entry = StoreEntry("s", StoreCatalog(FeatureStore.open(store.path), name="s"))
+    srv = ServerThread(create_app([entry], config=ServeConfig(port=port), limits=Limits()), port).start()
+    try:
+        with Page(browser, srv.url, DESKTOP) as p:
+            page = p.goto("/s/s/search?q=%E3%83%87%E3%83%BC%E3%82%BF")  # データ, composed
+            marks = page.eval_on_selector_all(".snippet mark", "els => els.map(e => e.textContent)")
+            assert marks and set(marks) == {_nfd("データ")}, marks
+            p.check_clean()
+    finally:
+        srv.stop()
