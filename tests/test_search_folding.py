@@ -152,3 +152,23 @@ def test_the_search_page_highlights_the_stored_characters_in_chromium(store, bro
             p.check_clean()
     finally:
         srv.stop()
+
+
+def test_rows_passed_over_unfolded_could_not_have_matched(store, monkeypatch):
+    """The fast path (a row without any of the query's telling characters is not folded) finds what
+    folding every row finds; and a folded text's every character has one of its sources in the text."""
+    import random
+
+    import features.store.substring as substring
+    from features.store.folding import sources
+
+    queries = [q for q, _ in CASES] + ["無い", "テキスト", "→", "zebra →", "ﾃﾞｰﾀ", _nfd("ｶﾞｲﾄﾞ"), "ＳＴＲＡẞＥ →"]
+    fast = {q: store.search(q, limit=48) for q in queries}
+    monkeypatch.setattr(substring, "_telling_characters", lambda parts: None)
+    assert {q: store.search(q, limit=48) for q in queries} == fast
+
+    pool = list("aAeEiIİıßẞsSſテデﾃﾞ\u3099\u0301\u0307éÉＡＢｓ가각각ﬁ²ΣσςΟΔ→🐳 ") + [_nfd("é"), _nfd("각")]
+    rng = random.Random(0)
+    for _ in range(3000):
+        text = "".join(rng.choice(pool) for _ in range(rng.randint(1, 8)))
+        assert all(sources(ch) & set(text) for ch in fold(text)), text

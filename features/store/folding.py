@@ -19,13 +19,16 @@ Japanese (テ and デ) and elsewhere, and a substring search matches what was ty
 
 `folded_spans(line)` says which characters of the stored text each piece of its folded form came
 from, so that a match found in the folded text is highlighted on the stored characters.
+`sources(ch)` are the stored characters one of which a text must hold for its fold to hold `ch`: a
+search asks SQLite for those first, and folds only the rows that have one.
 """
 
 from __future__ import annotations
 
 import unicodedata
+from functools import cache
 
-__all__ = ["fold", "folded_spans"]
+__all__ = ["fold", "folded_spans", "sources"]
 
 
 def fold(text: str) -> str:
@@ -60,3 +63,27 @@ def folded_spans(text: str) -> list[tuple[int, int, int]]:
     if spans and spans[-1][2] == len(fold(text)) and "".join(fold(text[a:b]) for a, b, _ in spans) == fold(text):
         return spans
     return [(0, len(text), len(fold(text)))] if text else []
+
+
+def sources(ch: str) -> frozenset[str]:
+    """The characters of which a text holds one wherever its fold holds `ch` (a folded character):
+    the first character of `ch` decomposed, and every character whose folding, decomposed, holds it
+    ("テ": テ, デ, ﾃ, ㋢ ...; "a": a, A, à, Ａ, ª ... 124 of them). Folding composes only characters that
+    decompose to what a text holds, so a text without any of them has no `ch` in its fold."""
+    base = unicodedata.normalize("NFD", ch)[0]
+    return _holders().get(base, frozenset()) | {base}
+
+
+@cache
+def _holders() -> dict[str, frozenset[str]]:
+    """Each character, with the other characters whose decomposed folding holds it; once per process
+    (about 0.1 s: only the characters folding changes, of the planes that have any)."""
+    out: dict[str, set[str]] = {}
+    for cp in (*range(0xD800), *range(0xE000, 0x30000), *range(0xE0000, 0xE0200)):
+        c = chr(cp)
+        once = unicodedata.normalize("NFKD", c.casefold())
+        if once == c:
+            continue
+        for b in set(once + unicodedata.normalize("NFKD", once.casefold())) - {c}:
+            out.setdefault(b, set()).add(c)
+    return {b: frozenset(cs) for b, cs in out.items()}

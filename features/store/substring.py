@@ -12,19 +12,21 @@ a hit's snippet marks the stored characters that matched.
 
 A query's whitespace-separated parts are all looked for in each row's folded text, read and folded
 once per query whatever the number of parts: a part costs a `str.find` over text already folded, a
-few percent of the folding (benchmarks/bench_substring_search.py). So the parts are bounded only
-against abuse (`MAX_PARTS`, more than a web query of `max_query_chars` holds).
+small share of the folding. A row that holds none of the characters its fold would need to hold a
+part (`_telling_characters`) is not folded at all, so a query found nowhere costs about what an
+exact search did (benchmarks/bench_substring_search.py). So the parts are bounded only against
+abuse (`MAX_PARTS`, more than a web query of `max_query_chars` holds).
 """
 
 from __future__ import annotations
 
 import re
 import sqlite3
-from bisect import bisect_left, bisect_right
 import unicodedata
+from bisect import bisect_left, bisect_right
 
 from features.records import SNIPPET_CLOSE, SNIPPET_OPEN, SearchHit
-from features.store.folding import fold, folded_spans
+from features.store.folding import fold, folded_spans, sources
 from features.store.schema import latest_label_sql
 
 __all__ = ["MAX_PARTS", "beyond_words", "substring_search"]
@@ -35,6 +37,7 @@ _SNIPPET_CONTEXT = 40  # characters of text each side of the first match
 # most distinct parts one query may have: each costs a find over every row's folded text (a query of
 # 128 parts found nowhere: about 1.8x the CPU of one part), so a CLI or API caller is bounded too
 MAX_PARTS = 128
+_MOST_SOURCES = 32  # characters `_telling_characters` looks for at most (each a find: 64 cost about a fold)
 
 
 def beyond_words(text: str) -> bool:
@@ -80,10 +83,12 @@ def substring_search(c: sqlite3.Connection, text: str, limit: int) -> list[Searc
     either_any: list[int] = []
     if len(label_all) < limit:
         taken = set(label_all)
+        telling = _telling_characters(parts)
         for rowid, examples in c.execute("SELECT rowid, examples FROM feature_fts"):
-            if rowid in taken:
-                continue
-            key = fold(examples or "")
+            examples = examples or ""
+            if rowid in taken or (telling is not None and not any(ch in examples for ch in telling)):
+                continue  # it holds no part once folded
+            key = fold(examples)
             seen = in_label.get(rowid, frozenset())
             missing = [p for p in parts if p not in seen and p not in key]
             if not missing:
@@ -94,6 +99,19 @@ def substring_search(c: sqlite3.Connection, text: str, limit: int) -> list[Searc
                 either_any.append(rowid)
     ids = (label_all + either_all) if label_all or either_all else (label_any + either_any)
     return _hits(c, ids[:limit], parts)
+
+
+def _telling_characters(parts: list[str]) -> frozenset[str] | None:
+    """Characters of which a row's text holds one wherever it holds a part once folded: the sources
+    (`folding.sources`) of each part's rarest character. Looking for them in the stored text costs a
+    few percent of folding it, so a row without one is passed over unfolded (a query found nowhere
+    costs what an exact search did). None where they are too many to be worth it."""
+    chars: set[str] = set()
+    for p in parts:
+        chars |= min((sources(ch) for ch in p), key=len)
+        if len(chars) > _MOST_SOURCES:
+            return None
+    return frozenset(chars)
 
 
 def _hits(c: sqlite3.Connection, ids: list[int], parts: list[str]) -> list[SearchHit]:
