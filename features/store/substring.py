@@ -125,19 +125,17 @@ def _hits(c: sqlite3.Connection, ids: list[int], parts: list[str]) -> list[Searc
     for i in ids:  # in the order found (labels first), so that pages cut from more hits agree
         fts_label, examples, label, freq = rows[i]
         label_key, examples_key = fold(fts_label or ""), fold(examples or "")
-        where = examples or "" if any(p in examples_key for p in parts) else fts_label or ""
+        where = (examples or "") if any(p in examples_key for p in parts) else (fts_label or "")
         # its score: how often the parts occur, a label's counted 5 times (bm25's label weight)
         score = sum(5 * label_key.count(p) + examples_key.count(p) for p in parts)
         hits.append(SearchHit(i, float(score), label, _snippet(where, parts), freq))
     return hits
 
 
-def _matches(line: str, parts: list[str]) -> list[tuple[int, int]]:
-    """Where the parts occur in `line`, as character ranges of `line` itself (not of its fold): a match
-    of "strasse" covers "ß", of "café" the "e" and its combining accent."""
-    key = fold(line)
-    pattern = re.compile("|".join(map(re.escape, parts)))  # longest first: a part inside another is not marked alone
-    found = [(m.start(), m.end()) for m in pattern.finditer(key)]
+def _matches(line: str, pattern: re.Pattern) -> list[tuple[int, int]]:
+    """Where `pattern` (the folded parts) matches the fold of `line`, as character ranges of `line`
+    itself: a match of "strasse" covers "ß", of "café" the "e" and its combining accent."""
+    found = [(m.start(), m.end()) for m in pattern.finditer(fold(line))]
     if not found:
         return []
     spans = folded_spans(line)
@@ -156,8 +154,9 @@ def _snippet(text: str, parts: list[str]) -> str:
     """The line of the text (the examples are one per line) with the first match, cut to the match and
     `_SNIPPET_CONTEXT` characters each side with "..." as FTS5's snippets are, each match between
     SNIPPET_OPEN and SNIPPET_CLOSE."""
+    pattern = re.compile("|".join(map(re.escape, parts)))  # longest first: a part inside another is not marked alone
     for line in text.split("\n"):
-        marks = _matches(line, parts)
+        marks = _matches(line, pattern)
         if marks:
             break
     else:
