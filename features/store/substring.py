@@ -34,8 +34,9 @@ __all__ = ["MAX_PARTS", "beyond_words", "substring_search"]
 # Scripts written without spaces between words: Thai, Lao, kana, CJK ideographs
 _UNSPACED = re.compile("[\u0e00-\u0eff\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
 _SNIPPET_CONTEXT = 40  # characters of text each side of the first match
-# most distinct parts one query may have: each costs a find over every row's folded text (a query of
-# 128 parts found nowhere: about 1.8x the CPU of one part), so a CLI or API caller is bounded too
+# most distinct parts one query may have: each costs a find over every row's folded text (128 parts found
+# nowhere: 5.5x the CPU of one part, less than 8 parts cost when each was an SQL pass), so a CLI or API
+# caller is bounded too
 MAX_PARTS = 128
 _MOST_SOURCES = 32  # characters `_telling_characters` looks for at most (each a find: 64 cost about a fold)
 
