@@ -126,7 +126,7 @@ def shown_pieces(tokens: Sequence[str]) -> tuple[list[str], set[int]]:
     """The pieces as the judge reads them (`whole_characters`, escaped) and the positions whose mark
     cannot be shown: those `whole_characters` drops, and an empty piece (part of a character, or a
     lone carriage return once escaped) whose mark would move on (`mark_pieces`) to a dropped position
-    or past the end, where it would show as a mark around nothing. The one place that decides which
+    or, past the end, back onto the character before it. The one place that decides which
     positions a prompt can mark: `render_tokens` and the marks fuzzing draws."""
     pieces, gone = whole_characters(tokens)
     shown = [escape_data(t) for t in pieces]

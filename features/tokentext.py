@@ -343,22 +343,17 @@ def visible(piece: str, following: str = "") -> str:
 
 
 def mark_pieces(pieces: Sequence[str], marked: Iterable[int], open_mark: str, close_mark: str) -> str:
-    """The pieces joined, each marked one wrapped in `open_mark` ... `close_mark` (its leading
-    whitespace left outside). A mark on an empty piece (part of a character) moves on to the piece
-    that completes the character; with none left in the window it stays, around nothing."""
+    """The pieces joined, each character group (`character_groups`, what the web pages draw as one
+    span) that holds a marked token wrapped in `open_mark` ... `close_mark` (its leading whitespace
+    left outside): a mark on an empty piece (part of a character) marks the character it is part of."""
     marks = set(marked)
-    out, carry = [], False
-    for i, p in enumerate(pieces):
-        mark = i in marks or carry
-        if mark and not p and any(pieces[i + 1:]):
-            carry = True
-            out.append(p)
-            continue
-        if mark:
-            core = p.lstrip() or p
-            p = f"{p[:len(p) - len(core)]}{open_mark}{core}{close_mark}"
-        carry = False
-        out.append(p)
+    out = []
+    for group in character_groups(pieces):
+        text = "".join(pieces[i] for i in group)
+        if marks.intersection(group):
+            core = text.lstrip() or text
+            text = f"{text[:len(text) - len(core)]}{open_mark}{core}{close_mark}"
+        out.append(text)
     return "".join(out)
 
 

@@ -26,7 +26,7 @@ from helpers.api_server import openai_client
 from helpers.web_app import ServerThread
 from test_user_paths18 import (RESID, _cache_and_train, _copy, _greedy_ids, _logprobs_by_hand, _manual_edit, _sae,
                                _two_layers_firing)
-from test_web_browser import DESKTOP, Page, browser  # noqa: F401 (the fixture)
+from helpers.browser import DESKTOP, Page, browser  # noqa: F401 (the fixture)
 
 pytestmark = [pytest.mark.usefixtures("one_thread", "offline_env")]
 

@@ -318,7 +318,9 @@ def test_unknown_decoder_falls_back_to_the_reference():
 def test_marks_move_from_an_empty_piece_to_the_completing_one():
     assert mark_pieces(["a", " b", "", "", "日"], [2], "<<", ">>") == "a b<<日>>"
     assert mark_pieces(["a", " b"], [1], "[[", "]]") == "a [[b]]"
-    assert mark_pieces(["a", ""], [1], "<<", ">>") == "a<<>>"  # nothing to move to: the mark stays
+    # a window's last tokens cut inside a character: the mark is on the character they are drawn with
+    assert mark_pieces(["a", "\ufffd", ""], [2], "<<", ">>") == "a<<\ufffd>>"
+    assert mark_pieces(["", ""], [1], "<<", ">>") == "<<>>"  # no text at all (a store without a tokenizer)
     assert visible("x\n\ty") == "x\u21b5\u21e5y"
 
 

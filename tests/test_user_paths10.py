@@ -44,7 +44,7 @@ from types import SimpleNamespace
 import pytest
 
 from helpers.real_cli import cache_train_store, captured_serve, saesteer
-from test_web_browser import PHONE, browser  # noqa: F401 (the headless Chromium fixture)
+from helpers.browser import PHONE, browser  # noqa: F401 (the headless Chromium fixture)
 
 pytestmark = [pytest.mark.usefixtures("one_thread", "offline_env")]
 

@@ -6,58 +6,22 @@ features fire; screenshots at desktop (1280x800) and phone (390x844) widths go t
 $SAESTEER_ARTIFACTS/web (or a pytest temp folder; the path is printed). A label holding a script
 payload must render as inert, visible text.
 
-Without Chromium these tests skip, except under SAESTEER_CI=1 where they fail: CI must not
-silently skip them. Never run `playwright install` (no browser downloads here).
+Chromium, the `browser` fixture and `Page`: helpers.browser.
 """
 
 from __future__ import annotations
 
 import os
-import shutil
 from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 
+from helpers.browser import DESKTOP, PHONE, Page, browser  # noqa: F401 (the Chromium fixture)
 from helpers.web_app import ServerThread, free_port, make_app, shared_store
 from helpers.web_store import XSS_LABEL
 
 pytestmark = pytest.mark.browser
-
-CHROMIUM = os.environ.get("SAESTEER_CHROMIUM", "/usr/bin/chromium")
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-DESKTOP = {"width": 1280, "height": 800}
-PHONE = {"width": 390, "height": 844}
-
-# Installed before any page script runs: records CSP violations and dialogs.
-WATCH = """
-window.__csp = [];
-document.addEventListener('securitypolicyviolation', e => window.__csp.push(
-  {directive: e.violatedDirective, blocked: e.blockedURI, source: e.sourceFile}));
-"""
-
-
-def _unavailable(reason: str):
-    if os.environ.get("SAESTEER_CI") == "1":
-        pytest.fail(f"browser tests cannot run under SAESTEER_CI=1: {reason}", pytrace=False)
-    pytest.skip(reason)
-
-
-@pytest.fixture(scope="module")
-def browser():
-    if not (os.path.isfile(CHROMIUM) and os.access(CHROMIUM, os.X_OK)) and not shutil.which(CHROMIUM):
-        _unavailable(f"no Chromium at {CHROMIUM} (apt-get install chromium)")
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        _unavailable("the playwright Python package is not installed (pip install playwright; no browser download needed)")
-    with sync_playwright() as pw:
-        b = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        try:
-            yield b
-        finally:
-            b.close()
 
 
 @pytest.fixture(scope="module")
@@ -86,42 +50,6 @@ def shots(tmp_path_factory, pytestconfig) -> Path:
     return d
 
 
-class Page:
-    """A page in its own context, recording dialogs, console errors and off-site requests."""
-
-    def __init__(self, browser, base: str, viewport: dict) -> None:
-        self.ctx = browser.new_context(viewport=viewport)
-        self.ctx.add_init_script(WATCH)
-        self.page = self.ctx.new_page()
-        self.base = base
-        self.dialogs: list[str] = []
-        self.errors: list[str] = []
-        self.foreign: list[str] = []
-        self.page.on("dialog", lambda d: (self.dialogs.append(d.message), d.dismiss()))
-        self.page.on("pageerror", lambda e: self.errors.append(str(e)))
-        self.page.on("request", lambda r: None if r.url.startswith((base, "data:")) else self.foreign.append(r.url))
-
-    def goto(self, path: str):
-        resp = self.page.goto(self.base + path)
-        assert resp is not None and resp.status == 200, (path, resp and resp.status)
-        return self.page
-
-    def csp_violations(self) -> list[dict]:
-        v = self.page.evaluate("window.__csp")
-        # The only expected one: plotly's bundle injects maplibre's map CSS as inline text at load time;
-        # it is blocked (we draw no maps) and harmless. Anything else is a bug.
-        return [x for x in v if not (x["directive"] == "style-src-elem" and "/static/vendor/plotly-" in (x["source"] or ""))]
-
-    def check_clean(self) -> None:
-        assert self.dialogs == [], self.dialogs
-        assert self.errors == [], self.errors
-        assert self.foreign == [], self.foreign
-        assert self.csp_violations() == []
-
-    def close(self) -> None:
-        self.ctx.close()
-
-
 def _shot(page, shots: Path, name: str, full: bool = True) -> None:
     page.evaluate("window.scrollTo(0, 0)")
     page.screenshot(path=str(shots / f"{name}.png"), full_page=full)
@@ -130,8 +58,7 @@ def _shot(page, shots: Path, name: str, full: bool = True) -> None:
 @pytest.mark.parametrize("size", ["desktop", "phone"])
 def test_list_search_feature_steer(browser, server, shots, size):
     srv, ws = server
-    p = Page(browser, srv.url, DESKTOP if size == "desktop" else PHONE)
-    try:
+    with Page(browser, srv.url, DESKTOP if size == "desktop" else PHONE) as p:
         page = p.goto("/")  # redirects to the only store's list
         assert page.url.endswith("/s/tiny")
         page.wait_for_selector("table.ftable")
@@ -174,14 +101,11 @@ def test_list_search_feature_steer(browser, server, shots, size):
         assert page.locator("#out-prompt-a").text_content() == "the sailor" and default.startswith(" ")
         _shot(page, shots, f"{size}-4-steer")
         p.check_clean()
-    finally:
-        p.close()
 
 
 def test_add_edit_rows_and_errors_show_inline(browser, server, shots):
     srv, ws = server
-    p = Page(browser, srv.url, DESKTOP)
-    try:
+    with Page(browser, srv.url, DESKTOP) as p:
         page = p.goto("/s/tiny/steer")
         page.locator("#edits .fidx").first.fill("")
         page.locator("#generate").click()
@@ -203,15 +127,12 @@ def test_add_edit_rows_and_errors_show_inline(browser, server, shots):
         page.wait_for_selector("#compare:not([hidden])")
         assert "5:ablate" in page.locator("#out-edits").inner_text()  # as the API applied it
         p.check_clean()
-    finally:
-        p.close()
 
 
 def test_script_label_renders_as_inert_text(browser, server, shots):
     srv, ws = server
     i = ws.xss_latent
-    p = Page(browser, srv.url, DESKTOP)
-    try:
+    with Page(browser, srv.url, DESKTOP) as p:
         page = p.goto(f"/s/tiny/f/{i}")
         page.wait_for_selector("#hist[data-drawn='1']")
         assert XSS_LABEL in page.locator("h1 .ftitle").inner_text()
@@ -233,14 +154,11 @@ def test_script_label_renders_as_inert_text(browser, server, shots):
 
         assert page.evaluate("typeof window.__xss") == "undefined"  # no payload ever ran
         p.check_clean()
-    finally:
-        p.close()
 
 
 def test_filters_and_pagination(browser, server, shots):
     srv, ws = server
-    p = Page(browser, srv.url, DESKTOP)
-    try:
+    with Page(browser, srv.url, DESKTOP) as p:
         page = p.goto("/s/tiny?limit=10")
         assert page.locator("table.ftable tbody tr").count() == 10
         page.locator("a[rel=next]").click()
@@ -260,15 +178,12 @@ def test_filters_and_pagination(browser, server, shots):
         assert first.endswith("%") and float(first[:-1]) > 30
         _shot(page, shots, "desktop-6-sorted")
         p.check_clean()
-    finally:
-        p.close()
 
 
 @pytest.mark.parametrize("size", ["desktop", "phone"])
 def test_which_features_fire_and_sweep(browser, server, shots, size):
     srv, ws = server
-    p = Page(browser, srv.url, DESKTOP if size == "desktop" else PHONE)
-    try:
+    with Page(browser, srv.url, DESKTOP if size == "desktop" else PHONE) as p:
         page = p.goto("/s/tiny/fire")
         page.locator("#fire-text").fill("the sailor sees the whale at the harbor .")
         page.locator(".fireform button[type=submit]").click()
@@ -299,8 +214,6 @@ def test_which_features_fire_and_sweep(browser, server, shots, size):
         page.locator("#sweep-card").scroll_into_view_if_needed()
         page.locator("#sweep-card").screenshot(path=str(shots / f"{size}-8-sweep.png"))
         p.check_clean()
-    finally:
-        p.close()
 
 
 def test_a_stores_preset_steers_in_the_playground(browser, server, shots):
@@ -311,21 +224,20 @@ def test_a_stores_preset_steers_in_the_playground(browser, server, shots):
     srv, ws = server
     with FeatureStore.open(ws.path, readonly=False) as store:
         StoreLink(store).save_preset(make_preset("calm", ["3:clamp=9"], sae=ws.sae, model=ws.model), overwrite=True)
-    p = Page(browser, srv.url, DESKTOP)
     try:
-        page = p.goto("/s/tiny/steer")
-        page.wait_for_selector(".presetrow:not([hidden])")  # the page lists the store's presets (from /v1/models)
-        page.locator("#preset").select_option("calm")
-        page.locator("#edits .fidx").first.fill("")  # no row edits: the preset alone
-        page.locator("#prompt").fill("the sailor")
-        page.locator("#max-new").fill("8")
-        page.locator("#generate").click()
-        page.wait_for_selector("#compare:not([hidden])")
-        assert page.locator("#out-edits").inner_text() == "3:clamp=9"  # the preset's edits, as the API applied them
-        _shot(page, shots, "desktop-9-preset")
-        p.check_clean()
+        with Page(browser, srv.url, DESKTOP) as p:
+            page = p.goto("/s/tiny/steer")
+            page.wait_for_selector(".presetrow:not([hidden])")  # the page lists the store's presets (from /v1/models)
+            page.locator("#preset").select_option("calm")
+            page.locator("#edits .fidx").first.fill("")  # no row edits: the preset alone
+            page.locator("#prompt").fill("the sailor")
+            page.locator("#max-new").fill("8")
+            page.locator("#generate").click()
+            page.wait_for_selector("#compare:not([hidden])")
+            assert page.locator("#out-edits").inner_text() == "3:clamp=9"  # the preset's edits, as the API applied them
+            _shot(page, shots, "desktop-9-preset")
+            p.check_clean()
     finally:
-        p.close()
         with FeatureStore.open(ws.path, readonly=False) as store:
             store.delete_preset("calm")
 
@@ -352,16 +264,13 @@ def test_a_store_name_in_the_sae_menu_is_inert_text(browser):
     """With a second store over the model, each edit row's SAE menu names the stores: a name holding
     a script payload is an option's visible text, nothing runs."""
     with _two_stores(XSS_LABEL) as (srv, ws):
-        p = Page(browser, srv.url, DESKTOP)
-        try:
+        with Page(browser, srv.url, DESKTOP) as p:
             page = p.goto("/s/tiny/steer")
             options = page.locator("#edits .fstore option")
             assert options.count() == 2 and options.nth(1).get_attribute("value") == "beside"
             assert options.nth(1).inner_text().startswith(XSS_LABEL)
             assert page.locator("main img").count() == 0 and page.evaluate("window.__xss") is None
             p.check_clean()
-        finally:
-            p.close()
 
 
 def test_a_row_switched_to_another_sae_shows_that_saes_label_only(browser):
@@ -371,9 +280,8 @@ def test_a_row_switched_to_another_sae_shows_that_saes_label_only(browser):
     with _two_stores() as (srv, ws):
         ocean = next(i for i, t in ws.labels.items() if "ocean" in t)
         other = next(i for i in range(ws.d_sae) if i not in ws.labels)
-        p = Page(browser, srv.url, DESKTOP)
         held = []
-        try:
+        with Page(browser, srv.url, DESKTOP) as p:
             page = p.goto(f"/s/tiny/steer?latent={ocean}")
             strength = page.locator("#edits .fstrength").first
             assert strength.get_attribute("title")  # the store's recommended strength, prefilled
@@ -392,8 +300,6 @@ def test_a_row_switched_to_another_sae_shows_that_saes_label_only(browser):
             page.locator("#edits .fstore").first.select_option("tiny")  # the late answer was kept for this
             assert label.inner_text() == "tiny's"
             p.check_clean()
-        finally:
-            p.close()
 
 
 def test_a_preset_never_drops_a_row_it_cannot_send(browser):
@@ -407,33 +313,32 @@ def test_a_preset_never_drops_a_row_it_cannot_send(browser):
     with _two_stores() as (srv, ws):
         with FeatureStore.open(ws.path, readonly=False) as store:
             StoreLink(store).save_preset(make_preset("calm", ["3:clamp=9"], sae=ws.sae, model=ws.model), overwrite=True)
-        p = Page(browser, srv.url, DESKTOP)
         sent = []
         try:
-            page = p.goto("/s/tiny/steer?latent=3")
-            page.on("request", lambda q: sent.append(q.url) if q.url.endswith("/v1/completions") else None)
-            page.wait_for_selector(".presetrow:not([hidden])")
-            page.locator("#preset").select_option("calm")
-            page.locator("#add-edit").click()
-            page.locator("#edits .fstore").nth(1).select_option("beside")
-            page.locator("#edits .fidx").nth(1).fill(str(ws.d_sae))
-            page.locator("#prompt").fill("the sailor")
-            page.locator("#generate").click()
-            status = page.locator("#status")
-            assert f"feature {ws.d_sae} is not in store beside" in status.inner_text()
-            assert "error" in (status.get_attribute("class") or "") and sent == []
-            # the preset (of the page's store) with the other store's row, in one request
-            page.locator("#edits .fidx").first.fill("")
-            page.locator("#edits .fidx").nth(1).fill("5")
-            page.locator("#edits .fstrength").nth(1).fill("1")
-            page.locator("#edits .funit").nth(1).select_option("raw")
-            page.locator("#max-new").fill("4")
-            page.locator("#generate").click()
-            page.wait_for_selector("#compare:not([hidden])")
-            assert page.locator("#out-edits").inner_text() == "3:clamp=9, beside/5:add=1"
-            p.check_clean()
+            with Page(browser, srv.url, DESKTOP) as p:
+                page = p.goto("/s/tiny/steer?latent=3")
+                page.on("request", lambda q: sent.append(q.url) if q.url.endswith("/v1/completions") else None)
+                page.wait_for_selector(".presetrow:not([hidden])")
+                page.locator("#preset").select_option("calm")
+                page.locator("#add-edit").click()
+                page.locator("#edits .fstore").nth(1).select_option("beside")
+                page.locator("#edits .fidx").nth(1).fill(str(ws.d_sae))
+                page.locator("#prompt").fill("the sailor")
+                page.locator("#generate").click()
+                status = page.locator("#status")
+                assert f"feature {ws.d_sae} is not in store beside" in status.inner_text()
+                assert "error" in (status.get_attribute("class") or "") and sent == []
+                # the preset (of the page's store) with the other store's row, in one request
+                page.locator("#edits .fidx").first.fill("")
+                page.locator("#edits .fidx").nth(1).fill("5")
+                page.locator("#edits .fstrength").nth(1).fill("1")
+                page.locator("#edits .funit").nth(1).select_option("raw")
+                page.locator("#max-new").fill("4")
+                page.locator("#generate").click()
+                page.wait_for_selector("#compare:not([hidden])")
+                assert page.locator("#out-edits").inner_text() == "3:clamp=9, beside/5:add=1"
+                p.check_clean()
         finally:
-            p.close()
             with FeatureStore.open(ws.path, readonly=False) as store:
                 store.delete_preset("calm")
 
@@ -442,8 +347,7 @@ def test_removing_edit_rows_from_the_keyboard_keeps_the_focus_on_the_list(browse
     """Enter on a row's remove button: the focus goes to the row now in its place, then to "+ Add a
     feature" when none is left (it fell to the page, a keyboard user started over from the top)."""
     srv, ws = server
-    p = Page(browser, srv.url, DESKTOP)
-    try:
+    with Page(browser, srv.url, DESKTOP) as p:
         page = p.goto("/s/tiny/steer?latent=3&latent=5")
         focused = "() => document.activeElement.getAttribute('aria-label') || document.activeElement.id"
         page.locator("#edits .rm button").first.focus()
@@ -455,5 +359,3 @@ def test_removing_edit_rows_from_the_keyboard_keeps_the_focus_on_the_list(browse
         page.keyboard.press("Enter")  # and a new row, its latent typed next
         assert page.locator("#edits li").count() == 1 and page.evaluate(focused) == "feature index"
         p.check_clean()
-    finally:
-        p.close()

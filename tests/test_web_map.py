@@ -170,14 +170,14 @@ def test_search_sea_finds_the_ocean_features(mapped):
 def test_map_renders_in_chromium(mapped, tmp_path, tmp_path_factory):
     import os
 
-    from test_web_browser import CHROMIUM, CHROMIUM_ARGS, DESKTOP, WATCH, _unavailable
+    from helpers.browser import CHROMIUM, CHROMIUM_ARGS, DESKTOP, WATCH, unavailable
 
     if not (os.path.isfile(CHROMIUM) and os.access(CHROMIUM, os.X_OK)) and not shutil.which(CHROMIUM):
-        _unavailable(f"no Chromium at {CHROMIUM} (apt-get install chromium)")
+        unavailable(f"no Chromium at {CHROMIUM} (apt-get install chromium)")
     try:
         from playwright.sync_api import sync_playwright
     except ImportError:
-        _unavailable("the playwright Python package is not installed")
+        unavailable("the playwright Python package is not installed")
     ws, path = mapped
     root = os.environ.get("SAESTEER_ARTIFACTS")
     shots = (os.path.join(root, "web") if root else str(tmp_path_factory.mktemp("map-screenshots")))

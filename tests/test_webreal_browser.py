@@ -22,7 +22,7 @@ import pytest
 
 from helpers.real_cli import saesteer
 from helpers.web_app import ServerThread, free_port, make_app
-from test_web_browser import DESKTOP, Page, browser  # noqa: F401  (the Chromium fixture)
+from helpers.browser import DESKTOP, Page, browser  # noqa: F401  (the Chromium fixture)
 
 pytestmark = [pytest.mark.browser]
 
@@ -73,8 +73,7 @@ _NUMERIC_EDGES = """sel => Array.from(document.querySelectorAll(sel)).filter(t =
 def test_numbers_sit_under_their_headings(browser, tiny):  # noqa: F811
     """`.ftable td` aligned every cell left and `.mini th` every heading left, over `.num`'s right: the
     feature list's numbers sat a column off their headings, a neighbour table's cosines off theirs."""
-    p = Page(browser, tiny.url, DESKTOP)
-    try:
+    with Page(browser, tiny.url, DESKTOP) as p:
         for path, sel in (("/s/tiny?limit=5", "table.ftable"), ("/s/tiny/f/3", "table.mini")):
             page = p.goto(path)
             edges = page.evaluate(_NUMERIC_EDGES, sel)
@@ -82,14 +81,11 @@ def test_numbers_sit_under_their_headings(browser, tiny):  # noqa: F811
             for head, _, head_right, cell_right in edges:
                 assert abs(head_right - cell_right) < 2, (path, head, head_right, cell_right)
         p.check_clean()
-    finally:
-        p.close()
 
 
 def test_the_playgrounds_operation_menu_is_drawn_as_the_other_fields(browser, tiny):  # noqa: F811
     """The search count's tag style (.mode) also framed the edit row's operation cell: a box in a box."""
-    p = Page(browser, tiny.url, DESKTOP)
-    try:
+    with Page(browser, tiny.url, DESKTOP) as p:
         page = p.goto("/s/tiny/steer?latent=2")
         cell = page.locator("#edits .edit .mode")
         assert cell.evaluate("e => getComputedStyle(e).borderTopWidth") == "0px"
@@ -98,14 +94,11 @@ def test_the_playgrounds_operation_menu_is_drawn_as_the_other_fields(browser, ti
         page = p.goto("/s/tiny/search?q=ocean")  # the tag keeps its frame
         assert page.locator(".count .mode").evaluate("e => getComputedStyle(e).borderTopWidth") == "1px"
         p.check_clean()
-    finally:
-        p.close()
 
 
 def test_a_tokens_tooltip_follows_the_keyboard_focus_and_goes_on_escape(browser, tiny):  # noqa: F811
     srv = tiny
-    p = Page(browser, srv.url, DESKTOP)
-    try:
+    with Page(browser, srv.url, DESKTOP) as p:
         page = p.goto("/s/tiny/fire?text=the+sailor+sees+the+whale")
         toks = page.locator(".firetoks .tok")
         n = toks.count()
@@ -121,14 +114,11 @@ def test_a_tokens_tooltip_follows_the_keyboard_focus_and_goes_on_escape(browser,
         assert page.evaluate("!document.activeElement.classList.contains('tok')")
         assert page.locator(".tip").count() == 0  # the tip went with the focus
         p.check_clean()
-    finally:
-        p.close()
 
 
 def test_the_fire_form_runs_the_text_with_the_line_breaks_typed(browser, tiny):  # noqa: F811
     """A form's encoding writes a textarea's line breaks as CRLF: the model read a "\r" the user never typed."""
-    p = Page(browser, tiny.url, DESKTOP)
-    try:
+    with Page(browser, tiny.url, DESKTOP) as p:
         page = p.goto("/s/tiny/fire")
         page.locator("#fire-text").fill("the sea\nthe whale")
         page.locator(".fireform button[type=submit]").click()
@@ -138,8 +128,6 @@ def test_the_fire_form_runs_the_text_with_the_line_breaks_typed(browser, tiny): 
         assert "\u240d" not in shown, shown  # no CR drawn (the tiny store's word-level tokenizer drops the break)
         assert page.locator("#fire-text").input_value() == "the sea\nthe whale"
         p.check_clean()
-    finally:
-        p.close()
 
 
 # ------------------------------------------------------------------ real stores (slow)
@@ -237,8 +225,7 @@ def _steerable_latent(srv) -> int:
 def test_examples_read_as_the_stores_text_with_split_characters_whole(browser, family, request, shots):  # noqa: F811
     run = request.getfixturevalue(family)
     latent = _latent_with(run.srv, CJK)
-    p = Page(browser, run.srv.url, DESKTOP)
-    try:
+    with Page(browser, run.srv.url, DESKTOP) as p:
         page = p.goto(f"/s/s/f/{latent}")
         shown = page.eval_on_selector_all(".exlist .toks", "els => els.map(e => e.textContent)")
         want = _drawn_windows(run.srv, latent)
@@ -254,8 +241,6 @@ def test_examples_read_as_the_stores_text_with_split_characters_whole(browser, f
         assert top.locator(".tok.centre").text_content() != ""
         page.locator(".exlist").first.screenshot(path=str(shots / f"{family}-feature-{latent}.png"))
         p.check_clean()
-    finally:
-        p.close()
 
 
 @pytest.mark.slow
@@ -269,8 +254,7 @@ def test_the_playground_on_a_chat_model_writes_what_steer_prints(browser, spm, s
     r = saesteer("steer", "--sae", spm.sae, "--store", spm.store, "-l", f"{latent}:add=4x", "--prompt", prompt,
                  "--max-new-tokens", 12, "--do-sample", "false", "--seed", 0, "--json", "--no-progress").ok()
     cli = json.loads(r.out)["results"][0]
-    p = Page(browser, spm.srv.url, DESKTOP)
-    try:
+    with Page(browser, spm.srv.url, DESKTOP) as p:
         page = p.goto(f"/s/s/steer?latent={latent}")
         page.locator("#edits .fstrength").fill("4")
         page.locator("#prompt").fill(prompt)
@@ -282,16 +266,13 @@ def test_the_playground_on_a_chat_model_writes_what_steer_prints(browser, spm, s
         assert page.locator("#out-steered").text_content() == readable(cli["steered"])
         page.locator("#compare").screenshot(path=str(shots / "spm-playground.png"))
         p.check_clean()
-    finally:
-        p.close()
 
 
 @pytest.mark.slow
 def test_a_code_query_finds_the_code_and_the_fire_page_draws_the_hard_text(browser, bpe, shots):  # noqa: F811
     from urllib.parse import urlencode
 
-    p = Page(browser, bpe.srv.url, DESKTOP)
-    try:
+    with Page(browser, bpe.srv.url, DESKTOP) as p:
         page = p.goto("/s/s/search?" + urlencode({"q": "self._parse"}))
         snippets = page.eval_on_selector_all(".snippet", "els => els.map(e => e.textContent)")
         assert snippets and all("parse" in s for s in snippets[:5])
@@ -303,8 +284,6 @@ def test_a_code_query_finds_the_code_and_the_fire_page_draws_the_hard_text(brows
         assert "\ufffd" not in shown and page.eval_on_selector_all(".firetoks .tok", "els => els.filter(e => !e.textContent).length") == 0
         page.locator(".firetoks").screenshot(path=str(shots / "bpe-fire.png"))
         p.check_clean()
-    finally:
-        p.close()
 
 
 @pytest.mark.slow
@@ -317,31 +296,30 @@ def test_thousands_of_latents_page_by_keyboard_without_loading_them_all(browser,
     saesteer("features", "build", "--sae", sae, "--cache", bpe.work / "cache", "--out", tmp_path / "big.db",
              "--no-progress").ok()
     srv = _serve(tmp_path / "big.db")
-    p = Page(browser, srv.url, DESKTOP)
     try:
-        page = p.goto("/s/big")
-        assert page.locator("table.ftable tbody tr").count() == 50
-        assert page.locator(".pageinfo").inner_text() == "1–50 of 4,096"
-        page.locator("a[rel=next]").first.focus()
-        page.keyboard.press("Enter")
-        page.wait_for_url("**offset=50**")
-        assert page.locator(".pageinfo").inner_text() == "51–100 of 4,096"
-        assert page.locator("table.ftable tbody tr").count() == 50
-        # the map of its 3,000-odd live latents, coloured by health: a TopK store has no Matryoshka
-        # levels, and colouring by them drew every point one grey
-        saesteer("features", "map", tmp_path / "big.db", "--method", "pca").ok()
-        page = p.goto("/s/big/map")
-        page.wait_for_selector("#map[data-drawn='1'], [data-drawn='1']", timeout=60000)
-        assert page.locator('[data-colour="level"]').count() == 0
-        assert page.locator('[data-colour][aria-pressed="true"]').get_attribute("data-colour") == "health"
-        page = p.goto("/s/big/f/4094")
-        page.locator("a[rel=next]").focus()
-        page.keyboard.press("Enter")
-        page.wait_for_url("**/f/4095")
-        assert page.locator("a[rel=next]").count() == 0  # the last latent
-        p.check_clean()
+        with Page(browser, srv.url, DESKTOP) as p:
+            page = p.goto("/s/big")
+            assert page.locator("table.ftable tbody tr").count() == 50
+            assert page.locator(".pageinfo").inner_text() == "1–50 of 4,096"
+            page.locator("a[rel=next]").first.focus()
+            page.keyboard.press("Enter")
+            page.wait_for_url("**offset=50**")
+            assert page.locator(".pageinfo").inner_text() == "51–100 of 4,096"
+            assert page.locator("table.ftable tbody tr").count() == 50
+            # the map of its 3,000-odd live latents, coloured by health: a TopK store has no Matryoshka
+            # levels, and colouring by them drew every point one grey
+            saesteer("features", "map", tmp_path / "big.db", "--method", "pca").ok()
+            page = p.goto("/s/big/map")
+            page.wait_for_selector("#map[data-drawn='1'], [data-drawn='1']", timeout=60000)
+            assert page.locator('[data-colour="level"]').count() == 0
+            assert page.locator('[data-colour][aria-pressed="true"]').get_attribute("data-colour") == "health"
+            page = p.goto("/s/big/f/4094")
+            page.locator("a[rel=next]").focus()
+            page.keyboard.press("Enter")
+            page.wait_for_url("**/f/4095")
+            assert page.locator("a[rel=next]").count() == 0  # the last latent
+            p.check_clean()
     finally:
-        p.close()
         srv.stop()
 
 

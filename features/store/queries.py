@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import re
 import sqlite3
+import unicodedata
+from itertools import product
 from typing import Any
 
 from features.records import SNIPPET_CLOSE, SNIPPET_OPEN, ConceptMatch, FeatureFilter, FeatureSummary, SearchHit
 from features.store.base import StoreBase
 from features.store.schema import latest_label_sql
+from features.store.folding import fold
 from features.store.substring import beyond_words, substring_search
 
 _SORTS = {
@@ -29,8 +32,32 @@ _NULLABLE = ("f.mean_act", "f.typical_max_act", "f.level", "f.recommended_streng
 
 
 def _fts_query(text: str, mode: str = "AND") -> str:
-    words = re.findall(r"\w+", text, flags=re.UNICODE)
-    return f" {mode} ".join('"' + w.replace('"', '""') + '"' for w in words)
+    """The words of `text` as an FTS5 query, each as `("word" OR "variant" ...)`: its forms the index's
+    simple case folding keeps apart (`_word_forms`)."""
+    words = re.findall(r"\w+", unicodedata.normalize("NFC", text))  # NFC: a decomposed accent is no separator
+    groups = []
+    for w in words:
+        forms = " OR ".join('"' + f.replace('"', '""') + '"' for f in _word_forms(w))
+        groups.append(f"({forms})")
+    return f" {mode} ".join(groups)
+
+
+def _word_forms(word: str) -> list[str]:
+    """`word` and the forms of it that the word index (unicode61: simple case folding, Latin accents
+    dropped) holds apart but a reader does not (`features.store.folding`, full folding): its full
+    folding ("STRAẞE", "ＡＢＣ", "ﬁne" as "strasse", "abc", "fine"), "ß" for each "ss" of it (the index
+    holds "straße" as it is: "STRASSE" finds it), and the full-width form of a folded Latin word
+    ("ABC" finds "ＡＢＣ" in Japanese text)."""
+    key = fold(word)
+    forms = [word, key]
+    pieces = re.split("(ss)", key)  # "strasse" -> "stra", "ss", "e"
+    pairs = [k for k, p in enumerate(pieces) if p == "ss"][:4]  # 16 forms at most
+    for pick in product(("ss", "ß"), repeat=len(pairs)):
+        chosen = dict(zip(pairs, pick))
+        forms.append("".join(chosen.get(k, p) for k, p in enumerate(pieces)))
+    if key.isascii() and key.isalnum():
+        forms.append("".join(chr(ord(ch) + 0xFEE0) for ch in key))
+    return list(dict.fromkeys(forms))
 
 
 def _like_escape(text: str) -> str:

@@ -5,11 +5,17 @@ script written without spaces (Chinese, Japanese, Thai) is one "word" per run be
 so "テキスト" is not found inside "日本語のテキストを…"; an emoji or another symbol is a separator, so
 "🐳" is no word at all. FTS5's trigram tokenizer would index substrings, but it cannot match a query
 under three characters (most Chinese and Japanese words are one or two) and would triple the size
-of every store. So these queries are answered by one pass over the same text (labels first, then
-the top examples), stopping at `limit` hits: linear in the store's text, with no index to build or
-upgrade (benchmarks/bench_substring_search.py: 0.2 s of CPU over 114 MB of example text
-where nothing matches). A query's parts are each looked for in every row that holds none of them,
-so their number is bounded too (`MAX_PARTS`).
+of every store. So these queries are answered by a pass over the same text, labels first, then the
+top examples, stopping at `limit` hits: linear in the store's text, with no index to build or
+upgrade. Both sides are compared folded (`features.store.folding`: case, composition, width), and
+a hit's snippet marks the stored characters that matched.
+
+A query's whitespace-separated parts are all looked for in each row's folded text, read and folded
+once per query whatever the number of parts: a part costs a `str.find` over text already folded, a
+small share of the folding. A row that holds none of the characters its fold would need to hold a
+part (`_telling_characters`) is not folded at all, so a query found nowhere costs about what an
+exact search did (benchmarks/bench_substring_search.py). So the parts are bounded only against
+abuse (`MAX_PARTS`, more than a web query of `max_query_chars` holds).
 """
 
 from __future__ import annotations
@@ -17,8 +23,10 @@ from __future__ import annotations
 import re
 import sqlite3
 import unicodedata
+from bisect import bisect_left, bisect_right
 
 from features.records import SNIPPET_CLOSE, SNIPPET_OPEN, SearchHit
+from features.store.folding import fold, folded_spans, sources
 from features.store.schema import latest_label_sql
 
 __all__ = ["MAX_PARTS", "beyond_words", "substring_search"]
@@ -26,9 +34,11 @@ __all__ = ["MAX_PARTS", "beyond_words", "substring_search"]
 # Scripts written without spaces between words: Thai, Lao, kana, CJK ideographs
 _UNSPACED = re.compile("[\u0e00-\u0eff\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
 _SNIPPET_CONTEXT = 40  # characters of text each side of the first match
-# most distinct parts one query may have: a search that finds nothing costs a pass over the store's text
-# per part (100 one-character parts, which a 200-character web query holds, cost 65 times one part)
-MAX_PARTS = 8
+# most distinct parts one query may have: each costs a find over every row's folded text (128 parts found
+# nowhere: 5.5x the CPU of one part, less than 8 parts cost when each was an SQL pass), so a CLI or API
+# caller is bounded too
+MAX_PARTS = 128
+_MOST_SOURCES = 32  # characters `_telling_characters` looks for at most (each a find: 64 cost about a fold)
 
 
 def beyond_words(text: str) -> bool:
@@ -41,75 +51,131 @@ def beyond_words(text: str) -> bool:
     return any(ord(ch) > 127 and unicodedata.category(ch)[0] == "S" for ch in text)
 
 
-def _contains(column: str, term: str) -> tuple[str, str]:
-    """SQL that `column` holds `term`, and its argument: LIKE where the term has ASCII letters (it
-    folds their case, as the word index does), else instr (no case to fold: twice as fast)."""
-    if any(ch.isascii() and ch.isalpha() for ch in term):
-        return f"{column} LIKE ? ESCAPE '\\'", "%" + term.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
-    return f"instr({column}, ?) > 0", term
+def query_parts(text: str) -> list[str]:
+    """The distinct folded parts of a query, longest first; more than `MAX_PARTS`: ValueError."""
+    parts = sorted({p for p in (fold(w).strip() for w in text.split()) if p}, key=lambda p: (-len(p), p))
+    if len(parts) > MAX_PARTS:
+        raise ValueError(f"a search for text the word index cannot match (CJK, Thai, emoji, symbols) takes at most "
+                         f"{MAX_PARTS} space-separated parts, got {len(parts)}: search for fewer (a run of CJK "
+                         f"text without spaces is one part)")
+    return parts
 
 
 def substring_search(c: sqlite3.Connection, text: str, limit: int) -> list[SearchHit]:
     """The latents whose label or top examples contain every whitespace-separated part of `text`
-    (ASCII letters in any case), or any part when none contains all of them; those with all parts
-    in the label first. Each query stops at `limit` rows; more than `MAX_PARTS` parts: ValueError."""
-    terms = list(dict.fromkeys(text.split()))
-    if len(terms) > MAX_PARTS:
-        raise ValueError(f"a search for text the word index cannot match (CJK, Thai, emoji, symbols) takes at most "
-                         f"{MAX_PARTS} space-separated parts, got {len(terms)}: search for fewer (a run of CJK "
-                         f"text without spaces is one part)")
-    for joiner in (" AND ", " OR ") if len(terms) > 1 else (" AND ",):
-        label = [_contains("label", t) for t in terms]
-        either = [(_contains("label", t), _contains("examples", t)) for t in terms]
-        in_label = joiner.join(sql for sql, _ in label)
-        in_either = joiner.join(f"({a[0]} OR {b[0]})" for a, b in either)
-        ids = [r[0] for r in c.execute(f"SELECT rowid FROM feature_fts WHERE {in_label} LIMIT ?",
-                                       (*[arg for _, arg in label], limit))]
-        if len(ids) < limit:
-            seen = ",".join(map(str, ids)) or "-1"
-            ids += [r[0] for r in c.execute(
-                f"SELECT rowid FROM feature_fts WHERE ({in_either}) AND rowid NOT IN ({seen}) LIMIT ?",
-                (*[arg for a, b in either for arg in (a[1], b[1])], limit - len(ids)))]
-        if ids:
-            return _hits(c, ids, terms)
-    return []
+    (folded: `features.store.folding`), or any part when none contains all of them; those with all
+    parts in the label first. Stops once `limit` latents hold all the parts; more than `MAX_PARTS`
+    parts: ValueError."""
+    parts = query_parts(text)
+    if not parts or limit == 0:
+        return []
+    # labels first (short: a cheap pass), then the examples of every latent, read once for both the
+    # "all parts" and the "any part" answer
+    in_label: dict[int, frozenset[str]] = {}
+    for rowid, label in c.execute("SELECT rowid, label FROM feature_fts"):
+        key = fold(label or "")
+        found = frozenset(p for p in parts if p in key)
+        if found:
+            in_label[rowid] = found
+    whole = set(parts)
+    label_all = [i for i, f in in_label.items() if f == whole][:limit]
+    label_any = [i for i in in_label if i not in label_all]
+    either_all: list[int] = []
+    either_any: list[int] = []
+    if len(label_all) < limit:
+        taken = set(label_all)
+        telling = _telling_characters(parts)
+        for rowid, examples in c.execute("SELECT rowid, examples FROM feature_fts"):
+            examples = examples or ""
+            if rowid in taken or (telling is not None and not any(ch in examples for ch in telling)):
+                continue  # it holds no part once folded
+            key = fold(examples)
+            seen = in_label.get(rowid, frozenset())
+            missing = [p for p in parts if p not in seen and p not in key]
+            if not missing:
+                either_all.append(rowid)
+                if len(label_all) + len(either_all) >= limit:
+                    break
+            elif len(missing) < len(parts) and not seen and not either_all:  # the "any" answer, if needed
+                either_any.append(rowid)
+    ids = (label_all + either_all) if label_all or either_all else (label_any + either_any)
+    return _hits(c, ids[:limit], parts)
 
 
-def _hits(c: sqlite3.Connection, ids: list[int], terms: list[str]) -> list[SearchHit]:
+def _telling_characters(parts: list[str]) -> frozenset[str] | None:
+    """Characters of which a row's text holds one wherever it holds a part once folded: the sources
+    (`folding.sources`) of each part's rarest character. Looking for them in the stored text costs a
+    few percent of folding it, so a row without one is passed over unfolded (a query found nowhere
+    costs what an exact search did). None where they are too many to be worth it."""
+    chars: set[str] = set()
+    for p in parts:
+        chars |= min((sources(ch) for ch in p), key=len)
+        if len(chars) > _MOST_SOURCES:
+            return None
+    return frozenset(chars)
+
+
+def _hits(c: sqlite3.Connection, ids: list[int], parts: list[str]) -> list[SearchHit]:
+    if not ids:
+        return []
     rows = {r[0]: r[1:] for r in c.execute(
         f"SELECT t.rowid, t.label, t.examples, {latest_label_sql('t.rowid')}, f.freq "
         f"FROM feature_fts t JOIN features f ON f.latent = t.rowid WHERE t.rowid IN ({','.join('?' * len(ids))})",
         ids)}
-    hits, pattern = [], _pattern(terms)
+    hits = []
     for i in ids:  # in the order found (labels first), so that pages cut from more hits agree
         fts_label, examples, label, freq = rows[i]
-        where = examples if _find(examples or "", terms) else (fts_label or "")
+        label_key, examples_key = fold(fts_label or ""), fold(examples or "")
+        where = (examples or "") if any(p in examples_key for p in parts) else (fts_label or "")
         # its score: how often the parts occur, a label's counted 5 times (bm25's label weight)
-        score = 5 * len(pattern.findall(fts_label or "")) + len(pattern.findall(examples or ""))
-        hits.append(SearchHit(i, float(score), label, _snippet(where, terms), freq))
+        score = sum(5 * label_key.count(p) + examples_key.count(p) for p in parts)
+        hits.append(SearchHit(i, float(score), label, _snippet(where, parts), freq))
     return hits
 
 
-def _pattern(terms: list[str]) -> re.Pattern:
-    # LIKE folds ASCII letters only: so does this (no re.IGNORECASE, which folds every script)
-    alts = ["".join(f"[{ch}{ch.swapcase()}]" if ch.isascii() and ch.isalpha() else re.escape(ch) for ch in t)
-            for t in sorted(terms, key=len, reverse=True)]
-    return re.compile("|".join(alts))
+def _matches(line: str, pattern: re.Pattern) -> list[tuple[int, int]]:
+    """Where `pattern` (the folded parts) matches the fold of `line`, as character ranges of `line`
+    itself: a match of "strasse" covers "ß", of "café" the "e" and its combining accent."""
+    found = [(m.start(), m.end()) for m in pattern.finditer(fold(line))]
+    if not found:
+        return []
+    spans = folded_spans(line)
+    ends = [e for _, _, e in spans]  # the fold's end of each piece, ascending
+    out: list[tuple[int, int]] = []
+    for a, b in found:  # the pieces whose folds the match touches
+        lo, hi = spans[bisect_right(ends, a)][0], spans[bisect_left(ends, b)][1]
+        if out and lo < out[-1][1]:  # two matches in one piece ("ﬃ" found as "ff" and "fi"): one mark
+            out[-1] = (out[-1][0], max(hi, out[-1][1]))
+        else:
+            out.append((lo, hi))
+    return out
 
 
-def _find(text: str, terms: list[str]) -> re.Match | None:
-    return _pattern(terms).search(text)
-
-
-def _snippet(text: str, terms: list[str]) -> str:
-    """The text around the first match, each match between SNIPPET_OPEN and SNIPPET_CLOSE, on one
-    line of the text (the examples are one per line), cut with "..." as FTS5's snippets are."""
-    m = _find(text, terms)
-    if m is None:
+def _snippet(text: str, parts: list[str]) -> str:
+    """The line of the text (the examples are one per line) with the first match, cut to the match and
+    `_SNIPPET_CONTEXT` characters each side with "..." as FTS5's snippets are, each match between
+    SNIPPET_OPEN and SNIPPET_CLOSE."""
+    pattern = re.compile("|".join(map(re.escape, parts)))  # longest first: a part inside another is not marked alone
+    for line in text.split("\n"):
+        marks = _matches(line, pattern)
+        if marks:
+            break
+    else:
         return ""
-    start = text.rfind("\n", 0, m.start()) + 1
-    end = text.find("\n", m.end())
-    end = len(text) if end < 0 else end
-    a, b = max(start, m.start() - _SNIPPET_CONTEXT), min(end, m.end() + _SNIPPET_CONTEXT)
-    body = _pattern(terms).sub(lambda x: SNIPPET_OPEN + x.group(0) + SNIPPET_CLOSE, text[a:b])
-    return ("..." if a > start else "") + body + ("..." if b < end else "")
+    a = _cut(line, max(0, marks[0][0] - _SNIPPET_CONTEXT))
+    b = _cut(line, min(len(line), marks[0][1] + _SNIPPET_CONTEXT))
+    out, at = [], a
+    for lo, hi in marks:
+        if lo < a or hi > b:
+            continue
+        out += [line[at:lo], SNIPPET_OPEN, line[lo:hi], SNIPPET_CLOSE]
+        at = hi
+    out.append(line[at:b])
+    return ("..." if a > 0 else "") + "".join(out) + ("..." if b < len(line) else "")
+
+
+def _cut(line: str, at: int) -> int:
+    """`at`, moved back off a combining mark: a cut never parts an accent from its letter."""
+    while 0 < at < len(line) and unicodedata.combining(line[at]):
+        at -= 1
+    return at

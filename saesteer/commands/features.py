@@ -98,7 +98,7 @@ def _add_list(sub) -> None:
 def _add_search(sub) -> None:
     # features.store.substring.MAX_PARTS, written out: importing it would load the store package (and
     # numpy) while building the parser; tests/test_features_cli.py checks the two agree.
-    max_parts = 8
+    max_parts = 128
     q = sub.add_parser("search", help="full-text search over labels and example text")
     q.add_argument("store", help="feature store file")
     q.add_argument("text", help="words to look for (a query in Chinese, Japanese or Thai, or with an emoji or another "

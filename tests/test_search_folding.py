@@ -1,0 +1,174 @@
+"""Searching a store of real multilingual text as it is typed: a query typed composed (NFC) finds text
+stored decomposed (NFD, as macOS writes it) and the reverse, "STRASSE" finds "Straße", half-width
+Latin finds full-width and the reverse, "istanbul" finds "İstanbul"; and a hit's marked snippet
+holds the stored characters that matched (an accent's combining mark, the "ß"), through the store,
+the CLI and the web API. The store is built over a Llama-3 style byte-level BPE trained here."""
+
+from __future__ import annotations
+
+import sqlite3
+import unicodedata
+
+import pytest
+
+from features import FeatureStore
+from features.store.folding import fold, folded_spans
+from helpers.browser import browser  # noqa: F401 (the Chromium fixture)
+
+NFD = "NFD"
+
+
+def _nfd(text: str) -> str:
+    return unicodedata.normalize(NFD, text)
+
+
+TEXTS = [
+    _nfd("ファイル名はデータ.csvです。"),  # a Japanese file name as macOS stores it: デ is テ + U+3099
+    "ガイドを読んでください。",  # composed
+    "ベルリンのFriedrichstraße駅で降ります。",
+    "Wir wohnen in der Straße am Fluss.",
+    "セール中 ＳＡＬＥ 50% OFF",  # full-width Latin as a Japanese input method writes it
+    "ＡＰＩキーはＵＲＬに入れない。",
+    "İstanbul → Ankara, 450 km.",
+    _nfd("Le café du coin ouvre à sept heures."),
+    "def parse(self): return self.assertEqual(x, 1)",
+    "for k, v in d.items(): print(k, v)  # → sorted",
+]
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    from helpers.feature_fixtures import build_text_store
+    from helpers.real_models import build_family_tokenizer
+
+    tok = build_family_tokenizer("llama3", TEXTS * 3, vocab_size=700)  # whole CJK characters, mostly
+    path = tmp_path_factory.mktemp("search-folding") / "s.db"
+    build_text_store(path, tok, TEXTS * 12)
+    with FeatureStore.open(path) as s:
+        yield s
+
+
+def _holding(store, stored: str) -> set[int]:
+    """The latents whose examples hold `stored` exactly as written (the truth a search is checked on)."""
+    with sqlite3.connect(store.path) as db:
+        return {r[0] for r in db.execute("SELECT rowid FROM feature_fts WHERE instr(examples, ?) > 0", (stored,))}
+
+
+# (query as typed, the stored characters it must find and mark); the first five are looked for as
+# substrings (kana, a symbol), the last three through the word index
+CASES = [
+    ("データ", _nfd("データ")),  # typed composed, stored decomposed
+    (_nfd("ガイド"), "ガイド"),  # pasted decomposed, stored composed
+    ("friedrichstrasse駅", "Friedrichstraße駅"),  # full case folding: ß is ss
+    ("APIキー", "ＡＰＩキー"),  # half-width typed, full-width stored
+    ("istanbul →", "İstanbul →"),  # İ folds to i; "→" sends it past the word index
+    ("STRASSE", "Straße"),
+    ("sale", "ＳＡＬＥ"),
+    ("café", _nfd("café")),
+]
+
+
+@pytest.mark.parametrize("query,stored", CASES, ids=[c[1] for c in CASES])
+def test_a_query_finds_the_stored_form_and_marks_its_characters(store, query, stored):
+    want = _holding(store, stored)
+    assert want, f"the build put {stored!r} in no example window: the test says nothing"
+    hits = store.search(query, limit=48)
+    assert want <= {h.latent for h in hits}, (query, hits)
+    for h in hits:
+        if h.latent in want:
+            marked = [t for t, m in h.parts if m]
+            assert marked and all(t in h.text for t in marked)
+            assert any(fold(t) in fold(stored) or fold(stored) in fold(t) for t in marked), (query, h.parts)
+    if "→" in query or not any(ch.isascii() for ch in query):  # the substring search marks the stored form itself
+        marked = {t for h in hits for t, m in h.parts if m}
+        assert set(stored.split()) <= marked, (stored, marked)
+
+
+def test_the_cli_and_the_web_api_find_decomposed_text_and_mark_it_whole(store):
+    from helpers.real_cli import saesteer
+    from helpers.web_app import PORT, client
+    from saesteer.web import Limits, ServeConfig, StoreEntry, create_app
+    from saesteer.web.store_source import StoreCatalog
+
+    want = _holding(store, _nfd("データ"))
+    r = saesteer("features", "search", store.path, "データ", "--limit", "48").ok()
+    assert "no latent matches" not in r.out and str(min(want)) in r.out, r.out
+    r = saesteer("features", "search", store.path, "STRASSE").ok()
+    assert "no latent matches" not in r.out and "Straße" in r.out, r.out
+
+    entry = StoreEntry("s", StoreCatalog(FeatureStore.open(store.path), name="s"))
+    c = client(create_app([entry], config=ServeConfig(port=PORT), limits=Limits()))
+    items = c.get("/api/stores/s/search", params={"q": "データ", "limit": 48}).json()["items"]
+    assert want <= {i["latent"] for i in items}
+    marked = {p["text"] for i in items for p in i["snippet_parts"] if p["match"]}
+    assert marked == {_nfd("データ")}, marked  # the accent's mark inside the highlight, not cut off it
+    items = c.get("/api/stores/s/search", params={"q": "friedrichstrasse駅"}).json()["items"]
+    assert {p["text"] for i in items for p in i["snippet_parts"] if p["match"]} == {"Friedrichstraße駅"}
+
+
+def test_a_long_mixed_query_is_searched_not_refused(store):
+    """A line of code with a symbol past ASCII has more than 8 parts (the cap was 8): it finds the
+    latents whose examples hold every part."""
+    q = "for k, v in d.items(): print(k, v) # →"
+    parts = q.split()
+    assert len(parts) > 8
+    with sqlite3.connect(store.path) as db:
+        want = {r for r, ex in db.execute("SELECT rowid, examples FROM feature_fts") if all(p in ex for p in parts)}
+    assert want, "no latent's examples hold every part: the test says nothing"
+    assert {h.latent for h in store.search(q, limit=48)} == want
+
+
+def test_the_fold_and_its_pieces():
+    assert fold("STRASSE") == fold("Straße") == fold("STRAẞE") == "strasse"
+    assert fold("ΟΔΟΣ") == fold("οδος") == fold("οδοσ")  # a final sigma is a sigma
+    assert fold(_nfd("café")) == fold("café") and fold("ＡＢＣ") == "abc" == fold("ℂ".replace("ℂ", "ABC"))
+    assert fold("ℂ") == "c" and fold("İstanbul") == "istanbul" and fold("ısparta") != fold("isparta")
+    assert fold("ﾃﾞｰﾀ") == fold("データ") == fold(_nfd("データ"))  # half-width kana and its voicing mark
+    for text in (_nfd("Le café crème"), "Straße", "ｶﾞｲﾄﾞ", _nfd("한국어"), "ﬁne", "x²", "İ"):
+        spans = folded_spans(text)
+        assert "".join(fold(text[a:b]) for a, b, _ in spans) == fold(text)
+        assert [e for _, _, e in spans] == [len(fold(text[:b])) for _, b, _ in spans]
+        assert spans[0][0] == 0 and spans[-1][1] == len(text)
+        assert all(spans[k][1] == spans[k + 1][0] for k in range(len(spans) - 1))
+
+
+@pytest.mark.browser
+def test_the_search_page_highlights_the_stored_characters_in_chromium(store, browser):  # noqa: F811
+    """The search page in Chromium: "データ" typed composed marks the decomposed stored text whole (the
+    voicing mark inside the <mark>, not left after it as a lone mark on the next character)."""
+    from helpers.browser import DESKTOP, Page
+    from helpers.web_app import ServerThread, free_port
+    from saesteer.web import Limits, ServeConfig, StoreEntry, create_app
+    from saesteer.web.store_source import StoreCatalog
+
+    port = free_port()
+    entry = StoreEntry("s", StoreCatalog(FeatureStore.open(store.path), name="s"))
+    srv = ServerThread(create_app([entry], config=ServeConfig(port=port), limits=Limits()), port).start()
+    try:
+        with Page(browser, srv.url, DESKTOP) as p:
+            page = p.goto("/s/s/search?q=%E3%83%87%E3%83%BC%E3%82%BF")  # データ, composed
+            marks = page.eval_on_selector_all(".snippet mark", "els => els.map(e => e.textContent)")
+            assert marks and set(marks) == {_nfd("データ")}, marks
+            p.check_clean()
+    finally:
+        srv.stop()
+
+
+def test_rows_passed_over_unfolded_could_not_have_matched(store, monkeypatch):
+    """The fast path (a row without any of the query's telling characters is not folded) finds what
+    folding every row finds; and a folded text's every character has one of its sources in the text."""
+    import random
+
+    import features.store.substring as substring
+    from features.store.folding import sources
+
+    queries = [q for q, _ in CASES] + ["無い", "テキスト", "→", "zebra →", "ﾃﾞｰﾀ", _nfd("ｶﾞｲﾄﾞ"), "ＳＴＲＡẞＥ →"]
+    fast = {q: store.search(q, limit=48) for q in queries}
+    monkeypatch.setattr(substring, "_telling_characters", lambda parts: None)
+    assert {q: store.search(q, limit=48) for q in queries} == fast
+
+    pool = list("aAeEiIİıßẞsSſテデﾃﾞ\u3099\u0301\u0307éÉＡＢｓ가각각ﬁ²ΣσςΟΔ→🐳 ") + [_nfd("é"), _nfd("각")]
+    rng = random.Random(0)
+    for _ in range(3000):
+        text = "".join(rng.choice(pool) for _ in range(rng.randint(1, 8)))
+        assert all(sources(ch) & set(text) for ch in fold(text)), text
