@@ -6,6 +6,7 @@ command time is the whole process's wall clock (start-up, model load, checks and
     python benchmarks/user_scale.py setup --work W                  # the GPT-2-style model + the parquet dataset
     python benchmarks/bench_estimate.py setup --work W              # + a Llama-style model of the same size
     flock /work/wt/bench.lock python benchmarks/bench_estimate.py run --work W [--tokens 300000 1000000] [--rounds 3]
+        [--base-code DIR]    # also the dry run of another tree (git archive REV | tar -x -C DIR), same round
     flock /work/wt/bench.lock python benchmarks/bench_estimate.py stages --work W --model gpt2 --tokens 1000000
 
 `run` prints one row per case and round, then medians over the rounds (rounds interleave the cases),
@@ -66,10 +67,12 @@ def parse_secs(text: str) -> float:
 def _estimate_line(line: str) -> dict[str, float] | None:
     """The estimate's figures from its "time:" line: caching, and its range and the command's total
     where the line gives them."""
+    m_old = re.match(r"\s*time:\s+~(.+?) \(caching measured", line)  # before the range and the start-up
+    if m_old:
+        return {"caching": parse_secs(m_old.group(1))}
     m = re.match(r"\s*time:\s+~(.+?) caching(?: \((.+?) - (.+?)\))?(?:, ~(.+?) in all)?", line)
     if not m:
-        m_old = re.match(r"\s*time:\s+~(.+?) \(", line)
-        return None if not m_old else {"caching": parse_secs(m_old.group(1))}
+        return None
     out = {"caching": parse_secs(m.group(1))}
     if m.group(2):
         out.update(low=parse_secs(m.group(2)), high=parse_secs(m.group(3)))
@@ -78,10 +81,11 @@ def _estimate_line(line: str) -> dict[str, float] | None:
     return out
 
 
-def _timed(argv: list[str], env: dict) -> tuple[list[tuple[float, str]], float, float]:
-    """(stamped output lines, wall seconds, process CPU seconds of the child) of one command."""
+def _timed(argv: list[str], env: dict, code: Path = ROOT) -> tuple[list[tuple[float, str]], float, float]:
+    """(stamped output lines, wall seconds, process CPU seconds of the child) of one command run from `code`."""
     t0 = time.perf_counter()
-    p = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT, env=env)
+    p = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=code,
+                         env={**env, "PYTHONPATH": str(code)})
     lines = [(time.perf_counter() - t0, ln.rstrip("\n")) for ln in p.stdout]
     _, status, usage = os.wait4(p.pid, 0)
     wall = time.perf_counter() - t0
@@ -91,10 +95,14 @@ def _timed(argv: list[str], env: dict) -> tuple[list[tuple[float, str]], float, 
     return lines, wall, usage.ru_utime + usage.ru_stime
 
 
-def one_case(work: Path, model: str, tokens: int, env: dict) -> dict[str, float]:
+def one_case(work: Path, model: str, tokens: int, env: dict, base: Path | None) -> dict[str, float]:
     out = work / f"cache-{model}-{tokens}"
     shutil.rmtree(out, ignore_errors=True)
     load0 = os.getloadavg()[0]
+    base_est = float("nan")
+    if base is not None:
+        old, _, _ = _timed(_cache_argv(work, model, tokens, out) + ["--dry-run"], env, base)
+        base_est = next(e for _, ln in old if (e := _estimate_line(ln)))["caching"]
     dry, dry_wall, _ = _timed(_cache_argv(work, model, tokens, out) + ["--dry-run"], env)
     est = next(e for _, ln in dry if (e := _estimate_line(ln)))
     lines, wall, cpu = _timed(_cache_argv(work, model, tokens, out), env)
@@ -102,33 +110,35 @@ def one_case(work: Path, model: str, tokens: int, env: dict) -> dict[str, float]
     shutil.rmtree(out, ignore_errors=True)
     return {"estimate": est["caching"], "low": est.get("low", est["caching"]), "high": est.get("high", est["caching"]),
             "est_command": est.get("command", float("nan")), "build_estimate": build_est["caching"],
-            "caching": wall - t_est, "command": wall, "cpu": cpu, "dry_run": dry_wall,
+            "caching": wall - t_est, "command": wall, "cpu": cpu, "dry_run": dry_wall, "base": base_est,
             "load": (load0 + os.getloadavg()[0]) / 2}
 
 
-def run(work: Path, tokens: list[int], rounds: int) -> None:
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "WANDB_MODE": "offline", "HF_HUB_OFFLINE": "1",
+def run(work: Path, tokens: list[int], rounds: int, base: Path | None) -> None:
+    env = {**os.environ, "WANDB_MODE": "offline", "HF_HUB_OFFLINE": "1",
            "HF_DATASETS_OFFLINE": "1"}
     cases = [(m, n) for n in tokens for m in MODELS]
     got: dict[tuple[str, int], list[dict]] = {c: [] for c in cases}
-    cols = ("estimate", "low", "high", "caching", "est_command", "command", "cpu", "load")
+    cols = ("base", "estimate", "low", "high", "caching", "est_command", "command", "cpu", "load")
     print("model  tokens     round " + " ".join(f"{c:>11s}" for c in cols) + "  caching/estimate")
     for r in range(rounds):
         for c in cases:
-            row = one_case(work, *c, env)
+            row = one_case(work, *c, env, base)
             got[c].append(row)
             print(f"{c[0]:6s} {c[1]:>9,} {r:5d} " + " ".join(f"{row[k]:11.1f}" for k in cols)
                   + f"  {row['caching'] / row['estimate']:.2f}", flush=True)
     print(f"\nmedians over {rounds} round(s): seconds; ratio = real / estimate (1.00 = exact, within +-25%: 0.80-1.25)")
-    print("| model | tokens | estimate (range) | real caching | ratio | command estimate | real command | ratio | "
-          "CPU s | load |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("| model | tokens | base estimate | ratio | estimate (range) | real caching | ratio | command estimate | "
+          "real command | ratio | CPU s | load |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for c in cases:
         med = {k: statistics.median(r[k] for r in got[c]) for k in got[c][0]}
         ratio = statistics.median(r["caching"] / r["estimate"] for r in got[c])
         cratio = statistics.median(r["command"] / r["est_command"] for r in got[c])
         inside = sum(r["low"] <= r["caching"] <= r["high"] for r in got[c])
-        print(f"| {c[0]} | {c[1]:,} | {med['estimate']:.0f} s ({med['low']:.0f}-{med['high']:.0f}) | "
+        bratio = statistics.median(r["caching"] / r["base"] for r in got[c])
+        print(f"| {c[0]} | {c[1]:,} | {med['base']:.0f} s | {bratio:.2f} | "
+              f"{med['estimate']:.0f} s ({med['low']:.0f}-{med['high']:.0f}) | "
               f"{med['caching']:.1f} s | {ratio:.2f} | {med['est_command']:.0f} s | {med['command']:.1f} s | "
               f"{cratio:.2f} | {med['cpu']:.0f} | {med['load']:.1f} |  ({inside}/{len(got[c])} inside the range)")
 
@@ -198,11 +208,12 @@ def main() -> None:
     ap.add_argument("--tokens", type=int, nargs="+", default=[300_000, 1_000_000])
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--model", choices=MODELS, default="gpt2")
+    ap.add_argument("--base-code", type=Path, help="another tree whose dry run's estimate is printed beside")
     a = ap.parse_args()
     if a.what == "setup":
         setup(a.work)
     elif a.what == "run":
-        run(a.work, a.tokens, a.rounds)
+        run(a.work, a.tokens, a.rounds, a.base_code)
     else:
         stages(a.work, a.model, a.tokens[0])
 
