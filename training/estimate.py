@@ -88,8 +88,8 @@ class CacheEstimate:
         lines.append(f"  disk:    needs ~{need}, {fmt_bytes(self.bytes_free)} free")
         lines.append(f"  time:    {self.time_summary()}")
         lines.append(f"           (measured at {self.forward_tokens_per_s:,.0f} tokens/s on a probe: forward + shard "
-                     f"copy, {self.probe_contexts} contexts per batch; the range: its fastest and slowest batch, "
-                     "as a machine shared with other work swings)")
+                     f"copy, {self.probe_contexts} contexts per batch; the range: every batch as fast / slow as its "
+                     "fastest / slowest; other work on the machine can take it past either end)")
         lines.append(f"  forward: {self.forward}" + (f" ({self.forward_note})" if self.forward != "fast" and self.forward_note else ""))
         return "\n".join(lines)
 
@@ -120,6 +120,8 @@ class ProbeRate(NamedTuple):
 
 
 class CachingTime(NamedTuple):
+    """The caching loop's estimated seconds, and its range (`caching_time`)."""
+
     seconds: float
     low: float
     high: float
