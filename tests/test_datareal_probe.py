@@ -35,6 +35,9 @@ def test_probe_ramps_to_the_build_batch_size_past_a_setup_and_a_stall(monkeypatc
             clock.now += secs
             return secs
 
+        def hash_seconds_per_byte(self, b: int) -> float:
+            return 0.0
+
     monkeypatch.setattr(estimate, "_ProbeBatches", Batches)
     monkeypatch.setattr(estimate, "time", types.SimpleNamespace(perf_counter=clock.perf_counter))
     plan = types.SimpleNamespace(runner=types.SimpleNamespace(forward_used=lambda L: "fast"))

@@ -5,13 +5,16 @@
 
 The time comes from a probe of the build's own loop (`measure_rate`): real contexts at the
 build's batch size (smaller when one batch takes a while) through the forward it will use,
-copied into a shard buffer. The build logs the same estimate before it starts.
+copied into a shard buffer, and the shards' SHA-256s on that buffer (`caching_time` adds them up).
+The build logs the same estimate before it starts; the dry run adds its own start-up (model load,
+checks, the probe), which the build pays again (`CacheEstimate.setup_seconds`).
 
 Shape key: B batch (contexts), L context length.
 """
 
 from __future__ import annotations
 
+import hashlib
 import statistics
 import time
 from dataclasses import dataclass
@@ -25,7 +28,7 @@ from training.cache_config import CacheConfig
 from training.manifest import MANIFEST_NAME, read_manifest, read_progress
 from training.pretokenized import RowPacker
 from training.plan import CachePlan, bytes_per_row, plan_cache, refuse_mismatch
-from training.shards import DTYPES
+from training.shards import DTYPES, _as_bytes
 from training.packing import ContextPacker, document_tokenize, estimate_stream_tokens, special_tokens
 from training.text import DocumentSource, TextConfig
 from training.writer import ShardBuffer, fill_batch, fmt_bytes, free_bytes
@@ -56,12 +59,14 @@ class CacheEstimate:
     shard_contexts: int
     bytes_needed: int | None  # for the contexts still to do
     bytes_free: int
-    forward_tokens_per_s: float  # the caching loop's rate on a probe (`measure_rate`)
-    seconds: float | None
+    forward_tokens_per_s: float  # the caching loop's rate on a probe (`measure_rate`): mean of its batches
+    seconds: float | None  # the caching loop (`caching_time`)
     exact: bool  # contexts known exactly (max_tokens given and the data suffices)
     forward: str = "transformer_lens"  # the forward pass used: "fast" or "transformer_lens"
     forward_note: str | None = None  # why not the fast one
     probe_contexts: int = 0  # contexts per batch of the probe that measured forward_tokens_per_s
+    seconds_range: tuple[float, float] | None = None  # caching at the probe's fastest and slowest batch
+    setup_seconds: float | None = None  # the dry run's time before caching (start-up, model load, checks, probe)
 
     @property
     def tokens(self) -> int | None:
@@ -81,11 +86,25 @@ class CacheEstimate:
             )
         need = "unknown" if self.bytes_needed is None else fmt_bytes(self.bytes_needed)
         lines.append(f"  disk:    needs ~{need}, {fmt_bytes(self.bytes_free)} free")
-        t = "unknown" if self.seconds is None else f"~{fmt_secs(self.seconds)}"
-        lines.append(f"  time:    {t} (caching measured at {self.forward_tokens_per_s:,.0f} tokens/s on a probe: "
-                     f"forward + shard copy, {self.probe_contexts} contexts per batch)")
+        lines.append(f"  time:    {self.time_summary()}")
+        lines.append(f"           (measured at {self.forward_tokens_per_s:,.0f} tokens/s on a probe: forward + shard "
+                     f"copy, {self.probe_contexts} contexts per batch; the range: every batch as fast / slow as its "
+                     "fastest / slowest; other work on the machine can take it past either end)")
         lines.append(f"  forward: {self.forward}" + (f" ({self.forward_note})" if self.forward != "fast" and self.forward_note else ""))
         return "\n".join(lines)
+
+    def time_summary(self) -> str:
+        """'~31 s caching (26 s - 45 s), ~44 s in all': the caching loop, its range, and with the dry run's
+        start-up the whole command (a build run now loads the model and probes again before caching)."""
+        if self.seconds is None:
+            return "unknown"
+        text = f"~{fmt_secs(self.seconds)} caching"
+        if self.seconds_range is not None:
+            lo, hi = self.seconds_range
+            text += f" ({fmt_secs(lo)} - {fmt_secs(hi)})"
+        if self.setup_seconds is not None:
+            text += f", ~{fmt_secs(self.setup_seconds + self.seconds)} in all with the start-up"
+        return text
 
 
 PROBE_SECONDS = 10.0  # about the most the rate probe (the dry run's measurement) may take
@@ -94,8 +113,31 @@ PROBE_SECONDS = 10.0  # about the most the rate probe (the dry run's measurement
 class ProbeRate(NamedTuple):
     """The caching loop's rate on the probe, and the batch size it was measured at."""
 
-    tokens_per_s: float
+    tokens_per_s: float  # the mean of the timed batches: a stalled batch costs the build as much
     contexts_per_batch: int
+    batch_seconds: tuple[float, ...] = ()  # the timed batches at that size
+    hash_seconds_per_byte: float = 0.0  # the shards' two SHA-256s (whole file and part), per byte written
+
+
+class CachingTime(NamedTuple):
+    """The caching loop's estimated seconds, and its range (`caching_time`)."""
+
+    seconds: float
+    low: float
+    high: float
+
+
+def caching_time(contexts: int, L: int, probe: ProbeRate, shard_bytes: int) -> CachingTime:
+    """The caching loop's time for `contexts` contexts: their batches at the probe's mean batch time
+    (its median had left out the stalls a build meets as often: ~1.2x optimistic on an idle 2-core
+    machine) plus the shards' hashing, which on a CPU takes the cores the model runs on. Low / high:
+    every batch as fast / as slow as the probe's fastest / slowest."""
+    b = probe.contexts_per_batch
+    walls = probe.batch_seconds or (b * L / probe.tokens_per_s,)
+    batches = contexts / b
+    hashing = shard_bytes * probe.hash_seconds_per_byte
+    return CachingTime(batches * statistics.fmean(walls) + hashing, batches * min(walls) + hashing,
+                       batches * max(walls) + hashing)
 
 
 def measure_rate(plan: CachePlan, cfg: CacheConfig, sample_NL: np.ndarray, L: int, vocab: int) -> ProbeRate:
@@ -110,9 +152,9 @@ def measure_rate(plan: CachePlan, cfg: CacheConfig, sample_NL: np.ndarray, L: in
     time the current size took (a GPU or a small model reaches the build's batch size; a large
     model on a CPU stops at a batch that already takes a second or more, where its rate no longer
     grows). Each size runs twice, the faster run counting (the first pays for allocations, and on a
-    busy machine one run can stall: judged by it, the ramp stopped at 2 contexts); the rate is the median of 3
-    to 7 timed batches at the last size (as many as fit in a fifth of PROBE_SECONDS: on a busy
-    machine single batches swing several-fold)."""
+    busy machine one run can stall: judged by it, the ramp stopped at 2 contexts); the rate is the mean of 5
+    to 15 timed batches at the last size (as many as fit in a third of PROBE_SECONDS: on a busy
+    machine single batches swing several-fold, and the build pays for its stalled batches too)."""
     B = cfg.batch_size
     if len(sample_NL):
         tokens_BL = np.resize(sample_NL, (B, L)).astype(sample_NL.dtype, copy=False)
@@ -127,15 +169,16 @@ def measure_rate(plan: CachePlan, cfg: CacheConfig, sample_NL: np.ndarray, L: in
         # stops the ramp at a batch of 2, where the rate is a small fraction of the build's (seen: 17x)
         secs = min(probe.seconds(b), probe.seconds(b))
         spent += 2 * secs
-        # the next size: two runs of about twice this one, then three or more timed runs
+        # the next size: two runs of about twice this one, then the timed runs (five or more: the probe may pass
+        # PROBE_SECONDS by a few batches of a large model)
         if b >= B or spent + 8 * secs > PROBE_SECONDS:
             break
         b = min(2 * b, B)
     walls = [secs]
     start = time.perf_counter()
-    while len(walls) < 3 or (len(walls) < 7 and time.perf_counter() - start < PROBE_SECONDS / 5):
+    while len(walls) < 5 or (len(walls) < 15 and time.perf_counter() - start < PROBE_SECONDS / 3):
         walls.append(probe.seconds(b))
-    return ProbeRate(b * L / max(statistics.median(walls), 1e-9), b)
+    return ProbeRate(b * L / max(statistics.fmean(walls), 1e-9), b, tuple(walls), probe.hash_seconds_per_byte(b))
 
 
 class _ProbeBatches:
@@ -156,6 +199,17 @@ class _ProbeBatches:
         if self.cuda:
             torch.cuda.synchronize(self.runner.device)
         return time.perf_counter() - t0
+
+    def hash_seconds_per_byte(self, b: int) -> float:
+        """Seconds per byte of the shard writer's hashing (two SHA-256s of every byte) on the last batch's rows."""
+        views = [_as_bytes(a[:self.buf.rows]) for a in self.buf.acts.values()]
+        n = sum(len(v) for v in views)
+        if n == 0:
+            return 0.0
+        t0 = time.perf_counter()
+        for v in views:
+            hashlib.sha256(v).digest()
+        return 2 * (time.perf_counter() - t0) / n
 
 
 def estimate_plan(plan: CachePlan, text: TextConfig, cfg: CacheConfig, tokenizer, out: Path,
@@ -195,13 +249,14 @@ def estimate_plan(plan: CachePlan, text: TextConfig, cfg: CacheConfig, tokenizer
     sc = plan.settings["shard_contexts"]
     todo = None if contexts is None else max(0, contexts - contexts_done)
     need = None if todo is None else int(todo * (rows_per_context * bytes_per_row(plan.d_in, cfg.dtype) + 4 * L))
+    took = None if todo is None else caching_time(todo, L, probe, need)
     return CacheEstimate(
         out=str(out), hooks=list(plan.runner.hooks), d_in=dict(plan.d_in), dtype=cfg.dtype, context_length=L,
         contexts=contexts, contexts_done=contexts_done, rows_per_context=rows_per_context, shard_contexts=sc,
         bytes_needed=need, bytes_free=free_bytes(out), forward_tokens_per_s=tps,
-        seconds=None if todo is None else todo * L / tps, exact=exact,
+        seconds=None if took is None else took.seconds, exact=exact,
         forward=plan.runner.forward_used(L), forward_note=plan.runner.fast_problem,
-        probe_contexts=probe.contexts_per_batch,
+        probe_contexts=probe.contexts_per_batch, seconds_range=None if took is None else (took.low, took.high),
     )
 
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import time
+
 from saesteer.boundary import print_error
 
 NAME = "cache"
@@ -128,6 +131,7 @@ def run(args) -> int:
                                 separator_given="separator" in vars(args) or "separator" in text_vals)
         if args.dry_run:
             est = estimate_cache(model, source.cfg, cfg, model_id=ident, model_revision=revision, source=source)
+            est.setup_seconds = process_seconds()  # a build run now pays this again before caching
             print(est.describe())
             return 0
         build_cache(model, source.cfg, cfg, model_id=ident, model_revision=revision, progress=not args.no_progress,
@@ -135,6 +139,17 @@ def run(args) -> int:
     except (CacheMismatchError, CacheDiskFullError, UnknownHookError, CacheFormatError, ValueError, FileNotFoundError, RuntimeError) as e:
         return _error(e, args)
     return 0
+
+
+def process_seconds() -> float | None:
+    """Wall seconds since this process started (Linux's /proc; None elsewhere): the command's start-up
+    (imports, model load, checks, the rate probe) when called as it is about to cache."""
+    try:
+        with open("/proc/self/stat", encoding="ascii") as f:
+            started = int(f.read().rsplit(")", 1)[1].split()[19])  # field 22, starttime, in clock ticks after boot
+        return time.clock_gettime(time.CLOCK_BOOTTIME) - started / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError, AttributeError):
+        return None
 
 
 def _verify(args) -> int:

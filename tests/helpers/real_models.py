@@ -260,11 +260,14 @@ SLIDING_WINDOW = 64  # Mistral's attention window
 def _config(family: str, tok, d_model: int = D_MODEL, n_layers: int = 2, model_vocab: int | None = None):
     """`d_model`, `n_layers` and `model_vocab` (an embedding padded past the tokenizer, as GPT-2's
     50257 rows or Pythia's are) are for the GPT-2 family: a GPT-2-small-shaped model for the scale
-    benchmarks has d_model 768, 12 heads of 64."""
+    benchmarks has d_model 768, 12 heads of 64; `d_model` and `n_layers` also shape the Llama family
+    (heads of 64, 2 key/value heads: the cache estimate's benchmark)."""
     import transformers
 
-    if family != "gpt2" and (d_model, n_layers, model_vocab) != (D_MODEL, 2, None):
-        raise ValueError("d_model, n_layers and model_vocab are for the gpt2 family only")
+    if family not in ("gpt2", "llama") and (d_model, n_layers, model_vocab) != (D_MODEL, 2, None):
+        raise ValueError("d_model, n_layers and model_vocab are for the gpt2 and llama families only")
+    if family == "llama" and model_vocab is not None:
+        raise ValueError("model_vocab is for the gpt2 family only")
     common = dict(vocab_size=model_vocab or len(tok), bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
                   pad_token_id=tok.pad_token_id)
     if family == "gpt2":
@@ -276,8 +279,8 @@ def _config(family: str, tok, d_model: int = D_MODEL, n_layers: int = 2, model_v
                                           max_position_embeddings=CONTEXT, use_parallel_residual=True,
                                           tie_word_embeddings=False, **common)
     if family in ("llama", "llama3"):  # grouped-query attention: 4 query heads share 2 key/value heads
-        return transformers.LlamaConfig(hidden_size=D_MODEL, intermediate_size=2 * D_MODEL, num_hidden_layers=2,
-                                        num_attention_heads=4, num_key_value_heads=2,
+        return transformers.LlamaConfig(hidden_size=d_model, intermediate_size=2 * d_model, num_hidden_layers=n_layers,
+                                        num_attention_heads=max(4, d_model // 64), num_key_value_heads=2,
                                         max_position_embeddings=CONTEXT, tie_word_embeddings=False, **common)
     if family == "qwen2":
         return transformers.Qwen2Config(hidden_size=D_MODEL, intermediate_size=2 * D_MODEL, num_hidden_layers=2,
