@@ -24,6 +24,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 HOOK = "blocks.1.hook_resid_post"
+EVAL_FIGURES = ("ce_loss_clean", "ce_loss_spliced", "ce_loss_zero", "ce_loss_recovered", "kl_div", "explained_variance")
 
 
 def setup(work: Path, vocab: int, arch: str) -> None:
@@ -107,6 +108,11 @@ def run(work: Path, tokens: int, d_sae: int, only: list[str], code: Path, tag: s
         keep = [ln.strip() for ln in text.splitlines()
                 if any(k in ln for k in ("Maximum resident", "Elapsed", "User time", "System time"))]
         print(name, "|", " | ".join(keep), flush=True)
+        if name == "eval":  # the figures, to set beside another checkout's
+            import json
+
+            metrics = json.loads((work / "eval/eval.json").read_text())["saes"]["sae"]["metrics"]
+            print("    ", "  ".join(f"{k} {metrics[k]:.9g}" for k in EVAL_FIGURES), flush=True)
 
 
 def main() -> None:
