@@ -9,6 +9,8 @@ each under /usr/bin/time -v (peak RSS, CPU).
     # a baseline: the stages run from another checkout (git archive <commit> | tar -x -C /tmp/base)
     flock /work/wt/bench.lock python benchmarks/bench_vocab.py run --work /tmp/bigvocab --code /tmp/base --tag .base \
         --only eval build
+    # the CE/KL splice alone, its contexts 2 a pass (the logits budget) or 16, process CPU, interleaved
+    flock /work/wt/bench.lock python benchmarks/bench_vocab.py passes --work /tmp/bigvocab --rounds 3
 
 Figures: benchmarks/RESULTS.md, "A real vocabulary through every stage".
 """
@@ -24,6 +26,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 HOOK = "blocks.1.hook_resid_post"
+EVAL_FIGURES = ("ce_loss_clean", "ce_loss_spliced", "ce_loss_zero", "ce_loss_recovered", "kl_div", "explained_variance")
 
 
 def setup(work: Path, vocab: int, arch: str) -> None:
@@ -94,6 +97,32 @@ def served(work: Path) -> None:
                 (work / "feature.html").write_text(r.text)
 
 
+def passes(work: Path, rounds: int) -> None:
+    """Process CPU (one thread) of the CE/KL splice alone over 16 x 128 contexts of the model, the
+    contexts going 2 a pass (the logits budget at this vocabulary) or all 16 at once, interleaved."""
+    import time
+
+    import torch
+
+    import training.evaluate as ev
+    from saes import create_sae
+    from saesteer.models import load_model
+
+    torch.set_num_threads(1)
+    model = load_model(str(work / "model"))
+    sae = create_sae("topk", d_in=model.cfg.d_model, d_sae=1024, k=16, generator=torch.Generator().manual_seed(0))
+    splice = [ev.Splice(ev.sae_reconstructor(sae), HOOK)]
+    tokens = torch.randint(0, model.cfg.d_vocab, (16, 128), generator=torch.Generator().manual_seed(0))
+    budget = ev._LOGITS_PASS_ELEMS
+    for _ in range(rounds):
+        for name, elems in (("budget", budget), ("whole batch", 1 << 62)):
+            ev._LOGITS_PASS_ELEMS = elems
+            t = time.process_time()
+            got = ev.splice_metrics_many(model, splice, tokens, batch_size=16)[0]
+            print(f"{name} | {ev._contexts_per_pass(model, 128, 16)} contexts a pass | "
+                  f"{time.process_time() - t:.2f} CPU s | KL {got.kl_div:.9g}", flush=True)
+
+
 def run(work: Path, tokens: int, d_sae: int, only: list[str], code: Path, tag: str) -> None:
     cli = [sys.executable, "-m", "saesteer"]
     for name, argv in stages(work, tokens, d_sae).items():
@@ -107,17 +136,23 @@ def run(work: Path, tokens: int, d_sae: int, only: list[str], code: Path, tag: s
         keep = [ln.strip() for ln in text.splitlines()
                 if any(k in ln for k in ("Maximum resident", "Elapsed", "User time", "System time"))]
         print(name, "|", " | ".join(keep), flush=True)
+        if name == "eval":  # the figures, to set beside another checkout's
+            import json
+
+            metrics = json.loads((work / "eval/eval.json").read_text())["saes"]["sae"]["metrics"]
+            print("    ", "  ".join(f"{k} {metrics[k]:.9g}" for k in EVAL_FIGURES), flush=True)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("what", choices=("setup", "run", "served"))
+    ap.add_argument("what", choices=("setup", "run", "served", "passes"))
     ap.add_argument("--work", type=Path, required=True)
     ap.add_argument("--vocab", type=int, default=262_144)
     ap.add_argument("--arch", default="gemma3")
     ap.add_argument("--tokens", type=int, default=200_000)
     ap.add_argument("--d-sae", type=int, default=16_384)
     ap.add_argument("--only", nargs="*", default=[])
+    ap.add_argument("--rounds", type=int, default=2, help="passes: interleaved rounds")
     ap.add_argument("--code", type=Path, default=ROOT, help="the saesteer checkout the stages run (a baseline's copy)")
     ap.add_argument("--tag", default="", help="suffix of the stages' logs")
     a = ap.parse_args()
@@ -126,6 +161,8 @@ def main() -> None:
         setup(a.work, a.vocab, a.arch)
     elif a.what == "served":
         served(a.work)
+    elif a.what == "passes":
+        passes(a.work, a.rounds)
     else:
         run(a.work, a.tokens, a.d_sae, a.only, a.code, a.tag)
 

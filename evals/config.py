@@ -17,7 +17,9 @@ class EvalConfig:
                                                            "SAE spliced in, from the first (more than --contexts "
                                                            "reads further; 0: skip; train's --eval-ce-contexts "
                                                            "default too)"})
-    ce_batch_size: int = field(default=16, metadata={"help": "contexts per model forward pass in the CE evaluation"})
+    ce_batch_size: int = field(default=16, metadata={"help": "contexts per model forward pass in the CE evaluation "
+                                                             "(fewer where their float32 logits would pass 256 MB: a "
+                                                             "large vocabulary)"})
     model_batch_size: int = field(default=16, metadata={"help": "contexts per model forward pass when collecting "
                                                                 "activations"})
     dense_threshold: float = field(default=0.1, metadata={"help": "a latent firing on more than this fraction of "

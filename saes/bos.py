@@ -156,10 +156,17 @@ def prompt_tokens(model: Any, texts: str | Sequence[str], prepend_bos: bool | No
     if all(written) or all(from_bos):
         return model.to_tokens(texts, prepend_bos=all(from_bos), **kw)
     rows = [model.to_tokens(t, prepend_bos=(wanted and not w) or b, **kw)[0] for t, w, b in zip(batch, written, from_bos)]
+    return padded_rows(rows, model.tokenizer, padding_side)
+
+
+def padded_rows(rows: Sequence[Any], tokenizer: Any, padding_side: str | None = None) -> Any:
+    """Token rows [n_i] of different lengths as one batch [B, max n_i], padded as `to_tokens` pads
+    them: with the tokenizer's pad (else its EOS), on `padding_side` (None: the tokenizer's)."""
+    import torch
+
     width = max(len(r) for r in rows)
-    tok = model.tokenizer
-    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-    left = (padding_side or getattr(tok, "padding_side", "right")) == "left"
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    left = (padding_side or getattr(tokenizer, "padding_side", "right")) == "left"
     padded = [torch.cat([r.new_full((width - len(r),), pad), r] if left else [r, r.new_full((width - len(r),), pad)])
               for r in rows]
     return torch.stack(padded)

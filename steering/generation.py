@@ -18,12 +18,12 @@ import inspect
 from collections.abc import Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import torch
 from torch import Tensor
 
-from saes.bos import prompt_tokens
+from saes.bos import padded_rows, prompt_tokens
 from steering.config import GenerationConfig
 from steering.inputs import Model, SAEs, named_saes
 from steering.spec import Positions, SteeringError, SteeringWarning
@@ -87,13 +87,26 @@ def _tokenize(model: Model, prompts: list[str], prepend_bos: bool | None) -> Ten
     return prompt_tokens(model, prompts, prepend_bos, padding_side="left", truncate=False)  # one BOS (saes.bos)
 
 
+class PromptTokens(NamedTuple):
+    tokens_BP: Tensor  # the prompts left-padded into one batch
+    lengths: list[int]  # each prompt's own length in tokens (BOS included when prepended), without padding
+
+
+def tokenize_prompts(model: Model, prompts: list[str], prepend_bos: bool | None) -> PromptTokens:
+    """Each distinct prompt tokenized once, alone (its own length: a pad can share its id with a
+    real token, GPT-2's <|endoftext|>, so it is not read back off a padded batch), then left-padded
+    into the batch `_tokenize` gives for all of them at once."""
+    rows: dict[str, Tensor] = {}
+    for p in prompts:
+        if p not in rows:
+            rows[p] = _tokenize(model, [p], prepend_bos)[0]
+    ordered = [rows[p] for p in prompts]
+    return PromptTokens(padded_rows(ordered, model.tokenizer, "left"), [len(r) for r in ordered])
+
+
 def prompt_lengths(model: Model, prompts: list[str], prepend_bos: bool | None) -> list[int]:
     """Each prompt's own length in tokens (BOS included when prepended), without padding."""
-    seen: dict[str, int] = {}
-    for p in prompts:
-        if p not in seen:
-            seen[p] = int(_tokenize(model, [p], prepend_bos).shape[1])
-    return [seen[p] for p in prompts]
+    return tokenize_prompts(model, prompts, prepend_bos).lengths
 
 
 def check_positions_reachable(edits: Sequence[PositionedEdit], lengths: list[int], max_new_tokens: int) -> None:
@@ -130,16 +143,20 @@ def check_prompts_fit(model: Model, prompts: str | Sequence[str], config: Genera
     """The prompts' left-padded tokens; refuses an empty prompt with no token to start from and
     prompts + `config.max_new_tokens` longer than the model's context. `generate` checks so; a
     caller that shows a bar first (`steering.comparison.compare`) checks before it starts."""
-    prompts = _as_prompts(prompts)
-    tokens_BP = _tokenize(model, prompts, config.prepend_bos)
-    P = int(tokens_BP.shape[1])
-    if "" in prompts and int(_tokenize(model, [""], config.prepend_bos).shape[1]) == 0:
+    return _fitting_prompts(model, _as_prompts(prompts), config).tokens_BP
+
+
+def _fitting_prompts(model: Model, prompts: list[str], config: GenerationConfig) -> PromptTokens:
+    """`check_prompts_fit`'s checks on the prompts tokenized once (`tokenize_prompts`)."""
+    got = tokenize_prompts(model, prompts, config.prepend_bos)
+    P = int(got.tokens_BP.shape[1])
+    if "" in prompts and got.lengths[prompts.index("")] == 0:
         raise SteeringError("an empty prompt leaves the model no token to start from (no BOS is prepended and its "
                             "tokenizer has no BOS token); give a prompt", field="prompts")
     n_ctx = getattr(getattr(model, "cfg", None), "n_ctx", None)
     if n_ctx is not None and P + config.max_new_tokens > n_ctx:
         one = len(prompts) == 1
-        longest = f"the prompt ({P} tokens)" if one else _longest_prompt(model, prompts, config.prepend_bos, P)
+        longest = f"the prompt ({P} tokens)" if one else _longest_prompt(prompts, got.lengths, P)
         it = "the prompt" if one else "it"
         fix = (f"ask for at most {n_ctx - P} new tokens or shorten {it}" if P < n_ctx else
                f"shorten {it} to at most {n_ctx - config.max_new_tokens} tokens")
@@ -147,13 +164,12 @@ def check_prompts_fit(model: Model, prompts: str | Sequence[str], config: Genera
             f"{longest} + max_new_tokens ({config.max_new_tokens}) = {P + config.max_new_tokens} "
             f"tokens exceeds the model's context of {n_ctx}; {fix}", field="max_new_tokens"
         )
-    return tokens_BP
+    return got
 
 
-def _longest_prompt(model: Model, prompts: list[str], prepend_bos: bool | None, longest: int) -> str:
+def _longest_prompt(prompts: list[str], lengths: list[int], longest: int) -> str:
     """The first of several prompts that is `longest` tokens long, as a user finds it in a prompt file:
     its number (from 1) and first words."""
-    lengths = prompt_lengths(model, prompts, prepend_bos)
     i = lengths.index(longest)
     words = prompts[i].split()
     start = " ".join(words[:6]) + (" ..." if len(words) > 6 else "")
@@ -196,9 +212,8 @@ def generate(
     frequency penalty samples them apart (see below)."""
     config = dataclasses.replace(config or GenerationConfig(), **overrides)
     prompts = _as_prompts(prompts)
-    tokens_BP = check_prompts_fit(model, prompts, config)
+    tokens_BP, lengths = _fitting_prompts(model, prompts, config)  # each prompt tokenized once
     P = int(tokens_BP.shape[1])
-    lengths = prompt_lengths(model, prompts, config.prepend_bos) if (session is not None or len(prompts) > 1) else [P]
     if session is not None:
         check_positions_reachable(session.edits, lengths, config.max_new_tokens)
     kwargs: dict[str, Any] = dict(

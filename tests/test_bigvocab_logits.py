@@ -93,6 +93,12 @@ def test_ce_and_kl_of_a_large_vocabulary_make_no_whole_log_softmax():
     assert _peak_growth_kib("ce_kl") < 16 * 1024
 
 
+def test_splice_metrics_hold_a_few_contexts_logits_not_the_batchs():
+    # 8 contexts x 64 positions x 65,536: 134 MB of logits per pass for the clean and the spliced run each
+    # (268 MB held together, +263 MB measured); one context a pass (the budget set in the child): 16 MB of each
+    assert _peak_growth_kib("splice") < 96 * 1024
+
+
 def test_logit_effects_of_a_bf16_unembedding_make_no_float32_copy_of_it():
     # W_U is 64 MB in bf16, 128 MB as one float32 copy; a slice of it and a block product are 4 MB each
     assert _peak_growth_kib("unembed") < 32 * 1024

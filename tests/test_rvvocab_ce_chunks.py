@@ -6,27 +6,10 @@ a second document begins) kept clean, and KL in the direction KL(clean || splice
 import pytest
 import torch
 
+from helpers.eager_ce import eager_splice_metrics
 from training.evaluate import splice_metrics
 
 HOOK = "blocks.0.hook_resid_post"
-
-
-def _eager(model, tokens, bos, replace):
-    keep = (tokens == bos)[..., None]
-
-    def hook(act, hook):
-        return torch.where(keep, act, replace(act))
-
-    with torch.no_grad():
-        clean = torch.log_softmax(model(tokens).float(), -1)[:, :-1]
-        with model.hooks(fwd_hooks=[(HOOK, hook)]):
-            spliced = torch.log_softmax(model(tokens).float(), -1)[:, :-1]
-        with model.hooks(fwd_hooks=[(HOOK, lambda act, hook: torch.where(keep, act, torch.zeros_like(act)))]):
-            zero = torch.log_softmax(model(tokens).float(), -1)[:, :-1]
-    target = tokens[:, 1:, None]
-    ce = [float(-lp.gather(-1, target).mean()) for lp in (clean, spliced, zero)]
-    kl = float((clean.exp() * (clean - spliced)).sum(-1).mean())
-    return (*ce, (ce[2] - ce[1]) / (ce[2] - ce[0]), kl)
 
 
 @pytest.mark.parametrize("positions_per_chunk", [1, 3, None])  # one position, 3 (across rows' ends), all
@@ -46,7 +29,7 @@ def test_splice_metrics_in_chunks_are_the_eager_ones_with_bos_kept(monkeypatch, 
         return 0.5 * x
 
     got = splice_metrics(model, halve, HOOK, tokens, keep_token_ids=[tok.bos_token_id], batch_size=2)
-    want = _eager(model, tokens, tok.bos_token_id, halve)
+    want = eager_splice_metrics(model, tokens, [tok.bos_token_id], HOOK, halve)
     names = ("ce_loss_clean", "ce_loss_spliced", "ce_loss_zero", "ce_loss_recovered", "kl_div")
     for name, w in zip(names, want):
         assert getattr(got, name) == pytest.approx(w, rel=1e-5, abs=1e-7), name

@@ -381,7 +381,9 @@ class EvalConfig:
     ce_contexts: int = field(
         default=64, metadata={"help": "contexts for CE loss recovered / KL when the model is loaded (0: skip)"}
     )
-    ce_batch_size: int = field(default=16, metadata={"help": "contexts per model forward pass in the CE evaluation"})
+    ce_batch_size: int = field(default=16, metadata={"help": "contexts per model forward pass in the CE evaluation "
+                                                             "(fewer where their float32 logits would pass 256 MB: a "
+                                                             "large vocabulary)"})
     ce_during_training: bool = field(
         default=False, metadata={"help": "also compute CE loss recovered at every evaluation, not only at the end"}
     )

@@ -169,6 +169,10 @@ class SpliceMetrics(NamedTuple):
         return self._asdict()
 
 
+# logits elements one forward pass of the CE/KL splice may return (256 MB in float32): its clean and
+# spliced logits [contexts, positions, vocab] are held together, so at a large vocabulary fewer contexts
+# than `batch_size` go through the model at once (16 x 128 x Gemma's 262k: 2.1 GB each; 2 contexts here)
+_LOGITS_PASS_ELEMS = 1 << 26
 # positions whose float32 log-softmax is taken at once (~16 MB): a whole chunk's [contexts, positions,
 # vocab] in float32 is 2 GB at 16 x 128 x Gemma's 262k, and the eager formula made ~5 of them
 _CE_CHUNK_ELEMS = 1 << 22
@@ -242,7 +246,8 @@ def splice_metrics_many(model: Any, splices: Sequence[Splice], tokens_NS: Tensor
     its zero-ablated pass once per replaced hook: the figures of one call per SAE (the same forward
     passes, each run once). Splices whose hooks need other TransformerLens opt-in flags run their
     passes apart, each with its own flags on (`opt_in_hooks`), as a call of their own would.
-    `progress`: a bar (stderr) over the contexts."""
+    `batch_size`: contexts per forward pass, fewer where their logits would pass `_LOGITS_PASS_ELEMS`
+    (a large vocabulary). `progress`: a bar (stderr) over the contexts."""
     for s in splices:
         check_editable_hook(model, s.hook_name, "CE/KL splicing")
         if s.input_hook is not None:
@@ -254,6 +259,7 @@ def splice_metrics_many(model: Any, splices: Sequence[Splice], tokens_NS: Tensor
     if tokens_NS.ndim != 2 or tokens_NS.shape[1] < 2:
         raise ValueError(f"tokens must be [contexts, seq >= 2]; got shape {tuple(tokens_NS.shape)}")
     device = model_device(model)
+    rows = _contexts_per_pass(model, tokens_NS.shape[1], batch_size)
     sums = [torch.zeros(5, dtype=torch.float64) for _ in splices]  # ce clean, spliced, zero, kl, positions
     by_flags: dict[frozenset, list[int]] = {}
     for i, s in enumerate(splices):
@@ -264,11 +270,21 @@ def splice_metrics_many(model: Any, splices: Sequence[Splice], tokens_NS: Tensor
         for idx in by_flags.values():
             # an opt-in hook point on for the clean pass too: all passes take the same forward path
             with opt_in_hooks(model, [h for i in idx for h in _hooks_of(splices[i])], "CE/KL splicing"):
-                for chunk in tokens_NS.split(batch_size):
+                for chunk in tokens_NS.split(rows):
                     for i, got in zip(idx, _splice_chunk_sums(model, [splices[i] for i in idx], chunk.to(device), keep)):
                         sums[i] += got
                     bar.update(len(chunk))
     return [_splice_result(s) for s in sums]
+
+
+def _contexts_per_pass(model: Any, seq: int, batch_size: int) -> int:
+    """At most `batch_size` contexts of `seq` tokens, as many as keep one pass's logits within
+    `_LOGITS_PASS_ELEMS` (never fewer than one): the logits held at once no longer grow with the batch."""
+    cfg = getattr(model, "cfg", None)
+    vocab = max(int(getattr(cfg, "d_vocab", 0) or 0), int(getattr(cfg, "d_vocab_out", 0) or 0))
+    if vocab <= 0:  # a model that does not say: the batch as asked
+        return batch_size
+    return max(1, min(batch_size, _LOGITS_PASS_ELEMS // (seq * vocab)))
 
 
 def _hooks_of(s: Splice) -> list[str]:

@@ -2,6 +2,7 @@
 call that reads a vocabulary-sized tensor, printed as two numbers.
 
     python bigvocab_child.py ce_kl      # training.evaluate's CE/KL of [4, 64, 32768] float32 logits
+    python bigvocab_child.py splice     # training.evaluate.splice_metrics over 8 x 64 contexts at vocab 65536
     python bigvocab_child.py unembed    # features.analysis.logit_effects through a bf16 [512, 65536] W_U
     python bigvocab_child.py token_stats  # steering.fluency's per-token stats of [2, 256, 32768] logits
 """
@@ -31,6 +32,28 @@ def ce_kl() -> None:
     ev._next_token_ce_kl(logits[:1, :2], tokens[:1, :2], ref[:1, :2])  # torch's first-call set-up, not measured
     before = peak()
     ev._next_token_ce_kl(logits, tokens, ref)
+    print(before, peak(), flush=True)
+
+
+def splice() -> None:
+    import torch
+    from transformer_lens import HookedTransformer, HookedTransformerConfig
+
+    import training.evaluate as ev
+
+    ev._LOGITS_PASS_ELEMS = 1 << 22  # one context's logits (16 MB) per pass; the batch's 8 would be 134 MB
+    ev._CE_CHUNK_ELEMS = 1 << 18  # 1 MB slices of log-softmax
+    cfg = HookedTransformerConfig(n_layers=1, d_model=16, n_ctx=64, d_head=8, n_heads=2, d_vocab=65536,
+                                  act_fn="gelu", normalization_type="LN", seed=0)
+    model = HookedTransformer(cfg).eval()
+    tokens = torch.randint(0, 65536, (8, 64), generator=torch.Generator().manual_seed(0))
+
+    def halve(x):
+        return 0.5 * x
+
+    ev.splice_metrics(model, halve, "blocks.0.hook_resid_post", tokens[:1, :4])  # first-call set-up, not measured
+    before = peak()
+    ev.splice_metrics(model, halve, "blocks.0.hook_resid_post", tokens, batch_size=8)
     print(before, peak(), flush=True)
 
 
@@ -76,4 +99,4 @@ def token_stats() -> None:
 
 if __name__ == "__main__":
     __import__("torch").set_num_threads(1)
-    {"ce_kl": ce_kl, "unembed": unembed, "token_stats": token_stats}[sys.argv[1]]()
+    {"ce_kl": ce_kl, "splice": splice, "unembed": unembed, "token_stats": token_stats}[sys.argv[1]]()
