@@ -57,6 +57,8 @@ def throughput(model, sae, *, steered: bool, rows: int, tokens: int, together: b
     from steering.sampling import SamplingParams
 
     engine = BatchEngine(model, {"s": sae}, max_rows=rows)
+    if not grouped:  # the engine's own path for a model whose caches do not merge
+        engine.runner.prefills_merge = lambda: False
     made = 0
 
     def row(i: int, n_tokens: int = 64) -> Row:
@@ -98,12 +100,13 @@ def mixed_throughput(model, sae, prompts, *, grouped: bool, rows: int, tokens: i
     in one step are prefilled as one left-padded batch. Padding shares and tokens per CPU second."""
     import random
 
-    import steering.engine as engine_mod
     from steering.engine import BatchEngine, Row
     from steering.rowedits import RowEdit, RowSteering
     from steering.sampling import SamplingParams
 
     engine = BatchEngine(model, {"s": sae}, max_rows=rows)
+    if not grouped:  # the engine's own path for a model whose caches do not merge
+        engine.runner.prefills_merge = lambda: False
     made = 0
 
     def row(i: int) -> Row:
@@ -114,21 +117,15 @@ def mixed_throughput(model, sae, prompts, *, grouped: bool, rows: int, tokens: i
         edits = RowSteering([RowEdit("s", (37 * i) % sae.d_sae, "clamp", 8.0, "all")])
         return Row(ids, SamplingParams(max_new_tokens=MIXED_NEW, temperature=1.0, seed=made), edits, tag=i)
 
-    kept = engine_mod.prefill_groups
-    if not grouped:
-        engine_mod.prefill_groups = lambda rows_, length: [list(rows_)]
-    try:
-        engine.add([row(i) for i in range(rows)])
-        got = 0
-        c0 = time.process_time()
-        while got < tokens:
-            for ev in engine.step():
-                got += ev.token is not None
-                if ev.finish_reason:
-                    engine.add([row(ev.tag)])
-        cpu = time.process_time() - c0
-    finally:
-        engine_mod.prefill_groups = kept
+    engine.add([row(i) for i in range(rows)])
+    got = 0
+    c0 = time.process_time()
+    while got < tokens:
+        for ev in engine.step():
+            got += ev.token is not None
+            if ev.finish_reason:
+                engine.add([row(ev.tag)])
+    cpu = time.process_time() - c0
     return {"prefill_pad": engine.prefill_padding / engine.prefill_positions,
             "kv_pad": engine.kv_padding / engine.kv_positions, "tok_s": got / cpu}
 
@@ -206,12 +203,13 @@ def main(argv=None) -> int:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--arch", default="topk", choices=["topk", "batchtopk", "jumprelu", "standard"])
     ap.add_argument("--sae-dtype", default="float32", choices=["float32", "bfloat16", "float16"])
-    ap.add_argument("--decode-split", action="store_true",
-                    help="the decode step: one padded batch vs two unpadded ones (see the docstring)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads")
     ap.add_argument("--together", action="store_true", help="start every row at once (no stagger)")
-    ap.add_argument("--mixed", action="store_true",
-                    help="prompts of 2-96 tokens: grouped prefill vs one padded prefill (see the docstring)")
+    other = ap.add_mutually_exclusive_group()  # instead of steered vs unsteered
+    other.add_argument("--mixed", action="store_true",
+                       help="prompts of 2-96 tokens: grouped prefill vs one padded prefill (see the docstring)")
+    other.add_argument("--decode-split", action="store_true",
+                       help="the decode step: one padded batch vs two unpadded ones (see the docstring)")
     args = ap.parse_args(argv)
 
     import torch

@@ -8,8 +8,8 @@
 This is what the API server runs (`saesteer.api`), one step at a time on its worker thread. Rows
 join the running batch between steps (continuous batching): new rows are taken oldest first and
 prefilled in groups of close lengths (left padded; `steering.lengthgroups`), their KV cache is
-merged into the batch's (`steering.runner`), and every step
-decodes one token for every row. Finished rows leave at once. Each row's edits are its own
+merged into the batch's (`steering.runner`), and every step decodes one token for every row.
+Finished rows leave at once. Each row's edits are its own
 (`steering.rowedits`: per-row edit tensors in one hook per hook point), and so are its sampling
 settings and random stream (`steering.sampling`), so a row's result does not depend on which
 rows it shares the batch with (up to floating-point differences between batch shapes).
@@ -38,7 +38,7 @@ from steering.latentcolumns import LatentColumns
 from steering.lengthgroups import prefill_groups
 from steering.lowprecision import sae_precision
 from steering.rowedits import BatchEditor, RowLayout, RowSteering, check_positions, editors_for, kept_columns
-from steering.runner import HookedRunner, make_runner
+from steering.runner import make_runner
 from steering.sampling import Choice, RowRandom, SamplingParams, choose
 from steering.spec import SteeringError
 from steering.textstream import TextAssembler
@@ -113,7 +113,6 @@ class BatchEngine:
         self.admitting: list[_Live] = []  # rows in their prefill: out of pending, not yet running
         self.running: list[_Live] = []
         self.cache: Any = None
-        self._caches_merge: bool | None = True if isinstance(self.runner, HookedRunner) else None  # see `_merges`
         self._decode_editors: dict[str, BatchEditor] | None = None
         self.columns: dict[str, LatentColumns] = {}  # per SAE: latents read and edited, kept between batches
         self._cancel_lock = threading.Lock()
@@ -229,20 +228,12 @@ class BatchEngine:
         with self._cancel_lock:  # `cancel` sees each row in one of pending, admitting, running
             self.pending, self.admitting = self.pending[len(take):], take
         groups = prefill_groups(take, lambda l: len(l.row.prompt_ids))
-        if len(groups) > 1 and not self._merges():
-            groups = [take]
+        if len(groups) > 1:
+            with self.lock:  # an HF model's first answer is a forward pass
+                if not self.runner.prefills_merge():  # e.g. sliding-window layers: one padded prefill
+                    groups = [take]
         for group in groups:
             self._prefill(group, events)
-
-    def _merges(self) -> bool:
-        """Whether this model's prefill caches merge, so one step's rows can be prefilled in groups:
-        a HookedTransformer's always do; an HF model's are probed once with a one-token prefill (one
-        with sliding-window or linear-attention layers never merge: `steering.runner`)."""
-        if self._caches_merge is None:
-            one = torch.ones(1, 1, dtype=torch.long, device=self.runner.device)
-            with self.lock:
-                self._caches_merge = self.runner.can_merge(self.runner.prefill(one, one)[1])
-        return self._caches_merge
 
     def _prefill(self, take: list[_Live], events: list[RowEvent]) -> None:
         """Prefill rows `take` (left padded to the longest) and add them to the running batch."""

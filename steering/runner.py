@@ -14,7 +14,8 @@ the running batch between steps. A runner hides how one model family does that:
 - `BridgeRunner`: an HF model under TransformerBridge, with HF's DynamicCache (keys/values
   [B, H, T, Dh] per layer) and an attention mask kept here; the Bridge derives positions from the
   mask too. Caches of other layouts (sliding window, linear attention) are not merged: the engine
-  then runs new rows only once the batch has drained (rows still leave such a batch as they finish).
+  then runs new rows only once the batch has drained (rows still leave such a batch as they finish),
+  and prefills the rows joining in one step as one batch (`prefills_merge`).
 
 Only the last position's logits are computed at prefill ([B, V], not [B, S, V]).
 """
@@ -102,6 +103,11 @@ class HookedRunner:
         return True
 
     @staticmethod
+    def prefills_merge() -> bool:
+        """Whether two prefills' caches merge (see `BridgeRunner.prefills_merge`): here always."""
+        return True
+
+    @staticmethod
     def select(cache: Any, rows: Tensor) -> Any:
         """The cache of rows `rows` only, with columns that are padding in every kept row dropped."""
         mask = cache.previous_attention_mask.index_select(0, rows)
@@ -139,6 +145,7 @@ class BridgeRunner:
     def __init__(self, model: Any) -> None:
         self.model = model
         self.device = model_device(model)
+        self._prefills_merge: bool | None = None  # not asked yet: see `prefills_merge`
 
     def _forward(self, tokens: Tensor, mask: Tensor, past: Any) -> tuple[Tensor, Any]:
         kw: dict[str, Any] = dict(attention_mask=mask, use_cache=True, return_type="logits_and_cache")
@@ -176,6 +183,15 @@ class BridgeRunner:
             return True
         except CacheMergeUnsupported:
             return False
+
+    def prefills_merge(self) -> bool:
+        """Whether two prefills' caches merge, so that rows joining in one step can be prefilled in
+        groups. The cache's layers are the model's (sliding window, linear attention: never), whatever
+        the prompt, so a one-token prefill answers, once; the caller holds the model's lock."""
+        if self._prefills_merge is None:
+            one = torch.ones(1, 1, dtype=torch.long, device=self.device)
+            self._prefills_merge = self.can_merge(self.prefill(one, one)[1])
+        return self._prefills_merge
 
     @staticmethod
     def _layers(cache: _BridgeCache) -> list:

@@ -130,3 +130,54 @@ def test_a_long_prompt_is_served_in_its_turn_while_short_ones_keep_coming(qwen2,
     assert all(s >= first_token["long"] for t, s in first_token.items() if t != "long" and t > 5)
     # it joined with short rows and was prefilled apart from them: they paid no padding for its length
     assert engine.prefill_padding / engine.prefill_positions < 0.25
+
+
+def test_a_row_whose_client_leaves_while_its_group_is_prefilled_is_cancelled():
+    """A short and a long prompt joining in one step are two groups, prefilled one after the other;
+    the long row's request is cancelled (its client left) during its own group's prefill, after the
+    short group's rows are running: `cancel` must still find it (among the rows in their prefill)."""
+    from helpers.steering_fixtures import tiny_model, torch_threads
+    from steering.engine import BatchEngine, Row
+    from steering.sampling import SamplingParams
+
+    model = tiny_model()
+    engine = BatchEngine(model)
+    prefill, shapes = engine.runner.prefill, []
+
+    def prefill_while_a_client_leaves(tokens, mask):
+        shapes.append(tuple(tokens.shape))
+        if len(shapes) == 2:  # the second group's prefill: its row's client leaves now
+            engine.cancel("late")
+        return prefill(tokens, mask)
+
+    engine.runner.prefill = prefill_while_a_client_leaves
+    ids = [(7 * i + 3) % model.cfg.d_vocab for i in range(50)]
+    engine.add([Row(ids[:2], SamplingParams(max_new_tokens=10, temperature=0), tag="short", group="early"),
+                Row(ids, SamplingParams(max_new_tokens=10, temperature=0), tag="long", group="late")])
+    last = {}
+    with torch_threads(1):
+        while engine.busy:
+            for ev in engine.step():
+                if ev.finish_reason:
+                    last[ev.tag] = ev
+    assert shapes == [(1, 2), (1, 50)]  # two groups, the short one first
+    # the prefill step's own tokens (its prefill's and its decode's), then no more
+    assert last["long"].finish_reason == "cancelled" and len(last["long"].detail["token_ids"]) <= 2
+    assert last["short"].finish_reason == "length" and len(last["short"].detail["token_ids"]) == 10
+
+
+def test_an_hf_models_cache_layout_is_probed_once_per_engine(qwen2, real_corpus):
+    """Whether a TransformerBridge model's prefill caches merge is asked once (a one-token prefill),
+    not at every step that forms groups."""
+    from steering.engine import BatchEngine, Row
+    from steering.sampling import SamplingParams
+
+    engine = BatchEngine(qwen2, {})
+    prefill, shapes = engine.runner.prefill, []
+    engine.runner.prefill = lambda tokens, mask: (shapes.append(tuple(tokens.shape)), prefill(tokens, mask))[1]
+    short, long_ = _prompts(qwen2, real_corpus.test_docs, [3, 60])
+    for _ in range(2):  # two requests' worth of rows, each a short and a long prompt: two groups
+        engine.add([Row(p, SamplingParams(max_new_tokens=2, temperature=0)) for p in (short, long_)])
+        while engine.busy:
+            engine.step()
+    assert shapes.count((1, 1)) == 1 and shapes.count((1, 3)) == shapes.count((1, 60)) == 2, shapes
