@@ -24,19 +24,9 @@ from typing import Any
 
 from saes.fileio import fsync_dir, make_temp_dir, name_the_final_file, put_folder_in_place
 from saes.formats import dictionary_learning, sae_lens_folder, sparsify
+from saes.export_targets import NO_NEURONPEDIA, TARGETS
 from saes.io import PROVENANCE_FILENAME, SAEFormatError, save_sae, without_local_paths
 
-TARGETS = {
-    "saesteer": "SAELens's cfg.json + sae_weights.safetensors with saesteer.json (the provenance, local paths cut)",
-    "saelens": "SAELens's cfg.json + sae_weights.safetensors (what SAE.save_model writes)",
-    "sparsify": "a sparsify run folder: HOOKPOINT/cfg.json + sae.safetensors and the run's config.json",
-    "dictionary_learning": "dictionary_learning's ae.pt + config.json (what trainSAE writes)",
-}
-# Not a target (an SAE alone makes no Neuronpedia upload), but a user asks for it: the answer, in one line.
-NO_NEURONPEDIA = ("Neuronpedia has no file format for SAE weights: it takes an SAE's weights as a SAELens folder "
-                  "(`saesteer convert SAE --to saelens`) and its latents' dashboards from a feature store "
-                  "(`saesteer features build --sae SAE ...`, then `saesteer features export STORE OUT --format "
-                  "neuronpedia`)")
 _TMP_MARK = ".convert-"  # a folder being built: `.<out>.convert-XXXX` beside `out`
 _ASIDE_MARK = ".old-"  # an earlier folder --overwrite replaces, until the new one is in place
 # One SAE's files in the layouts convert writes (SAELens's training extras among them): what --overwrite replaces

@@ -32,7 +32,7 @@ examples:
 
 
 def add_arguments(parser) -> None:
-    from saes.formats.export import TARGETS
+    from saes.export_targets import TARGETS
 
     parser.add_argument("sae", metavar="SAE",
                         help="the SAE: a folder or file saesteer reads, sae_lens:RELEASE/SAE_ID, or a Neuronpedia id")
@@ -57,7 +57,7 @@ def _target(text: str) -> str:
     (argparse prints the message after "argument --to:")."""
     import argparse
 
-    from saes.formats.export import NO_NEURONPEDIA
+    from saes.export_targets import NO_NEURONPEDIA
 
     if text.strip().lower() == "neuronpedia":
         raise argparse.ArgumentTypeError(NO_NEURONPEDIA)
