@@ -142,7 +142,8 @@ def check_positions_reachable(edits: Sequence[PositionedEdit], lengths: list[int
 def check_prompts_fit(model: Model, prompts: str | Sequence[str], config: GenerationConfig) -> Tensor:
     """The prompts' left-padded tokens; refuses an empty prompt with no token to start from and
     prompts + `config.max_new_tokens` longer than the model's context. `generate` checks so; a
-    caller that shows a bar first (`steering.comparison.compare`) checks before it starts."""
+    caller that shows a bar first checks before it starts (`steering.comparison.compare` keeps the
+    tokens: `fitting_prompts`, then `generate_tokenized`)."""
     return fitting_prompts(model, as_prompts(prompts), config).tokens_BP
 
 
