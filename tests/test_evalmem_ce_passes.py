@@ -98,3 +98,18 @@ def test_a_pass_is_sized_by_the_logits_width_not_the_tokenizers(real_corpus, tmp
                         or forward(self, toks, *a, **kw))
     ev.splice_metrics(model, lambda x: x, HOOK, tokens, batch_size=4)
     assert passes == [1] * 12  # 4 contexts alone: clean, spliced, zero-ablated each
+
+
+def test_the_ce_batch_size_help_states_the_pass_budget():
+    """`--ce-batch-size`'s help (train and eval) says how much float32 logits a pass may hold: the
+    budget `_LOGITS_PASS_ELEMS` sets, so a change to it shows in the help."""
+    import dataclasses
+
+    import evals.config
+    import training.config
+    from training.evaluate import _LOGITS_PASS_ELEMS
+
+    budget = f"{_LOGITS_PASS_ELEMS * 4 // 2**20} MB"
+    for cfg in (evals.config.EvalConfig, training.config.EvalConfig):
+        field = {f.name: f for f in dataclasses.fields(cfg)}["ce_batch_size"]
+        assert budget in field.metadata["help"], (cfg, budget)
