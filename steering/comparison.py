@@ -15,7 +15,7 @@ from typing import Any
 
 from saes.hookpoints import opt_in_hooks
 from steering.config import GenerationConfig
-from steering.generation import Generation, check_prompts_fit, generate, with_sae_bos
+from steering.generation import Generation, as_prompts, fitting_prompts, generate_tokenized, with_sae_bos
 from steering.inputs import Model, SAEs, TypicalMaxArg
 from steering.session import check_not_steered, steer
 from steering.spec import Edit, SteerLimits
@@ -54,21 +54,22 @@ def compare(
 
     check_not_steered(model, "steering.compare")
     config = with_sae_bos(dataclasses.replace(config or GenerationConfig(), **overrides), saes)
-    n_prompts = 1 if isinstance(prompts, str) else len(prompts)
-    per_pass = config.max_new_tokens * n_prompts
-    check_prompts_fit(model, prompts, config)  # a refusal before the bar, not after it shows 0/N
+    prompts = as_prompts(prompts)
+    per_pass = config.max_new_tokens * len(prompts)
+    # checked before the bar (a refusal, not a bar at 0/N), and tokenized once for both passes
+    tokenized = fitting_prompts(model, prompts, config)
     with tqdm(total=2 * per_pass, desc="generating steered", unit="tok", disable=not progress) as bar:
         with steer(model, saes, edits, typical_max=typical_max, limits=limits,
                    allow_model_mismatch=allow_model_mismatch) as s:
             hooks = [h for h, _ in s.plan.fwd_hooks]
             with _ticks(model, hooks, bar, until=per_pass):
-                steered = s.generate(prompts, config)
+                steered = generate_tokenized(model, prompts, tokenized, config, session=s)
             described = s.describe()
         _end_pass(bar, steered, 0, per_pass)
         bar.set_description("generating unsteered")
         start = bar.n
         with opt_in_hooks(model, hooks, "comparison"), _ticks(model, hooks, bar, until=start + per_pass):
-            base = generate(model, prompts, config)
+            base = generate_tokenized(model, prompts, tokenized, config)
         _end_pass(bar, base, start, per_pass)
     return Comparison(base.prompts, steered.texts, base.texts, described)
 

@@ -70,7 +70,7 @@ class Generation:
         return [p + t for p, t in zip(self.prompts, self.texts)]
 
 
-def _as_prompts(prompts: str | Sequence[str]) -> list[str]:
+def as_prompts(prompts: str | Sequence[str]) -> list[str]:
     if isinstance(prompts, str):
         return [prompts]
     out = list(prompts)
@@ -142,12 +142,14 @@ def check_positions_reachable(edits: Sequence[PositionedEdit], lengths: list[int
 def check_prompts_fit(model: Model, prompts: str | Sequence[str], config: GenerationConfig) -> Tensor:
     """The prompts' left-padded tokens; refuses an empty prompt with no token to start from and
     prompts + `config.max_new_tokens` longer than the model's context. `generate` checks so; a
-    caller that shows a bar first (`steering.comparison.compare`) checks before it starts."""
-    return _fitting_prompts(model, _as_prompts(prompts), config).tokens_BP
+    caller that shows a bar first checks before it starts (`steering.comparison.compare` keeps the
+    tokens: `fitting_prompts`, then `generate_tokenized`)."""
+    return fitting_prompts(model, as_prompts(prompts), config).tokens_BP
 
 
-def _fitting_prompts(model: Model, prompts: list[str], config: GenerationConfig) -> PromptTokens:
-    """`check_prompts_fit`'s checks on the prompts tokenized once (`tokenize_prompts`)."""
+def fitting_prompts(model: Model, prompts: list[str], config: GenerationConfig) -> PromptTokens:
+    """`check_prompts_fit`'s checks on the prompts tokenized once (`tokenize_prompts`): what
+    `generate_tokenized` generates from."""
     got = tokenize_prompts(model, prompts, config.prepend_bos)
     P = int(got.tokens_BP.shape[1])
     if "" in prompts and got.lengths[prompts.index("")] == 0:
@@ -211,8 +213,16 @@ def generate(
     `steering.engine`, seeds each row), drawn from by the prompts of each length in turn where a
     frequency penalty samples them apart (see below)."""
     config = dataclasses.replace(config or GenerationConfig(), **overrides)
-    prompts = _as_prompts(prompts)
-    tokens_BP, lengths = _fitting_prompts(model, prompts, config)  # each prompt tokenized once
+    prompts = as_prompts(prompts)
+    return generate_tokenized(model, prompts, fitting_prompts(model, prompts, config), config, session=session)
+
+
+def generate_tokenized(model: Model, prompts: list[str], tokenized: PromptTokens, config: GenerationConfig, *,
+                       session: SteeringContext | None = None) -> Generation:
+    """`generate` from `prompts` already tokenized and checked (`fitting_prompts` with this `config`):
+    a caller generating twice from the same prompts (`steering.comparison.compare`, steered and not)
+    tokenizes them once."""
+    tokens_BP, lengths = tokenized
     P = int(tokens_BP.shape[1])
     if session is not None:
         check_positions_reachable(session.edits, lengths, config.max_new_tokens)

@@ -10,16 +10,10 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-import torch.nn.functional as F
+
+from helpers.eager_ce import eager_ce_kl_sums
 
 CHILD = Path(__file__).parent / "helpers" / "bigvocab_child.py"
-
-
-def _eager_ce_kl(logits_NSV, tokens_NS, ref_NSV):
-    logp = F.log_softmax(logits_NSV[:, :-1].float(), dim=-1)
-    ce = -logp.gather(-1, tokens_NS[:, 1:, None]).sum()
-    ref = F.log_softmax(ref_NSV[:, :-1].float(), dim=-1)
-    return ce, (ref.exp() * (ref - logp)).sum()
 
 
 @pytest.mark.parametrize("chunk", [1, 7 * 50, 1 << 22])  # one position, chunks across a row's end, all at once
@@ -31,7 +25,7 @@ def test_ce_and_kl_a_chunk_of_positions_at_a_time_are_the_eager_ones(monkeypatch
     logits, ref = torch.randn(3, 9, 50, generator=g).to(torch.bfloat16), 3 * torch.randn(3, 9, 50, generator=g)
     tokens = torch.randint(0, 50, (3, 9), generator=g)
     ce, kl = ev._next_token_ce_kl(logits, tokens, ref)
-    want_ce, want_kl = _eager_ce_kl(logits, tokens, ref)
+    want_ce, want_kl = eager_ce_kl_sums(logits, tokens, ref)
     assert ce.item() == pytest.approx(want_ce.item(), rel=1e-5)
     assert kl.item() == pytest.approx(want_kl.item(), rel=1e-5) and kl.item() > 0
     ce_only, none = ev._next_token_ce_kl(logits, tokens, None)

@@ -75,3 +75,41 @@ def test_eval_ce_kl_streamed_over_contexts_equal_the_eager_figures(arch, wide_to
     for name, w in zip(NAMES, want):
         assert got[name] == pytest.approx(w, rel=1e-5, abs=1e-6), name
     assert got["kl_div"] > 1e-3 and abs(got["ce_loss_zero"] - got["ce_loss_clean"]) > 1e-2  # the splices change the model
+
+
+def test_a_pass_is_sized_by_the_logits_width_not_the_tokenizers(real_corpus, tmp_path, monkeypatch):
+    """A checkpoint whose embedding is padded past its tokenizer (GPT-2's 50,257 rows, Pythia's 50,304
+    for 50,277 tokens) returns logits as wide as the embedding: a pass is sized by that width
+    (TransformerBridge's cfg.d_vocab), not by the tokenizer's length, so it stays within the budget."""
+    import training.evaluate as ev
+    from helpers.real_models import save_real_model
+    from saesteer.models import load_model
+
+    model = load_model(str(save_real_model(tmp_path / "gpt2", "gpt2", real_corpus, train_steps=0, vocab_size=512,
+                                           model_vocab=700)))
+    tokens = torch.randint(0, 512, (4, CONTEXT), generator=torch.Generator().manual_seed(0))
+    width = int(model(tokens[:1]).shape[-1])
+    assert (len(model.tokenizer), width) == (512, 700)
+    # two contexts' logits at the tokenizer's width, less than two at the logits' own width
+    monkeypatch.setattr(ev, "_LOGITS_PASS_ELEMS", 2 * CONTEXT * width - 1)
+    passes = []
+    forward = type(model).forward
+    monkeypatch.setattr(type(model), "forward", lambda self, toks, *a, **kw: passes.append(int(toks.shape[0]))
+                        or forward(self, toks, *a, **kw))
+    ev.splice_metrics(model, lambda x: x, HOOK, tokens, batch_size=4)
+    assert passes == [1] * 12  # 4 contexts alone: clean, spliced, zero-ablated each
+
+
+def test_the_ce_batch_size_help_states_the_pass_budget():
+    """`--ce-batch-size`'s help (train and eval) says how much float32 logits a pass may hold: the
+    budget `_LOGITS_PASS_ELEMS` sets, so a change to it shows in the help."""
+    import dataclasses
+
+    import evals.config
+    import training.config
+    from training.evaluate import _LOGITS_PASS_ELEMS
+
+    budget = f"{_LOGITS_PASS_ELEMS * 4 // 2**20} MB"
+    for cfg in (evals.config.EvalConfig, training.config.EvalConfig):
+        field = {f.name: f for f in dataclasses.fields(cfg)}["ce_batch_size"]
+        assert budget in field.metadata["help"], (cfg, budget)

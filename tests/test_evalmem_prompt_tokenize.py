@@ -57,3 +57,24 @@ def test_generate_tokenizes_each_prompt_once_and_generates_from_the_batch_tokens
     assert torch.equal(got.tokens[:, :got.prompt_len].cpu(), batch_tokens.cpu())
     assert got.texts == alone[:3] + [alone[0]] + alone[3:]
     assert len(set(got.texts)) == 4 and all(got.texts)
+
+
+def test_compare_tokenizes_each_prompt_once_for_both_passes(model, monkeypatch):
+    """`steering.compare` (what `saesteer steer` runs) checked the prompts, then generated steered and
+    unsteered, each tokenizing them again: 3 x 4 encodes here. It tokenizes them once, and each side's
+    texts are those of its own `generate`."""
+    import steering
+    from saes import create_sae
+
+    sae = create_sae("topk", d_in=model.cfg.d_model, d_sae=64, k=4, generator=torch.Generator().manual_seed(0))
+    sae.cfg.metadata["hook_name"] = "blocks.0.hook_resid_post"
+    config = steering.GenerationConfig(max_new_tokens=5, do_sample=False, stop_at_eos=False)
+    with steering.steer(model, sae, ["3:add=40"]) as s:
+        steered = s.generate(PROMPTS, config).texts
+    unsteered = steering.generate(model, PROMPTS, config).texts
+    assert steered != unsteered  # the edit changes the text
+
+    seen = _texts_encoded(monkeypatch, model.tokenizer)
+    got = steering.compare(model, sae, ["3:add=40"], PROMPTS, config)
+    assert len(seen) == len(set(PROMPTS)), seen
+    assert (got.steered, got.unsteered) == (steered, unsteered)

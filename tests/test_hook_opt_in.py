@@ -318,13 +318,14 @@ def test_compare_runs_the_unsteered_pass_on_the_steered_passs_forward_path(gpt2,
     with steer(gpt2, sae, ["1:add=0"]):  # an edit that changes nothing
         steered_logits = gpt2(tokens)
     unsteered_logits = []
-    real_generate = comparison.generate
+    real_generate = comparison.generate_tokenized
 
-    def generate(model, *args, **kwargs):  # the unsteered pass (steered generation is the session's)
-        unsteered_logits.append(model(tokens))
-        return real_generate(model, *args, **kwargs)
+    def generate(model, *args, session=None, **kwargs):
+        if session is None:  # the unsteered pass
+            unsteered_logits.append(model(tokens))
+        return real_generate(model, *args, session=session, **kwargs)
 
-    monkeypatch.setattr(comparison, "generate", generate)
+    monkeypatch.setattr(comparison, "generate_tokenized", generate)
     cmp = comparison.compare(gpt2, sae, ["1:add=0"], ["def f(x):", "x = 1"], max_new_tokens=5, do_sample=False)
     assert len(unsteered_logits) == 1 and torch.equal(unsteered_logits[0], steered_logits)
     assert cmp.steered == cmp.unsteered
