@@ -172,3 +172,33 @@ def test_rows_passed_over_unfolded_could_not_have_matched(store, monkeypatch):
     for _ in range(3000):
         text = "".join(rng.choice(pool) for _ in range(rng.randint(1, 8)))
         assert all(sources(ch) & set(text) for ch in fold(text)), text
+
+
+def test_the_list_pages_label_filter_folds_as_search_does(store, tmp_path):
+    """The feature list's label filter (`?label=`, FeatureFilter.label_contains) folded only ASCII
+    letters (SQL LIKE): "STRASSE" did not find a latent labelled "Straße", "ΟΔΟΣ" not "οδος",
+    "api" not "ＡＰＩ キー", and "café" typed composed not a label stored decomposed."""
+    from features.records import LabelProvenance
+    from helpers.web_app import PORT, client
+    from saesteer.web import Limits, ServeConfig, StoreEntry, create_app
+    from saesteer.web.store_source import StoreCatalog
+
+    path = tmp_path / "labelled.db"
+    path.write_bytes(store.path.read_bytes())
+    labels = {1: "Straße names", 2: "οδος (Greek road)", 3: "ＡＰＩ キー", 4: _nfd("café menus"), 5: "İstanbul"}
+    prov = LabelProvenance(judge_model="gpt-test", judge_kind="openai", prompt_version="v1", examples_used=[1],
+                           params={})
+    with FeatureStore.open(path, readonly=False) as s:
+        for latent, label in labels.items():
+            s.write_label(latent, label, provenance=prov)
+    entry = StoreEntry("s", StoreCatalog(FeatureStore.open(path), name="s"))
+    c = client(create_app([entry], config=ServeConfig(port=PORT), limits=Limits()))
+
+    def found(query: str) -> set[int]:
+        return {i["latent"] for i in c.get("/api/stores/s/features", params={"label": query}).json()["items"]}
+
+    for query, latent in [("STRASSE", 1), ("straße", 1), ("ΟΔΟΣ", 2), ("api", 3), ("café", 4), ("istanbul", 5),
+                          ("names", 1), ("100%", None)]:
+        assert found(query) == ({latent} if latent else set()), query
+    with FeatureStore.open(path) as s:
+        assert s.count_features({"label_contains": "Ａｐｉ"}) == 1
