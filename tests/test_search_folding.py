@@ -202,3 +202,44 @@ def test_the_list_pages_label_filter_folds_as_search_does(store, tmp_path):
         assert found(query) == ({latent} if latent else set()), query
     with FeatureStore.open(path) as s:
         assert s.count_features({"label_contains": "Ａｐｉ"}) == 1
+
+
+def test_substring_search_answers_what_folding_every_row_answers(store, tmp_path):
+    """The search (labels, then examples for the latents holding every part, passing over rows that
+    lack the rarest part's characters; only where none holds every part, those holding any) against
+    an eager reference that folds every label and every example text, on queries of several parts
+    found in some rows, in every row, in labels only, or nowhere."""
+    from features.records import LabelProvenance
+    from features.store.substring import query_parts
+
+    path = tmp_path / "labelled.db"
+    path.write_bytes(store.path.read_bytes())
+    prov = LabelProvenance(judge_model="gpt-test", judge_kind="openai", prompt_version="v1", examples_used=[1],
+                           params={})
+    with sqlite3.connect(path) as db:  # a latent whose examples hold "の": its label holds the query's rarest part
+        bolt = min(r for r, ex in db.execute("SELECT rowid, examples FROM feature_fts") if "の" in ex and r > 8)
+    with FeatureStore.open(path, readonly=False) as s:
+        for latent, label in {0: "テキスト and arrows →", 3: "STRASSE →", 7: "ＡＰＩ", 8: "nothing", bolt: "↯"}.items():
+            s.write_label(latent, label, provenance=prov)
+    with sqlite3.connect(path) as db:
+        rows = [(r, fold(lab or ""), fold(ex or "")) for r, lab, ex in db.execute(
+            "SELECT rowid, label, examples FROM feature_fts ORDER BY rowid")]
+
+    def reference(query: str, limit: int) -> list[int]:
+        parts = query_parts(query)
+        label_all = [r for r, lab, _ in rows if all(p in lab for p in parts)]
+        either_all = [r for r, lab, ex in rows if r not in label_all and all(p in lab or p in ex for p in parts)]
+        if label_all or either_all:
+            return (label_all[:limit] + either_all)[:limit]
+        label_any = [r for r, lab, _ in rows if any(p in lab for p in parts)]
+        return (label_any + [r for r, lab, ex in rows if r not in label_any and any(p in ex for p in parts)])[:limit]
+
+    queries = ["テキスト 無い", "def →", "straße →", "→ zzqq", "api キー", "for k, v in d.items(): print(k, v) # →",
+               "ファイル 駅", "テキスト →", "→", "無い 無し", "ＳＴＲＡＳＳＥ →", "e →", "↯ の",
+               "⇶ ガイド", "⇶ def"]
+    with FeatureStore.open(path) as s:
+        for q in queries:
+            for limit in (1, 3, 48):
+                assert [h.latent for h in s.search(q, limit=limit)] == reference(q, limit), (q, limit)
+    assert all(reference(q, 48) for q in queries if q != "無い 無し"), "a query finds nothing: it tests nothing"
+    assert not any("zzqq" in lab or "zzqq" in ex for _, lab, ex in rows)  # "→ zzqq": the "any part" answer
