@@ -33,10 +33,14 @@ _NULLABLE = ("f.mean_act", "f.typical_max_act", "f.level", "f.recommended_streng
 
 def _fts_query(text: str, mode: str = "AND") -> str:
     """The words of `text` as an FTS5 query, each as `("word" OR "variant" ...)`: its forms the index's
-    simple case folding keeps apart (`_word_forms`)."""
+    simple case folding keeps apart (`_word_forms`). A word is looked for once however often the query
+    repeats it (in any case): FTS5 ranks every match per phrase ("the " * 50 took 2.2 s at 4k latents)."""
     words = re.findall(r"\w+", unicodedata.normalize("NFC", text))  # NFC: a decomposed accent is no separator
-    groups = []
+    distinct: dict[str, str] = {}
     for w in words:
+        distinct.setdefault(fold(w), w)
+    groups = []
+    for w in distinct.values():
         forms = " OR ".join('"' + f.replace('"', '""') + '"' for f in _word_forms(w))
         groups.append(f"({forms})")
     return f" {mode} ".join(groups)
