@@ -186,8 +186,10 @@ def _snippet(text: str, parts: list[str]) -> str:
             break
     else:
         return ""
-    a = _cut(line, max(0, marks[0][0] - _SNIPPET_CONTEXT))
-    b = _cut(line, min(len(line), marks[0][1] + _SNIPPET_CONTEXT))
+    # cut where a piece of the fold starts (`folded_spans`): never inside "e" + accent, "ﾃﾞ" or Hangul jamo
+    starts = [start for start, _, _ in folded_spans(line)] + [len(line)]
+    a = starts[bisect_right(starts, max(0, marks[0][0] - _SNIPPET_CONTEXT)) - 1]
+    b = starts[bisect_right(starts, min(len(line), marks[0][1] + _SNIPPET_CONTEXT)) - 1]
     out, at = [], a
     for lo, hi in marks:
         if lo < a or hi > b:
@@ -196,10 +198,3 @@ def _snippet(text: str, parts: list[str]) -> str:
         at = hi
     out.append(line[at:b])
     return ("..." if a > 0 else "") + "".join(out) + ("..." if b < len(line) else "")
-
-
-def _cut(line: str, at: int) -> int:
-    """`at`, moved back off a combining mark: a cut never parts an accent from its letter."""
-    while 0 < at < len(line) and unicodedata.combining(line[at]):
-        at -= 1
-    return at
