@@ -101,6 +101,27 @@ def test_every_folded_character_has_a_source_in_the_text(text):
 
 @settings(max_examples=300, deadline=None)
 @given(_TEXT)
+@example("İ\u0301")  # İ's dot dropped left "i" U+0301 uncomposed: its fold was "í", and "í" was not found
 def test_folding_twice_changes_nothing(text):
     """A query is folded once and compared with folded text: that needs the fold to be its own fold."""
     assert fold(fold(text)) == fold(text)
+
+
+@settings(max_examples=200, deadline=None)
+@given(_TEXT, _TEXT)
+@example("ﾃﾞ" * 30, "")  # the context cut 40 characters before the match fell between ﾃ and its ﾞ
+@example(unicodedata.normalize(_NFD, "한국어") * 10, "")  # ... or inside a syllable's jamo
+def test_a_snippet_is_cut_only_where_the_text_folds_apart(before, after):
+    """The snippet's context is cut where the fold of the text may be cut (`_clean_cuts`), so it shows
+    no half of what folds as one (a lone voicing mark or jamo) and its text folds as in the line."""
+    from features.records import SNIPPET_CLOSE, SNIPPET_OPEN
+    from features.store.substring import _snippet
+
+    before, after = (t.replace("\n", " ").replace(".", " ") for t in (before, after))  # no line break, no "..."
+    line = before + " needle " + after
+    shown = _snippet(line, ["needle"]).replace(SNIPPET_OPEN, "").replace(SNIPPET_CLOSE, "")
+    body = shown[3 if shown.startswith("...") else 0:len(shown) - (3 if shown.endswith("...") else 0)]
+    a = len(before) + 1 - body.index("needle")  # where the snippet was cut from the line
+    assert line[a:a + len(body)] == body
+    cuts = set(_clean_cuts(line))
+    assert a in cuts and a + len(body) in cuts, (shown, a)

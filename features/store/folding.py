@@ -39,7 +39,9 @@ def fold(text: str) -> str:
     key = unicodedata.normalize("NFKC", cased)
     if key is not cased:  # NFKC changed something (it returns the text itself when nothing changes), so
         key = unicodedata.normalize("NFKC", key.casefold())  # fold what it made: ℂ -> C -> c
-    return key.replace("i\u0307", "i") if "\u0307" in key else key
+    if "\u0307" in key:  # İ's dot dropped; what follows may now compose with the "i" ("İ" U+0301 is "í")
+        key = unicodedata.normalize("NFC", key.replace("i\u0307", "i"))
+    return key
 
 
 def folded_spans(text: str) -> list[tuple[int, int, int]]:
