@@ -7,8 +7,9 @@ Each latent gets 20 top examples of 40 words of code, prose and Japanese (about 
 the median process CPU time per query over interleaved rounds: a CJK query found nowhere (one pass
 over every latent's text, folded), the same with a hit in every latent (stops at the 21 hits a web
 page asks for), queries of 8 parts (the cap before 2026-12-07) and of `MAX_PARTS` parts found
-nowhere (the worst case: every part looked for in every latent's text) and a full-text search of a
-word in every latent, for scale.
+nowhere (the worst case: every part looked for in every latent's text), two parts of which one is
+found nowhere (no latent holds both: the "any part" answer) and a full-text search of a word in
+every latent, for scale.
 """
 
 from __future__ import annotations
@@ -51,6 +52,8 @@ def main() -> None:
         "substring, in every latent": lambda: substring_search(c, "テキスト", 21),
         "substring, 8 parts found nowhere": lambda: substring_search(c, _nowhere(8), 21),
         f"substring, {MAX_PARTS} parts found nowhere": lambda: substring_search(c, _nowhere(MAX_PARTS), 21),
+        "substring, 2 parts: everywhere + nowhere": lambda: substring_search(c, "テキスト " + _nowhere(1), 21),
+        "substring, 2 parts: ASCII + nowhere": lambda: substring_search(c, "the " + _nowhere(1), 21),
         "full text, a word in every latent": lambda: c.execute(
             "SELECT rowid FROM feature_fts WHERE feature_fts MATCH ? ORDER BY bm25(feature_fts, 5.0, 1.0) LIMIT 21",
             ('"ocean"',)).fetchall(),

@@ -274,7 +274,7 @@ class FeatureFilter:
     exclude_flags: list[str] | None = None  # must carry none of these
     alive_only: bool = False  # leave out dead latents
     has_label: bool | None = None
-    label_contains: str | None = None  # case-insensitive substring of the current label
+    label_contains: str | None = None  # substring of the current label, compared folded (features.store.folding)
     level: int | None = None
     parent_latent: int | None = None
     latents: list[int] | None = None

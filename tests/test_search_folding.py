@@ -172,3 +172,85 @@ def test_rows_passed_over_unfolded_could_not_have_matched(store, monkeypatch):
     for _ in range(3000):
         text = "".join(rng.choice(pool) for _ in range(rng.randint(1, 8)))
         assert all(sources(ch) & set(text) for ch in fold(text)), text
+
+
+def test_the_list_pages_label_filter_folds_as_search_does(store, tmp_path):
+    """The feature list's label filter (`?label=`, FeatureFilter.label_contains) folded only ASCII
+    letters (SQL LIKE): "STRASSE" did not find a latent labelled "Straße", "ΟΔΟΣ" not "οδος",
+    "api" not "ＡＰＩ キー", and "café" typed composed not a label stored decomposed."""
+    from features.records import LabelProvenance
+    from helpers.web_app import PORT, client
+    from saesteer.web import Limits, ServeConfig, StoreEntry, create_app
+    from saesteer.web.store_source import StoreCatalog
+
+    path = tmp_path / "labelled.db"
+    path.write_bytes(store.path.read_bytes())
+    labels = {1: "Straße names", 2: "οδος (Greek road)", 3: "ＡＰＩ キー", 4: _nfd("café menus"), 5: "İstanbul"}
+    prov = LabelProvenance(judge_model="gpt-test", judge_kind="openai", prompt_version="v1", examples_used=[1],
+                           params={})
+    with FeatureStore.open(path, readonly=False) as s:
+        for latent, label in labels.items():
+            s.write_label(latent, label, provenance=prov)
+    entry = StoreEntry("s", StoreCatalog(FeatureStore.open(path), name="s"))
+    c = client(create_app([entry], config=ServeConfig(port=PORT), limits=Limits()))
+
+    def found(query: str) -> set[int]:
+        return {i["latent"] for i in c.get("/api/stores/s/features", params={"label": query}).json()["items"]}
+
+    for query, latent in [("STRASSE", 1), ("straße", 1), ("ΟΔΟΣ", 2), ("api", 3), ("café", 4), ("istanbul", 5),
+                          ("names", 1), ("100%", None)]:
+        assert found(query) == ({latent} if latent else set()), query
+    with FeatureStore.open(path) as s:
+        assert s.count_features({"label_contains": "Ａｐｉ"}) == 1
+
+
+def test_substring_search_answers_what_folding_every_row_answers(store, tmp_path):
+    """The search (labels, then examples for the latents holding every part, passing over rows that
+    lack the rarest part's characters; only where none holds every part, those holding any) against
+    an eager reference that folds every label and every example text, on queries of several parts
+    found in some rows, in every row, in labels only, or nowhere."""
+    from features.records import LabelProvenance
+    from features.store.substring import query_parts
+
+    path = tmp_path / "labelled.db"
+    path.write_bytes(store.path.read_bytes())
+    prov = LabelProvenance(judge_model="gpt-test", judge_kind="openai", prompt_version="v1", examples_used=[1],
+                           params={})
+    with sqlite3.connect(path) as db:  # a latent whose examples hold "の": its label holds the query's rarest part
+        bolt = min(r for r, ex in db.execute("SELECT rowid, examples FROM feature_fts") if "の" in ex and r > 8)
+    with FeatureStore.open(path, readonly=False) as s:
+        for latent, label in {0: "テキスト and arrows →", 3: "STRASSE →", 7: "ＡＰＩ", 8: "nothing", bolt: "↯"}.items():
+            s.write_label(latent, label, provenance=prov)
+    with sqlite3.connect(path) as db:
+        rows = [(r, fold(lab or ""), fold(ex or "")) for r, lab, ex in db.execute(
+            "SELECT rowid, label, examples FROM feature_fts ORDER BY rowid")]
+
+    def reference(query: str, limit: int) -> list[int]:
+        parts = query_parts(query)
+        label_all = [r for r, lab, _ in rows if all(p in lab for p in parts)]
+        either_all = [r for r, lab, ex in rows if r not in label_all and all(p in lab or p in ex for p in parts)]
+        if label_all or either_all:
+            return (label_all[:limit] + either_all)[:limit]
+        label_any = [r for r, lab, _ in rows if any(p in lab for p in parts)]
+        return (label_any + [r for r, lab, ex in rows if r not in label_any and any(p in ex for p in parts)])[:limit]
+
+    queries = ["テキスト 無い", "def →", "straße →", "→ zzqq", "api キー", "for k, v in d.items(): print(k, v) # →",
+               "ファイル 駅", "テキスト →", "→", "無い 無し", "ＳＴＲＡＳＳＥ →", "e →", "↯ の",
+               "⇶ ガイド", "⇶ def"]
+    with FeatureStore.open(path) as s:
+        for q in queries:
+            for limit in (1, 3, 48):
+                assert [h.latent for h in s.search(q, limit=limit)] == reference(q, limit), (q, limit)
+    assert all(reference(q, 48) for q in queries if q != "無い 無し"), "a query finds nothing: it tests nothing"
+    assert not any("zzqq" in lab or "zzqq" in ex for _, lab, ex in rows)  # "→ zzqq": the "any part" answer
+
+
+def test_a_word_the_query_repeats_is_looked_for_once(store):
+    """FTS5 ranks every match once per phrase of the query: "the the the ..." (50 times, a 200-character
+    web query) took 2.2 s of CPU at 4k latents. A word repeated, in any case or width, is one group."""
+    from features.store.queries import _fts_query
+
+    assert _fts_query("the The THE ｔｈｅ ocean " * 10).count(" AND ") == 1
+    assert _fts_query("Straße STRASSE strasse", "OR").count(") OR (") == 0
+    assert {h.latent for h in store.search("STRASSE Straße " * 20, limit=48)} == \
+        {h.latent for h in store.search("STRASSE", limit=48)} != set()

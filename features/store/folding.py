@@ -39,21 +39,26 @@ def fold(text: str) -> str:
     key = unicodedata.normalize("NFKC", cased)
     if key is not cased:  # NFKC changed something (it returns the text itself when nothing changes), so
         key = unicodedata.normalize("NFKC", key.casefold())  # fold what it made: ℂ -> C -> c
-    return key.replace("i\u0307", "i") if "\u0307" in key else key
+    if "\u0307" in key:  # İ's dot dropped; what follows may now compose with the "i" ("İ" U+0301 is "í")
+        key = unicodedata.normalize("NFC", key.replace("i\u0307", "i"))
+    return key
 
 
 def folded_spans(text: str) -> list[tuple[int, int, int]]:
     """`text` cut into its shortest pieces that fold on their own, each as (start in `text`, end in
-    `text`, end in `fold(text)`): a piece starts at a character that is no combining mark and does
-    not compose with the piece before it ("e" + U+0301, Hangul jamo, half-width kana + its voicing
-    mark stay one piece). Their folds join to `fold(text)`; where they would not (a case no piece
+    `text`, end in `fold(text)`): a piece starts at a character that is no combining mark, in the text
+    or once folded, and does not compose with the piece before it ("e" + U+0301, Hangul jamo, "ﾃ" +
+    "ﾞ" stay one piece). Their folds join to `fold(text)`; where they would not (a case no piece
     rule foresaw), the whole text is one piece."""
     if text.isascii():
         return [(i, i + 1, i + 1) for i in range(len(text))]
     spans: list[tuple[int, int, int]] = []
     start, piece, at = 0, "", 0
     for i, ch in enumerate(text):
-        if piece and not unicodedata.combining(ch) and fold(piece + ch) == fold(piece) + fold(ch):
+        # a character that folds to a mark (half-width "ﾞ", Tibetan U+0F73) is one: a mark after it may
+        # compose with the letter before it ("A" "ﾞ" U+0301 folds to "á" U+3099)
+        mark = unicodedata.combining(ch) or unicodedata.combining(fold(ch)[0])
+        if piece and not mark and fold(piece + ch) == fold(piece) + fold(ch):
             at += len(fold(piece))
             spans.append((start, i, at))
             start, piece = i, ""

@@ -83,33 +83,57 @@ def substring_search(c: sqlite3.Connection, text: str, limit: int) -> list[Searc
     either_all: list[int] = []
     either_any: list[int] = []
     if len(label_all) < limit:
-        taken = set(label_all)
-        telling = _telling_characters(parts)
-        for rowid, examples in c.execute("SELECT rowid, examples FROM feature_fts"):
-            examples = examples or ""
-            if rowid in taken or (telling is not None and not any(ch in examples for ch in telling)):
-                continue  # it holds no part once folded
-            key = fold(examples)
-            seen = in_label.get(rowid, frozenset())
-            missing = [p for p in parts if p not in seen and p not in key]
-            if not missing:
-                either_all.append(rowid)
-                if len(label_all) + len(either_all) >= limit:
-                    break
-            elif len(missing) < len(parts) and not seen and not either_all:  # the "any" answer, if needed
-                either_any.append(rowid)
+        either_all, either_any = _in_examples(c, parts, in_label, set(label_all), limit - len(label_all),
+                                              limit - len(label_any))
     ids = (label_all + either_all) if label_all or either_all else (label_any + either_any)
     return _hits(c, ids[:limit], parts)
 
 
+def _in_examples(c: sqlite3.Connection, parts: list[str], in_label: dict[int, frozenset[str]], taken: set[int],
+                 want_all: int, want_any: int) -> tuple[list[int], list[int]]:
+    """The latents not `taken` whose examples hold each part their label does not (up to `want_all`)
+    and, while none does, those whose label holds no part and whose examples hold one (up to
+    `want_any`). A row is folded only where it may be one of them: it holds a telling character of
+    the query's rarest part (or its label holds that part), or one of any part while the "any" answer
+    still wants rows; so "print →" costs about what "→" does, not a fold of every row."""
+    rarest = min(parts, key=lambda p: len(_rarest_sources(p)))
+    for_all, for_any = _telling_characters([rarest]), _telling_characters(parts)
+    all_ids: list[int] = []
+    any_ids: list[int] = []
+    for rowid, examples in c.execute("SELECT rowid, examples FROM feature_fts"):
+        if rowid in taken:
+            continue
+        examples = examples or ""
+        seen = in_label.get(rowid, frozenset())
+        if for_all is not None and rarest not in seen and not any(ch in examples for ch in for_all):
+            if all_ids or seen or len(any_ids) >= want_any:
+                continue  # it lacks the rarest part once folded, and the "any" answer needs it not
+            if for_any is not None and not any(ch in examples for ch in for_any):
+                continue  # it holds no part once folded
+        key = fold(examples)
+        missing = [p for p in parts if p not in seen and p not in key]
+        if not missing:
+            all_ids.append(rowid)
+            if len(all_ids) >= want_all:
+                break
+        elif len(missing) < len(parts) and not seen and not all_ids and len(any_ids) < want_any:
+            any_ids.append(rowid)
+    return all_ids, any_ids
+
+
+def _rarest_sources(part: str) -> frozenset[str]:
+    """The sources (`folding.sources`) of the character of `part` that has the fewest."""
+    return min((sources(ch) for ch in part), key=len)
+
+
 def _telling_characters(parts: list[str]) -> frozenset[str] | None:
     """Characters of which a row's text holds one wherever it holds a part once folded: the sources
-    (`folding.sources`) of each part's rarest character. Looking for them in the stored text costs a
-    few percent of folding it, so a row without one is passed over unfolded (a query found nowhere
-    costs what an exact search did). None where they are too many to be worth it."""
+    of each part's rarest character. Looking for them in the stored text costs a few percent of
+    folding it, so a row without one is passed over unfolded (a query found nowhere costs what an
+    exact search did). None where they are too many to be worth it."""
     chars: set[str] = set()
     for p in parts:
-        chars |= min((sources(ch) for ch in p), key=len)
+        chars |= _rarest_sources(p)
         if len(chars) > _MOST_SOURCES:
             return None
     return frozenset(chars)
@@ -162,8 +186,10 @@ def _snippet(text: str, parts: list[str]) -> str:
             break
     else:
         return ""
-    a = _cut(line, max(0, marks[0][0] - _SNIPPET_CONTEXT))
-    b = _cut(line, min(len(line), marks[0][1] + _SNIPPET_CONTEXT))
+    # cut where a piece of the fold starts (`folded_spans`): never inside "e" + accent, "ﾃﾞ" or Hangul jamo
+    starts = [start for start, _, _ in folded_spans(line)] + [len(line)]
+    a = starts[bisect_right(starts, max(0, marks[0][0] - _SNIPPET_CONTEXT)) - 1]
+    b = starts[bisect_right(starts, min(len(line), marks[0][1] + _SNIPPET_CONTEXT)) - 1]
     out, at = [], a
     for lo, hi in marks:
         if lo < a or hi > b:
@@ -172,10 +198,3 @@ def _snippet(text: str, parts: list[str]) -> str:
         at = hi
     out.append(line[at:b])
     return ("..." if a > 0 else "") + "".join(out) + ("..." if b < len(line) else "")
-
-
-def _cut(line: str, at: int) -> int:
-    """`at`, moved back off a combining mark: a cut never parts an accent from its letter."""
-    while 0 < at < len(line) and unicodedata.combining(line[at]):
-        at -= 1
-    return at
