@@ -5,6 +5,21 @@ import signal
 import pytest
 
 
+def _hypothesis_profiles() -> None:
+    """Property tests draw the same examples on every run (`derandomize`), so the default run cannot
+    fail on one day and pass the next; HYPOTHESIS_PROFILE=explore draws new ones each run, to hunt."""
+    import os
+
+    from hypothesis import settings
+
+    settings.register_profile("ci", derandomize=True, database=None)
+    settings.register_profile("explore", max_examples=1000)
+    settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+
+_hypothesis_profiles()
+
+
 def pytest_configure(config):
     """`-p no:warnings` turns off pytest's warnings plugin, which registers the `filterwarnings`
     marker: under --strict-markers (pyproject) every file that quiets a warning with it would then

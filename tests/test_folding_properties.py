@@ -117,7 +117,8 @@ def test_a_snippet_is_cut_only_where_the_text_folds_apart(before, after):
     from features.records import SNIPPET_CLOSE, SNIPPET_OPEN
     from features.store.substring import _snippet
 
-    before, after = (t.replace("\n", " ").replace(".", " ") for t in (before, after))  # no line break, no "..."
+    before, after = (t.replace("\n", " ").replace(".", " ").replace(SNIPPET_OPEN, " ").replace(SNIPPET_CLOSE, " ")
+                     for t in (before, after))  # no line break, no "...", no snippet mark (taken out of `shown`)
     line = before + " needle " + after
     shown = _snippet(line, ["needle"]).replace(SNIPPET_OPEN, "").replace(SNIPPET_CLOSE, "")
     body = shown[3 if shown.startswith("...") else 0:len(shown) - (3 if shown.endswith("...") else 0)]
