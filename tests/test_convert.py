@@ -255,6 +255,15 @@ def test_an_existing_out_is_replaced_only_with_overwrite_and_only_when_it_is_an_
     assert r.rc == 2 and "notes.txt, which is no part of one SAE" in r.err and (mine / "notes.txt").read_text() == "mine", r.text
 
 
+
+def test_a_hookpoint_for_a_target_that_has_none_is_refused_before_anything_is_written(real_acts, tmp_path):
+    """--hookpoint names a module in a sparsify run; given with another --to it would be dropped unseen."""
+    model, x = real_acts
+    _, src = source_folder("topk", model, x, tmp_path)
+    r = convert(src, "saelens", tmp_path / "out", "--hookpoint", "h.1")
+    assert r.rc == 2 and "--to saelens has none: drop it" in r.err and not (tmp_path / "out").exists(), r.text
+    no_leftovers(tmp_path)
+
 def test_overwrite_never_deletes_what_sits_beside_the_sae(real_acts, tmp_path):
     """--overwrite replaces a folder of one SAE; a dictionary_learning trainer folder's checkpoints/ and a sparsify
     run's other layers are refused, kept as they are."""

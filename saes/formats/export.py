@@ -22,9 +22,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from saes.export_targets import NO_NEURONPEDIA, TARGETS
 from saes.fileio import fsync_dir, make_temp_dir, name_the_final_file, put_folder_in_place
 from saes.formats import dictionary_learning, sae_lens_folder, sparsify
-from saes.export_targets import NO_NEURONPEDIA, TARGETS
 from saes.io import PROVENANCE_FILENAME, SAEFormatError, save_sae, without_local_paths
 
 _TMP_MARK = ".convert-"  # a folder being built: `.<out>.convert-XXXX` beside `out`
