@@ -68,6 +68,13 @@ def source_folder(name: str, model: str, x_ND: torch.Tensor, tmp_path, hook: str
     return sae, saes.save_sae(sae, tmp_path / f"src_{name}")
 
 
+
+def layer0_source(model: str, x_ND: torch.Tensor, tmp_path):
+    """(a TopK SAE on blocks.0.hook_resid_post, its saesteer folder): another layer's, for a run of several."""
+    sae = saes.create_sae("topk", x_ND.shape[1], 128, k=8, generator=torch.Generator().manual_seed(1),
+                          metadata={"hook_name": "blocks.0.hook_resid_post", "model_name": model})
+    return sae, saes.save_sae(sae, tmp_path / "src0")
+
 def convert(src, target: str, out, *more):
     return saesteer("convert", src, "--to", target, "--out", out, *more)
 
@@ -473,9 +480,7 @@ def test_a_hookpoint_a_killed_convert_moved_aside_goes_back_to_its_own_run_only(
 
     model, x = real_acts
     _, src1 = source_folder("topk", model, x, tmp_path)
-    sae0 = saes.create_sae("topk", x.shape[1], 128, k=8, generator=torch.Generator().manual_seed(1),
-                           metadata={"hook_name": "blocks.0.hook_resid_post", "model_name": model})
-    src0 = saes.save_sae(sae0, tmp_path / "src0")
+    _, src0 = layer0_source(model, x, tmp_path)
     share = tmp_path / "share"
     convert(src1, "sparsify", share / "run_a").ok()
     before = {p.name: p.read_bytes() for p in (share / "run_a" / "layers.1").iterdir()}
@@ -514,9 +519,7 @@ def test_a_sparsify_run_takes_the_sae_of_another_layer_beside_its_own(real_acts,
     its hookpoint; one already there is replaced only with --overwrite; another model's SAE is refused."""
     model, x = real_acts
     sae1, src1 = source_folder("topk", model, x, tmp_path)
-    sae0 = saes.create_sae("topk", x.shape[1], 128, k=8, generator=torch.Generator().manual_seed(1),
-                           metadata={"hook_name": "blocks.0.hook_resid_post", "model_name": model})
-    src0 = saes.save_sae(sae0, tmp_path / "src0")
+    sae0, src0 = layer0_source(model, x, tmp_path)
     run = tmp_path / "run"
     convert(src1, "sparsify", run).ok()
     convert(src0, "sparsify", run).ok()
