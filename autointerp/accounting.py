@@ -290,7 +290,7 @@ class Ledger:
                 self.exhausted = True
             raise BudgetExceeded(
                 f"budget {self.budget} reached (spent {self.spent_tokens:,} tokens"
-                + (f", ${self.totals.cost_usd:.4f}" if self.prices.known else "")
+                + (f", ${self.totals.cost_usd:.4f}" if self.cost_is_known() else "")
                 + ")"
             )
         return r
@@ -346,6 +346,11 @@ class Ledger:
                 t.cost_usd += cost
         return cost
 
+    def cost_is_known(self, t: _Counters | None = None) -> bool:
+        """Whether `t` (default: the totals) has a cost to show: every paid call priced, or its cost reported."""
+        t = self.totals if t is None else t
+        return t.cost_known and (self.prices.known or t.reported_cost_calls > 0)
+
     def _cost_source(self, t: _Counters) -> str:
         """Where the cost came from: the provider's own figure, our prices, or both (some replies carried one)."""
         if t.paid_calls and t.reported_cost_calls == t.paid_calls:
@@ -367,7 +372,7 @@ class Ledger:
         if since is not None:
             t = _Counters(*(getattr(t, f.name) - getattr(since, f.name) for f in dataclasses.fields(_Counters)
                             if f.name != "cost_known"), cost_known=t.cost_known)
-        known = t.cost_known and (self.prices.known or t.reported_cost_calls > 0)
+        known = self.cost_is_known(t)
         return {
             "paid_calls": t.paid_calls,
             "cached_calls": t.cached_calls,

@@ -135,8 +135,9 @@ def quota_spent(said: str, *, until: str = "") -> CredentialsRejected:
 
 def long_wait(said: str, seconds: float, status: int | None) -> CredentialsRejected:
     """The stop for a server asking to wait hours: a 429's is a quota spent for hours (Groq's tokens per day);
-    another status's (a 503 down for maintenance) is no quota, and rerunning later is the fix."""
-    wait = f"{seconds / 3600:.1f} h" if seconds >= 3600 else f"{seconds / 60:.0f} min"
+    another status's (a 503 down for maintenance) is no quota, and rerunning later is the fix. The judge stops
+    only for a wait over QUOTA_WAIT_S (an hour), so it is said in hours."""
+    wait = f"{seconds / 3600:.1f} h"
     if status == 429:
         return quota_spent(said, until=f" (the server asks to wait {wait})")
     return CredentialsRejected(f"{said}: the server asks to wait {wait} before the next request; rerun then; "

@@ -263,7 +263,7 @@ class _LabelRun:
         if self.ledger is not None:
             t = self.ledger.totals
             pf = {"failed": len(self.report.failed), "tok": t.prompt_tokens + t.completion_tokens, "cached": t.cached_calls}
-            if t.cost_known and (self.ledger.prices.known or t.reported_cost_calls):  # priced, or as reported
+            if self.ledger.cost_is_known():
                 pf["$"] = f"{t.cost_usd:.4f}"
             self.bar.set_postfix(pf, refresh=False)
 

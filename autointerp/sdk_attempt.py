@@ -180,7 +180,7 @@ def _google_retry_delay(err: Any) -> float | None:
 
 
 def _resets_at(err: Any) -> str:
-    """' until HH:MM UTC' from the reset time an OpenRouter 429 carries in its body (`metadata.headers`
+    """' until YYYY-MM-DD HH:MM UTC' from the reset time an OpenRouter 429 carries in its body (`metadata.headers`
     `X-RateLimit-Reset`, milliseconds since the epoch); Gemini's daily quotas reset at midnight Pacific time
     and are its Google Cloud project's, not the key's (a new key of the same project gets none); else ' for
     the day'."""

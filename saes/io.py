@@ -61,7 +61,7 @@ _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch
 # a training checkpoint keeps it beside the weights, and `read_sae_folder` folds it the same way)
 _IDENTITY_NORMS = ("none", "expected_average_only_in")
 _DERIVED_METADATA = ("sae_lens_version", "sae_lens_training_version", "training_architecture", "training_architecture_details")
-_TMP_MARK = ".tmp-"  # a new folder is built as `.<name>.tmp-XXXX` beside its final name
+SAVE_TMP_MARK = ".tmp-"  # a new folder is built as `.<name>.tmp-XXXX` beside its final name
 RESHAPES = ("none", "hook_z")  # SAELens's reshape_activations values
 _HEAD_HOOKS = ("attn.hook_q", "attn.hook_k", "attn.hook_v", "attn.hook_z")  # [..., n_heads, d_head] at the hook
 
@@ -140,7 +140,7 @@ def remove_save_leftovers(folder: str | os.PathLike) -> list[str]:
     folder = Path(folder)
     removed = []
     if folder.parent.is_dir():
-        for p in folder.parent.glob(f".{folder.name}{_TMP_MARK}*"):
+        for p in folder.parent.glob(f".{folder.name}{SAVE_TMP_MARK}*"):
             if p.is_dir():
                 shutil.rmtree(p, ignore_errors=True)
                 removed.append(p.name)
@@ -176,7 +176,7 @@ def save_sae(sae: SAE, path: str | os.PathLike, provenance: dict[str, Any] | Non
         atomic_write_json(path / CFG_FILENAME, cfg)
         return path
     remove_save_leftovers(path)
-    with building_folder(path, _TMP_MARK) as tmp:
+    with building_folder(path, SAVE_TMP_MARK) as tmp:
         atomic_write_bytes(tmp / WEIGHTS_FILENAME, weights)
         atomic_write_json(tmp / PROVENANCE_FILENAME, record)
         atomic_write_json(tmp / CFG_FILENAME, cfg)

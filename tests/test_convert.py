@@ -68,6 +68,13 @@ def source_folder(name: str, model: str, x_ND: torch.Tensor, tmp_path, hook: str
     return sae, saes.save_sae(sae, tmp_path / f"src_{name}")
 
 
+
+def layer0_source(model: str, x_ND: torch.Tensor, tmp_path):
+    """(a TopK SAE on blocks.0.hook_resid_post, its saesteer folder): another layer's, for a run of several."""
+    sae = saes.create_sae("topk", x_ND.shape[1], 128, k=8, generator=torch.Generator().manual_seed(1),
+                          metadata={"hook_name": "blocks.0.hook_resid_post", "model_name": model})
+    return sae, saes.save_sae(sae, tmp_path / "src0")
+
 def convert(src, target: str, out, *more):
     return saesteer("convert", src, "--to", target, "--out", out, *more)
 
@@ -255,6 +262,15 @@ def test_an_existing_out_is_replaced_only_with_overwrite_and_only_when_it_is_an_
     assert r.rc == 2 and "notes.txt, which is no part of one SAE" in r.err and (mine / "notes.txt").read_text() == "mine", r.text
 
 
+
+def test_a_hookpoint_for_a_target_that_has_none_is_refused_before_anything_is_written(real_acts, tmp_path):
+    """--hookpoint names a module in a sparsify run; given with another --to it would be dropped unseen."""
+    model, x = real_acts
+    _, src = source_folder("topk", model, x, tmp_path)
+    r = convert(src, "saelens", tmp_path / "out", "--hookpoint", "h.1")
+    assert r.rc == 2 and "--to saelens has none: drop it" in r.err and not (tmp_path / "out").exists(), r.text
+    no_leftovers(tmp_path)
+
 def test_overwrite_never_deletes_what_sits_beside_the_sae(real_acts, tmp_path):
     """--overwrite replaces a folder of one SAE; a dictionary_learning trainer folder's checkpoints/ and a sparsify
     run's other layers are refused, kept as they are."""
@@ -439,6 +455,49 @@ def test_what_a_killed_convert_left_is_cleaned_or_put_back_by_the_next(real_acts
     no_leftovers(share)
 
 
+
+KILLED_AT_THE_RENAME_IN = """
+import os, sys
+rename = os.rename
+def killed_before_the_new_hookpoint_is_in(src, dst):  # SIGKILL's effect: no except, no finally
+    if ".convert-" in str(src) and os.path.basename(str(dst)) == "layers.1":
+        os._exit(9)
+    rename(src, dst)
+os.rename = killed_before_the_new_hookpoint_is_in
+from saesteer.cli import main
+main(sys.argv[1:])
+"""
+
+
+def test_a_hookpoint_a_killed_convert_moved_aside_goes_back_to_its_own_run_only(real_acts, tmp_path):
+    """--overwrite of a run's hookpoint moves the earlier one aside, out of the run (load_many reads every folder
+    in it), into the folder holding the run, which often holds other runs with the same layers.N. Killed before
+    the new one is in, the earlier one is put back by the next convert into that run, never into another."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    model, x = real_acts
+    _, src1 = source_folder("topk", model, x, tmp_path)
+    _, src0 = layer0_source(model, x, tmp_path)
+    share = tmp_path / "share"
+    convert(src1, "sparsify", share / "run_a").ok()
+    before = {p.name: p.read_bytes() for p in (share / "run_a" / "layers.1").iterdir()}
+    convert(src0, "sparsify", share / "run_b").ok()
+    root = str(Path(__file__).resolve().parents[1])
+    killed = subprocess.run([sys.executable, "-c", KILLED_AT_THE_RENAME_IN, "convert", str(src1), "--to", "sparsify",
+                             "--out", str(share / "run_a"), "--overwrite"], capture_output=True, text=True,
+                            env={**os.environ, "PYTHONPATH": root + os.pathsep + os.environ.get("PYTHONPATH", "")})
+    assert killed.returncode == 9 and not (share / "run_a" / "layers.1").exists(), killed.stderr[-2000:]
+
+    convert(src1, "sparsify", share / "run_b").ok()  # another run's layers.1: run_a's earlier one stays aside
+    assert sorted(p.name for p in (share / "run_b").iterdir()) == ["config.json", "layers.0", "layers.1"]
+    convert(src0, "sparsify", share / "run_a").ok()  # the next convert into run_a puts its layers.1 back
+    assert {p.name: p.read_bytes() for p in (share / "run_a" / "layers.1").iterdir()} == before
+    assert set(SparseCoder.load_many(share / "run_a", local=True)) == {"layers.0", "layers.1"}
+    no_leftovers(share)
+
 def test_a_foreign_sae_converted_to_saesteer_steers_with_its_local_model(real_acts, tmp_path):
     """A sparsify run naming a local model (no weights hash recorded): `--to saesteer` cuts the model's folder
     from the record, and `saesteer steer --model FOLDER` still takes it (a cut path "gpt2" matched nothing)."""
@@ -460,9 +519,7 @@ def test_a_sparsify_run_takes_the_sae_of_another_layer_beside_its_own(real_acts,
     its hookpoint; one already there is replaced only with --overwrite; another model's SAE is refused."""
     model, x = real_acts
     sae1, src1 = source_folder("topk", model, x, tmp_path)
-    sae0 = saes.create_sae("topk", x.shape[1], 128, k=8, generator=torch.Generator().manual_seed(1),
-                           metadata={"hook_name": "blocks.0.hook_resid_post", "model_name": model})
-    src0 = saes.save_sae(sae0, tmp_path / "src0")
+    sae0, src0 = layer0_source(model, x, tmp_path)
     run = tmp_path / "run"
     convert(src1, "sparsify", run).ok()
     convert(src0, "sparsify", run).ok()

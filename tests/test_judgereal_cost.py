@@ -141,3 +141,19 @@ def test_a_cost_reported_for_some_replies_only_is_summed_saying_which_part_is_es
     for _ in range(3):
         unpriced.complete_sync(ASK, schema=LABEL)
     assert unpriced.ledger.summary()["cost_usd"] is None and unpriced.ledger.summary()["cost_source"] is None
+
+
+def test_a_token_budgets_stop_names_the_cost_the_provider_reported_for_a_model_of_no_known_price(srv):
+    """No price is known for the model, but OpenRouter reports each reply's cost: the stop at a token budget
+    says what was spent in USD as well, as the run's report does."""
+    from autointerp.accounting import Budget, BudgetExceeded
+
+    srv.reply = lambda ex: chat_completion('{"label": "sea"}', usage=OPENROUTER_USAGE)
+    j = make_judge(JudgeConfig(base_url=srv.url, api_key="k", use_cache=False, timeout_s=10.0,
+                               model="meta-llama/llama-3.3-70b-instruct"),
+                   cache_path=None, budget=Budget(3_000, "tokens"))
+    with pytest.raises(BudgetExceeded) as stop:
+        for _ in range(50):
+            j.complete_sync(ASK, schema=LABEL)
+    paid = j.ledger.totals.paid_calls
+    assert paid > 0 and f"${paid * 0.000123:.4f})" in str(stop.value), str(stop.value)

@@ -77,3 +77,15 @@ def test_what_dictionary_learning_cannot_hold_is_refused(tmp_path):
     with pytest.raises(SAEFormatError, match="an SAE at blocks.1.attn.hook_z cannot be saved for dictionary_learning"):
         dictionary_learning.save(hook_z, tmp_path / "a")
     assert not list(tmp_path.iterdir())
+
+
+def test_a_save_removes_the_half_built_folder_a_killed_save_left_beside_it(tmp_path):
+    """A new folder is built under a hidden name beside it and renamed in; SIGKILL leaves that hidden folder,
+    which the next save of the same folder removes, as `saes.save_sae` does."""
+    sae = saes.create_sae("topk", 64, 128, k=8, metadata={"hook_name": "blocks.1.hook_resid_post"})
+    left = tmp_path / ".dl.tmp-k1ll3d"
+    left.mkdir()
+    (left / "ae.pt").write_bytes(b"half")
+    dictionary_learning.save(sae, tmp_path / "dl")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dl"]
+    assert sorted(p.name for p in (tmp_path / "dl").iterdir()) == ["ae.pt", "config.json"]

@@ -59,7 +59,8 @@ from saes.formats.base import (
     tl_hook_for_module,
     tl_hook_for_module_input,
 )
-from saes.io import SAEFormatError, sae_from_sae_lens_dict, sae_lens_config, sae_state_dict
+from saes.io import (SAVE_TMP_MARK, SAEFormatError, remove_save_leftovers, sae_from_sae_lens_dict, sae_lens_config,
+                     sae_state_dict)
 
 FORMAT = "dictionary_learning"
 WEIGHTS = "ae.pt"
@@ -354,6 +355,7 @@ def _one_threshold(state: dict[str, torch.Tensor]) -> torch.Tensor | None:
 
 def _write_pair(folder: Path, weights: bytes, config: bytes) -> Path:
     """ae.pt and config.json into `folder` as one (see `save`)."""
+    remove_save_leftovers(folder)  # what a killed save left beside it (a new folder is built as `save_sae` builds one)
     if folder.exists():
         if not folder.is_dir():
             raise FileExistsError(f"{folder} exists and is not a folder")
@@ -361,7 +363,7 @@ def _write_pair(folder: Path, weights: bytes, config: bytes) -> Path:
         atomic_write_bytes(folder / WEIGHTS, weights)
         atomic_write_bytes(folder / CONFIG, config)
         return folder
-    with building_folder(folder, ".tmp-") as tmp:
+    with building_folder(folder, SAVE_TMP_MARK) as tmp:
         atomic_write_bytes(tmp / WEIGHTS, weights)
         atomic_write_bytes(tmp / CONFIG, config)
     return folder

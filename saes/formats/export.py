@@ -22,9 +22,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from saes.fileio import fsync_dir, make_temp_dir, name_the_final_file, put_folder_in_place
-from saes.formats import dictionary_learning, sae_lens_folder, sparsify
 from saes.export_targets import NO_NEURONPEDIA, TARGETS
+from saes.fileio import fsync_dir, make_temp_dir, name_the_final_file, put_folder_in_place, read_json
+from saes.formats import dictionary_learning, sae_lens_folder, sparsify
 from saes.io import PROVENANCE_FILENAME, SAEFormatError, save_sae, without_local_paths
 
 _TMP_MARK = ".convert-"  # a folder being built: `.<out>.convert-XXXX` beside `out`
@@ -53,6 +53,8 @@ def export_sae(sae: Any, target: str, out: str | os.PathLike, *, provenance: dic
         raise SAEFormatError(f"unknown target {target!r}; one of {', '.join(TARGETS)}")
     out = Path(out)
     _recover_from_a_killed_run(out)
+    for listed in _hookpoints_listed(out):  # a run's hookpoint a killed --overwrite had moved out of it
+        _recover_from_a_killed_run(out / listed, aside_in=out.parent)
     into_run = target == "sparsify" and out.is_dir() and not out.is_symlink() and bool(sparsify.hookpoint_folders(out))
     if not into_run:  # a sparsify run takes another hookpoint (load_many reads them all)
         _check_out(out, overwrite)
@@ -134,11 +136,21 @@ def _recover_from_a_killed_run(out: Path, aside_in: Path | None = None) -> None:
         return
     for p in out.parent.glob(f".{glob.escape(out.name)}{_TMP_MARK}*"):
         shutil.rmtree(p, ignore_errors=True)
-    asides = sorted(aside_in.glob(f".{glob.escape(out.name)}{_ASIDE_MARK}*"), key=lambda p: p.stat().st_mtime)
+    asides = sorted(aside_in.glob(f"{glob.escape(_aside_prefix(out, aside_in))}*"), key=lambda p: p.stat().st_mtime)
     if asides and not os.path.lexists(out):
         os.rename(asides.pop(), out)
     for p in asides:
         shutil.rmtree(p, ignore_errors=True)
+
+
+def _hookpoints_listed(run: Path) -> list[str]:
+    """The hookpoints a sparsify run's config.json names (folder names in the run); [] where `run` is none."""
+    try:
+        listed = read_json(run / sparsify.RUN_CONFIG, "sparsify run config").get("hookpoints")
+    except (OSError, ValueError, AttributeError):
+        return []
+    return [h for h in listed if isinstance(h, str) and h == Path(h).name and h not in ("", ".", "..")
+            ] if isinstance(listed, list) else []
 
 
 def _check_out(out: Path, overwrite: bool) -> None:
@@ -171,8 +183,17 @@ def _add_hookpoint(tmp: Path, run: Path, hookpoint: str, overwrite: bool) -> Non
 
 
 def _put_in_place(built: Path, out: Path, aside_in: Path | None = None) -> None:
-    """`built` renamed to `out`, an earlier `out` moved aside to `.<name>.old-XXXX` meanwhile (a free name,
+    """`built` renamed to `out`, an earlier `out` moved aside meanwhile (`_aside_prefix` + a free suffix,
     which `_recover_from_a_killed_run` finds)."""
-    aside = make_temp_dir(f".{out.name}{_ASIDE_MARK}", aside_in or out.parent)
+    aside_in = aside_in or out.parent
+    aside = make_temp_dir(_aside_prefix(out, aside_in), aside_in)
     os.rmdir(aside)
     put_folder_in_place(built, out, aside)
+
+
+def _aside_prefix(out: Path, aside_in: Path) -> str:
+    """`.<name>.old-`, the name an earlier `out` has while moved aside into `aside_in`; a hookpoint, moved out of
+    its sparsify run, is named with its run (`.<run>.<hookpoint>.old-`): runs side by side hold the same
+    `layers.N`, and one run's hookpoint must never be put back into another."""
+    name = out.name if aside_in == out.parent else f"{out.parent.name}.{out.name}"
+    return f".{name}{_ASIDE_MARK}"

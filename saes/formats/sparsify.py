@@ -35,6 +35,7 @@ above, at the hookpoint whose hook(s) are the SAE's.
 
 from __future__ import annotations
 
+import re
 import warnings
 from pathlib import Path
 from typing import Any
@@ -246,9 +247,8 @@ def _check_hookpoint(sae: Any, hookpoint: str, meta: dict[str, Any]) -> None:
 def default_hookpoint(sae: Any) -> str | None:
     """The hookpoint `save` puts an SAE at when none is given: sparsify's own name for a decoder layer
     (`layers.N`, as `get_layer_list` finds it on most models; GPT-2 calls it `h.N`), its MLP (`layers.N.mlp`)
-    or attention (`layers.N.self_attn`), the first whose hook(s) are the SAE's; None when none is."""
-    import re
-
+    or attention (`layers.N.self_attn`), or the previous layer (`layers.N-1`, whose output a resid_pre reads): the
+    first whose hook(s) are the SAE's; None when none is."""
     meta = sae.cfg.metadata
     m = re.match(r"^blocks\.(\d+)\.", str(meta.get("hook_name") or ""))
     if m is None:
