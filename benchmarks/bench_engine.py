@@ -57,8 +57,6 @@ def throughput(model, sae, *, steered: bool, rows: int, tokens: int, together: b
     from steering.sampling import SamplingParams
 
     engine = BatchEngine(model, {"s": sae}, max_rows=rows)
-    if not grouped:  # the engine's own path for a model whose caches do not merge
-        engine.runner.prefills_merge = lambda: False
     made = 0
 
     def row(i: int, n_tokens: int = 64) -> Row:
