@@ -124,6 +124,9 @@ def test_without_proc_the_start_up_is_left_out_not_guessed(tmp_path, monkeypatch
         m.delattr(os, "sysconf")
         m.delattr(time, "clock_gettime")
         assert cache_cmd.process_seconds() is None
+    with monkeypatch.context() as m:  # a boot clock behind /proc's start time (an emulated /proc): no negative age
+        m.setattr(time, "clock_gettime", lambda clock: 0.0)
+        assert cache_cmd.process_seconds() is None
     monkeypatch.setattr(cache_cmd, "open", no_proc, raising=False)  # macOS: no /proc/self/stat
     assert cache_cmd.process_seconds() is None
     monkeypatch.setattr(estimate, "PROBE_SECONDS", 1e-9)  # the probe's length is not what is tested
