@@ -43,7 +43,7 @@ def _probe(monkeypatch, tmp_path, walls_at_full: list[float], hash_per_byte: flo
             clock.now += secs
             return secs
 
-        def hash_seconds_per_byte(self, b: int) -> float:
+        def hash_seconds_per_byte(self) -> float:
             return hash_per_byte
 
     monkeypatch.setattr(estimate, "_ProbeBatches", Batches)
