@@ -57,8 +57,6 @@ def throughput(model, sae, *, steered: bool, rows: int, tokens: int, together: b
     from steering.sampling import SamplingParams
 
     engine = BatchEngine(model, {"s": sae}, max_rows=rows)
-    if not grouped:  # the engine's own path for a model whose caches do not merge
-        engine.runner.prefills_merge = lambda: False
     made = 0
 
     def row(i: int, n_tokens: int = 64) -> Row:
@@ -69,6 +67,12 @@ def throughput(model, sae, *, steered: bool, rows: int, tokens: int, together: b
                    edits, tag=i)
 
     engine.add([row(i, 64 if together else max(1, 64 * (i + 1) // rows)) for i in range(rows)])
+    return tokens_per_cpu_second(engine, row, tokens)
+
+
+def tokens_per_cpu_second(engine, row, tokens: int) -> float:
+    """Step `engine` until `tokens` completion tokens came out, each finished row replaced at once by
+    `row(its tag)`; completion tokens per process CPU second."""
     got = 0
     c0 = time.process_time()
     while got < tokens:
@@ -118,16 +122,9 @@ def mixed_throughput(model, sae, prompts, *, grouped: bool, rows: int, tokens: i
         return Row(ids, SamplingParams(max_new_tokens=MIXED_NEW, temperature=1.0, seed=made), edits, tag=i)
 
     engine.add([row(i) for i in range(rows)])
-    got = 0
-    c0 = time.process_time()
-    while got < tokens:
-        for ev in engine.step():
-            got += ev.token is not None
-            if ev.finish_reason:
-                engine.add([row(ev.tag)])
-    cpu = time.process_time() - c0
+    tok_s = tokens_per_cpu_second(engine, row, tokens)
     return {"prefill_pad": engine.prefill_padding / engine.prefill_positions,
-            "kv_pad": engine.kv_padding / engine.kv_positions, "tok_s": got / cpu}
+            "kv_pad": engine.kv_padding / engine.kv_positions, "tok_s": tok_s}
 
 
 def mixed(model, sae, args) -> int:

@@ -54,7 +54,6 @@ def _cache_argv(work: Path, model: str, tokens: int, out: Path) -> list[str]:
             "--max-tokens", str(tokens), "--out", str(out), "--no-progress"]
 
 
-
 def parse_secs(text: str) -> float:
     """'42 s', '3 min 05 s', '2 h 07 min' -> seconds (fmt_secs's forms)."""
     m = re.fullmatch(r"(?:(\d+) h (\d+) min)|(?:(\d+) min (\d+) s)|(?:(\d+) s)", text.strip())
@@ -106,11 +105,10 @@ def one_case(work: Path, model: str, tokens: int, env: dict, base: Path | None) 
     dry, dry_wall, _ = _timed(_cache_argv(work, model, tokens, out) + ["--dry-run"], env)
     est = next(e for _, ln in dry if (e := _estimate_line(ln)))
     lines, wall, cpu = _timed(_cache_argv(work, model, tokens, out), env)
-    t_est, build_est = next((t, e) for t, ln in lines if (e := _estimate_line(ln)))
+    t_est = next(t for t, ln in lines if _estimate_line(ln))  # the build logs its estimate as caching starts
     shutil.rmtree(out, ignore_errors=True)
     return {"estimate": est["caching"], "low": est.get("low", est["caching"]), "high": est.get("high", est["caching"]),
-            "est_command": est.get("command", float("nan")), "build_estimate": build_est["caching"],
-            "caching": wall - t_est, "command": wall, "cpu": cpu, "dry_run": dry_wall, "base": base_est,
+            "est_command": est.get("command", float("nan")), "caching": wall - t_est, "command": wall, "cpu": cpu, "dry_run": dry_wall, "base": base_est,
             "load": (load0 + os.getloadavg()[0]) / 2}
 
 

@@ -35,7 +35,7 @@ def test_probe_ramps_to_the_build_batch_size_past_a_setup_and_a_stall(monkeypatc
             clock.now += secs
             return secs
 
-        def hash_seconds_per_byte(self, b: int) -> float:
+        def hash_seconds_per_byte(self) -> float:
             return 0.0
 
     monkeypatch.setattr(estimate, "_ProbeBatches", Batches)

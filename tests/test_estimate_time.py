@@ -43,7 +43,7 @@ def _probe(monkeypatch, tmp_path, walls_at_full: list[float], hash_per_byte: flo
             clock.now += secs
             return secs
 
-        def hash_seconds_per_byte(self, b: int) -> float:
+        def hash_seconds_per_byte(self) -> float:
             return hash_per_byte
 
     monkeypatch.setattr(estimate, "_ProbeBatches", Batches)
@@ -106,3 +106,31 @@ def test_process_seconds_is_this_process_age():
     first = process_seconds()
     assert first is not None and first > 0
     assert process_seconds() >= first
+
+
+def test_without_proc_the_start_up_is_left_out_not_guessed(tmp_path, monkeypatch):
+    """macOS and Windows have no /proc (Windows no os.sysconf, macOS no CLOCK_BOOTTIME either): the dry
+    run gives the caching time and its range, and no whole-command figure."""
+    import os
+    import time
+
+    import saesteer.commands.cache as cache_cmd
+    from helpers.real_cli import saesteer
+
+    def no_proc(path, *a, **kw):
+        raise FileNotFoundError(2, "No such file or directory", path)
+
+    with monkeypatch.context() as m:  # Windows: no sysconf, no clock_gettime (the /proc read is then moot)
+        m.delattr(os, "sysconf")
+        m.delattr(time, "clock_gettime")
+        assert cache_cmd.process_seconds() is None
+    with monkeypatch.context() as m:  # a boot clock behind /proc's start time (an emulated /proc): no negative age
+        m.setattr(time, "clock_gettime", lambda clock: 0.0)
+        assert cache_cmd.process_seconds() is None
+    monkeypatch.setattr(cache_cmd, "open", no_proc, raising=False)  # macOS: no /proc/self/stat
+    assert cache_cmd.process_seconds() is None
+    monkeypatch.setattr(estimate, "PROBE_SECONDS", 1e-9)  # the probe's length is not what is tested
+    r = saesteer("cache", "--model", "toy", "--dataset", "toy", "--hooks", "blocks.0.hook_resid_post",
+                 "--max-tokens", "4096", "--out", str(tmp_path / "c"), "--dry-run").ok()
+    assert re.search(r"time:\s+~.+? caching \(.+? - .+?\)\n", r.text), r.text
+    assert "in all" not in r.text

@@ -28,7 +28,7 @@ from training.cache_config import CacheConfig
 from training.manifest import MANIFEST_NAME, read_manifest, read_progress
 from training.pretokenized import RowPacker
 from training.plan import CachePlan, bytes_per_row, plan_cache, refuse_mismatch
-from training.shards import DTYPES, _as_bytes
+from training.shards import DTYPES, tensor_bytes
 from training.packing import ContextPacker, document_tokenize, estimate_stream_tokens, special_tokens
 from training.text import DocumentSource, TextConfig
 from training.writer import ShardBuffer, fill_batch, fmt_bytes, free_bytes
@@ -178,7 +178,7 @@ def measure_rate(plan: CachePlan, cfg: CacheConfig, sample_NL: np.ndarray, L: in
     start = time.perf_counter()
     while len(walls) < 5 or (len(walls) < 15 and time.perf_counter() - start < PROBE_SECONDS / 3):
         walls.append(probe.seconds(b))
-    return ProbeRate(b * L / max(statistics.fmean(walls), 1e-9), b, tuple(walls), probe.hash_seconds_per_byte(b))
+    return ProbeRate(b * L / max(statistics.fmean(walls), 1e-9), b, tuple(walls), probe.hash_seconds_per_byte())
 
 
 class _ProbeBatches:
@@ -200,9 +200,9 @@ class _ProbeBatches:
             torch.cuda.synchronize(self.runner.device)
         return time.perf_counter() - t0
 
-    def hash_seconds_per_byte(self, b: int) -> float:
+    def hash_seconds_per_byte(self) -> float:
         """Seconds per byte of the shard writer's hashing (two SHA-256s of every byte) on the last batch's rows."""
-        views = [_as_bytes(a[:self.buf.rows]) for a in self.buf.acts.values()]
+        views = [tensor_bytes(a[:self.buf.rows]) for a in self.buf.acts.values()]
         n = sum(len(v) for v in views)
         if n == 0:
             return 0.0

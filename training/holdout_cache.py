@@ -30,8 +30,10 @@ def check_holdout_cache(train: Manifest, train_dir: str | Path, held: Manifest, 
                                  f"text (e.g. the validation split) with the same model and hook, and pass that")
     fix = "cache the held-out text with the training cache's settings (`saesteer cache` with the same --model, " \
           "--hooks, --bos-policy, --context-length and --exclude-tokens)"
-    for what, a, b in _differences(train, held, hooks):
-        raise CacheMismatchError(f"{theirs} differs from {ours} in {what}: {b} there, {a} in the training cache; {fix}")
+    diffs = _differences(train, held, hooks)
+    if diffs:  # all of them at once: one re-run of `saesteer cache` fixes them
+        said = "; ".join(f"{what}: {b} there, {a} in the training cache" for what, a, b in diffs)
+        raise CacheMismatchError(f"{theirs} differs from {ours} in {said}; {fix}")
     shared = _shared_text(train, held)
     if shared:
         raise CacheMismatchError(f"{theirs} reads the training text ({shared}), from its first document as {ours} "

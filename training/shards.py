@@ -64,7 +64,8 @@ def _write_all(f: BinaryIO, data: memoryview) -> None:
     f.write(data)
 
 
-def _as_bytes(t: torch.Tensor) -> memoryview:
+def tensor_bytes(t: torch.Tensor) -> memoryview:
+    """The bytes of a contiguous CPU tensor, without a copy (what a shard holds and its SHA-256s read)."""
     assert t.is_contiguous() and t.device.type == "cpu"
     if t.numel() == 0:
         return memoryview(b"")
@@ -95,7 +96,7 @@ def write_safetensors_atomic(path: Path, tensors: dict[str, torch.Tensor], metad
     parts = {}
     nbytes = 0
     with atomic_open(path) as f:
-        for name, mv in [(HEADER_PART, memoryview(head))] + [(k, _as_bytes(tensors[k])) for k in order]:
+        for name, mv in [(HEADER_PART, memoryview(head))] + [(k, tensor_bytes(tensors[k])) for k in order]:
             hp = hashlib.sha256()
             for i in range(0, len(mv), _CHUNK):
                 piece = mv[i:i + _CHUNK]
@@ -222,7 +223,7 @@ def read_into(f: BinaryIO, entry: TensorEntry, out: torch.Tensor, first: int = 0
     row_bytes = entry.nbytes // entry.shape[0] if entry.shape and entry.shape[0] else 0
     count = entry.shape[0] - first if count is None else count
     want = row_bytes * count
-    dst = _as_bytes(out)
+    dst = tensor_bytes(out)
     assert len(dst) == want, (len(dst), want)
     f.seek(entry.start + first * row_bytes)
     got = 0

@@ -26,7 +26,7 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic"
 DESKTOP = {"width": 1280, "height": 800}
 PHONE = {"width": 390, "height": 844}
 
-# Installed before any page script runs: records CSP violations and dialogs.
+# Installed before any page script runs: records CSP violations (dialogs and page errors: `Page`'s listeners).
 WATCH = """
 window.__csp = [];
 document.addEventListener('securitypolicyviolation', e => window.__csp.push(
@@ -57,7 +57,7 @@ def browser():
 
 
 class Page:
-    """A page in its own context, recording dialogs, console errors and off-site requests."""
+    """A page in its own context, recording dialogs, uncaught page errors, off-site requests and CSP violations."""
 
     def __init__(self, browser, base: str, viewport: dict) -> None:
         self.ctx = browser.new_context(viewport=viewport)

@@ -265,7 +265,7 @@ def _config(family: str, tok, d_model: int = D_MODEL, n_layers: int = 2, model_v
     import transformers
 
     if family not in ("gpt2", "llama") and (d_model, n_layers, model_vocab) != (D_MODEL, 2, None):
-        raise ValueError("d_model, n_layers and model_vocab are for the gpt2 and llama families only")
+        raise ValueError("d_model and n_layers are for the gpt2 and llama families only, model_vocab for gpt2 only")
     if family == "llama" and model_vocab is not None:
         raise ValueError("model_vocab is for the gpt2 family only")
     common = dict(vocab_size=model_vocab or len(tok), bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
