@@ -1,13 +1,16 @@
 """Activations over a set of prompts (`steering.activations`: the difference-of-means baseline of
-`saesteer steer-eval`, the mean latent activations of the latent search) do not depend on which
-prompts share a batch, on tiny checkpoints of real architectures loaded as users load them
+`saesteer steer-eval`, the mean latent activations of the latent search) and the fluency of a
+batch's generations (`steering.fluency.fluency_of_generation`: steer-eval's perplexity) do not
+depend on which prompts share a batch, on tiny checkpoints of real architectures loaded as users load them
 (`saesteer.models.load_model`: a TransformerBridge) and on the toy HookedTransformer.
 
 A TransformerBridge given tokens reads no `padding_side`: a left-padded batch ran with its pads
 attended and a padded row's positions counted from its first pad, so a short prompt's activations
 beside a longer one moved by up to ~4 (GPT-2) and a diff-of-means vector changed with the batch.
 The real tokens were read back off the padded ids, so a prompt that starts with GPT-2's
-<|endoftext|> (its pad) lost that token where no BOS is prepended.
+<|endoftext|> (its pad) lost that token where no BOS is prepended. Fluency scored a generation's
+left-padded rows by the same forward (GPT-2: a short prompt's reply 24.11 nats beside a long one,
+25.68 alone).
 """
 
 from __future__ import annotations
@@ -99,3 +102,19 @@ def test_the_toy_hooked_transformer_gives_each_prompt_as_alone(tiny_model):
     prompts = ["the cat sat on the mat", "a dog", "the ship sailed into the harbour at dawn"]
     for bos in (None, False):
         _check_rows(tiny_model, prompts, bos, batch_size=2)
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama", "qwen2"])
+def test_the_fluency_of_a_padded_row_equals_its_row_alone(bridges, family):
+    from steering.fluency import fluency_of_generation
+    from steering.generation import Generation, generate
+
+    model = bridges[family]
+    res = generate(model, PROMPTS, max_new_tokens=6, do_sample=False)
+    assert len(set(res.prompt_lengths)) > 1
+    batched = fluency_of_generation(model, res)
+    for b, (prompt, n) in enumerate(zip(PROMPTS, res.prompt_lengths)):
+        row = res.tokens[b:b + 1, res.prompt_len - n:]  # the row without its pads
+        alone, = fluency_of_generation(model, Generation([prompt], [res.texts[b]], row, n))
+        assert batched[b].n_tokens == alone.n_tokens > 0
+        assert batched[b].nll_sum == pytest.approx(alone.nll_sum, abs=TOL)
