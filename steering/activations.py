@@ -8,12 +8,12 @@ difference-of-means baseline (mean activation per prompt set).
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import torch
 from torch import Tensor
 
-from saes.bos import prompt_tokens
+from saes.bos import padded_rows, prompt_tokens
 from saes.hookpoints import check_hook, opt_in_hooks
 from steering.spec import SteeringError
 
@@ -22,25 +22,40 @@ if TYPE_CHECKING:
     from steering.inputs import Model
 
 
-def real_token_mask(model: Model, tokens_BS: Tensor, prepend_bos: bool | None = None) -> Tensor:
-    """True at real, non-BOS tokens of a left-padded batch."""
-    from transformer_lens.utilities import get_attention_mask
+class PaddedPrompts(NamedTuple):
+    tokens_BS: Tensor  # each prompt's own tokens (one BOS: saes.bos), left-padded
+    mask_BS: Tensor  # 1 at each row's own tokens, 0 at its pads
+    keep_BS: Tensor  # True at the tokens whose activations count: the row's own, less the BOS put first
 
-    bos = model.cfg.default_prepend_bos if prepend_bos is None else prepend_bos
-    mask_BS = get_attention_mask(model.tokenizer, tokens_BS, bos, padding_side="left").bool()
+
+def padded_prompts(model: Model, prompts: Sequence[str], prepend_bos: bool | None = None) -> PaddedPrompts:
+    """The prompts as one left-padded batch, each tokenized alone: its length is its own, never read
+    back off the padded tokens (GPT-2's pad is its <|endoftext|>, which a prompt may start with).
+    The BOS prompt_tokens puts first (prepended, written out as the one BOS, or the start of an
+    empty prompt) is not one of the prompt's tokens; an <|endoftext|> the text starts with where no
+    BOS is asked for is."""
     bos_id = getattr(model.tokenizer, "bos_token_id", None)
-    if bos and bos_id is not None:
-        # the first real token of each row is the BOS
-        first_B = (~mask_BS).sum(1)
-        mask_BS[torch.arange(tokens_BS.shape[0], device=tokens_BS.device), first_B.clamp_max(tokens_BS.shape[1] - 1)] = False
-    return mask_BS
+    wanted = bool(model.cfg.default_prepend_bos) if prepend_bos is None else bool(prepend_bos)
+    alone = {p: prompt_tokens(model, [p], prepend_bos, padding_side="left")[0] for p in prompts}
+    rows = [alone[p] for p in prompts]
+    tokens_BS = padded_rows(rows, model.tokenizer, "left")
+    S = tokens_BS.shape[1]
+    mask_BS = torch.zeros(tokens_BS.shape, dtype=torch.long, device=tokens_BS.device)
+    keep_BS = torch.zeros(tokens_BS.shape, dtype=torch.bool, device=tokens_BS.device)
+    for b, (p, row) in enumerate(zip(prompts, rows)):
+        mask_BS[b, S - len(row):] = 1
+        starts_bos = (wanted or p == "") and bos_id is not None and len(row) > 0 and int(row[0]) == bos_id
+        keep_BS[b, S - len(row) + int(starts_bos):] = True
+    return PaddedPrompts(tokens_BS, mask_BS, keep_BS)
 
 
 @torch.no_grad()
 def iter_hook_activations(
     model: Model, hook_name: str, prompts: Sequence[str], *, batch_size: int = 16, prepend_bos: bool | None = None
 ) -> Iterator[Tensor]:
-    """Yield [n_real, D] activations at `hook_name` for each batch of prompts (heads flattened)."""
+    """Yield [n_real, D] activations at `hook_name` for each batch of prompts (heads flattened):
+    each prompt's as it gives them alone, whatever else shares its batch (an explicit attention
+    mask: pads are not attended, and the model derives each row's positions from it)."""
     check_hook(model, hook_name, "activation collection")
     if isinstance(prompts, str) or not prompts:
         raise SteeringError("prompts must be a non-empty list of strings")
@@ -49,18 +64,17 @@ def iter_hook_activations(
     layer = _layer_of(hook_name)
     n_layers = model.cfg.n_layers
     for i in range(0, len(prompts), batch_size):
-        chunk = list(prompts[i : i + batch_size])
-        kw = {} if prepend_bos is None else {"prepend_bos": prepend_bos}
-        tokens_BS = prompt_tokens(model, chunk, prepend_bos, padding_side="left")  # one BOS (saes.bos)
+        batch = padded_prompts(model, list(prompts[i : i + batch_size]), prepend_bos)
         stop = layer + 1 if layer is not None and layer + 1 < n_layers else None
+        # tokens given, neither a HookedTransformer nor a TransformerBridge reads padding_side: a
+        # Bridge attended the pads and numbered a padded row's positions from its first pad
         with opt_in_hooks(model, hook_name, "activation collection"):
             _, cache = model.run_with_cache(
-                tokens_BS, names_filter=lambda n: n == hook_name, stop_at_layer=stop, padding_side="left", **kw
+                batch.tokens_BS, attention_mask=batch.mask_BS, names_filter=lambda n: n == hook_name, stop_at_layer=stop
             )
         acts = cache[hook_name]
         acts_BSD = acts.reshape(acts.shape[0], acts.shape[1], -1)
-        keep_BS = real_token_mask(model, tokens_BS, prepend_bos).to(acts_BSD.device)
-        yield acts_BSD[keep_BS]
+        yield acts_BSD[batch.keep_BS.to(acts_BSD.device)]
 
 
 def _layer_of(hook_name: str) -> int | None:

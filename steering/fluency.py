@@ -126,11 +126,16 @@ def _combine(text: str, excess: float | None, se: float | None, nll_sum: float, 
 
 
 @torch.no_grad()
-def _token_stats(model: Model, tokens_BT: torch.Tensor, starts: Sequence[int]) -> list[tuple[float, float, float, int]]:
+def _token_stats(model: Model, tokens_BT: torch.Tensor, starts: Sequence[int],
+                 mask_BT: torch.Tensor | None = None) -> list[tuple[float, float, float, int]]:
     """Per row: (summed nll, summed entropy, summed variance of log-probability, scored tokens) of
     the tokens from `starts[b]` on, up to and including the first end-of-text token, under `model`
-    as it is now."""
-    logits_BTV = model(tokens_BT, padding_side="left")
+    as it is now. `mask_BT`: 0 at left pads. Given tokens, a TransformerBridge reads no
+    `padding_side`: without the mask it attended a padded row's pads and shifted its positions."""
+    if mask_BT is None:
+        logits_BTV = model(tokens_BT, padding_side="left")
+    else:
+        logits_BTV = model(tokens_BT, attention_mask=mask_BT)
     eos = getattr(getattr(model, "tokenizer", None), "eos_token_id", None)
     out = []
     for b, start in enumerate(starts):
@@ -186,7 +191,12 @@ def fluency_of_generation(model: Model, generation: Generation) -> list[FluencyS
     P = int(generation.prompt_len)
     if tokens_BT.shape[1] <= P:
         raise SteeringError("the generation has no new tokens to score")
-    stats = _token_stats(model, tokens_BT, [P] * int(tokens_BT.shape[0]))
+    mask_BT = None
+    if generation.prompt_lengths is not None and min(generation.prompt_lengths) < P:
+        mask_BT = torch.ones(tokens_BT.shape, dtype=torch.long, device=tokens_BT.device)
+        for b, n in enumerate(generation.prompt_lengths):
+            mask_BT[b, : P - n] = 0
+    stats = _token_stats(model, tokens_BT, [P] * int(tokens_BT.shape[0]), mask_BT)
     return _from_stats(generation.texts, stats)
 
 

@@ -59,6 +59,9 @@ class Generation:
     texts: list[str]  # the continuations only, as they read after the prompt (`continuation_text`)
     tokens: Tensor  # [B, P + T] left-padded prompt tokens followed by the new tokens
     prompt_len: int  # P
+    # each prompt's own length in tokens (BOS included when prepended), its row's pads before it;
+    # (fluency masks the pads by it); None, a Generation built by hand: no row is read as padded
+    prompt_lengths: list[int] | None = None
 
     @property
     def new_tokens(self) -> Tensor:
@@ -263,7 +266,7 @@ def generate_tokenized(model: Model, prompts: list[str], tokenized: PromptTokens
                 parts.append(model.generate(tokens, **kw))
     out_BT = parts[0] if len(groups) == 1 else _joined(parts, groups, tokens_BP, lengths, stops[0] if stops else 0)
     texts = [continuation_text(model.tokenizer, row[:P].tolist(), row[P:].tolist(), stops) for row in out_BT]
-    return Generation(prompts, texts, out_BT, P)
+    return Generation(prompts, texts, out_BT, P, list(lengths))
 
 
 def _by_length(lengths: Sequence[int]) -> list[list[int]]:

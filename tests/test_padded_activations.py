@@ -1,0 +1,120 @@
+"""Activations over a set of prompts (`steering.activations`: the difference-of-means baseline of
+`saesteer steer-eval`, the mean latent activations of the latent search) and the fluency of a
+batch's generations (`steering.fluency.fluency_of_generation`: steer-eval's perplexity) do not
+depend on which prompts share a batch, on tiny checkpoints of real architectures loaded as users load them
+(`saesteer.models.load_model`: a TransformerBridge) and on the toy HookedTransformer.
+
+A TransformerBridge given tokens reads no `padding_side`: a left-padded batch ran with its pads
+attended and a padded row's positions counted from its first pad, so a short prompt's activations
+beside a longer one moved by up to ~4 (GPT-2) and a diff-of-means vector changed with the batch.
+The real tokens were read back off the padded ids, so a prompt that starts with GPT-2's
+<|endoftext|> (its pad) lost that token where no BOS is prepended. Fluency scored a generation's
+left-padded rows by the same forward (GPT-2: a short prompt's reply 24.11 nats beside a long one,
+25.68 alone).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+pytestmark = [pytest.mark.usefixtures("one_thread")]
+
+HOOK = "blocks.1.hook_resid_post"
+TOL = 1e-4  # fp32; a padded row reduces over masked columns in another order (~1e-6)
+PROMPTS = ["def parse(text):\n    return [w.strip() for w in text.split(',')]",
+           "Le café était très chaud ; la crème brûlée aussi.",
+           "机器学习很有趣",
+           "x"]
+
+
+@pytest.fixture(scope="module")
+def bridges(tmp_path_factory, real_corpus):
+    """Untrained tiny GPT-2 (absolute positions), Llama (rotary, GQA) and Qwen2 checkpoints."""
+    from helpers.real_models import save_real_model
+
+    from saesteer.models import load_model
+
+    root = tmp_path_factory.mktemp("padacts")
+    return {fam: load_model(str(save_real_model(root / fam, fam, real_corpus, train_steps=0, vocab_size=512)),
+                            device="cpu")
+            for fam in ("gpt2", "llama", "qwen2")}
+
+
+def _alone(model, prompt: str, prepend_bos: bool | None) -> torch.Tensor:
+    """The prompt's activations run alone, unpadded: no mask, positions 0.., the one BOS dropped."""
+    from saes.bos import prompt_tokens
+
+    wanted = model.cfg.default_prepend_bos if prepend_bos is None else prepend_bos
+    tokens = prompt_tokens(model, [prompt], prepend_bos)
+    _, cache = model.run_with_cache(tokens, names_filter=HOOK)
+    acts = cache[HOOK][0]
+    drop = int((wanted or prompt == "") and tokens[0, 0].item() == model.tokenizer.bos_token_id)
+    return acts[drop:]
+
+
+def _check_rows(model, prompts, prepend_bos=None, batch_size=16):
+    from steering.activations import iter_hook_activations
+
+    got = torch.cat(list(iter_hook_activations(model, HOOK, prompts, prepend_bos=prepend_bos, batch_size=batch_size)))
+    want = [_alone(model, p, prepend_bos) for p in prompts]
+    assert got.shape[0] == sum(w.shape[0] for w in want)
+    for row, w in zip(torch.split(got, [w.shape[0] for w in want]), want):
+        torch.testing.assert_close(row, w, atol=TOL, rtol=0)
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama", "qwen2"])
+@pytest.mark.parametrize("prepend_bos", [None, True, False])
+def test_each_row_of_a_padded_batch_equals_its_prompt_alone(bridges, family, prepend_bos):
+    _check_rows(bridges[family], PROMPTS, prepend_bos)
+
+
+@pytest.mark.parametrize("prepend_bos", [None, False])
+def test_a_prompt_that_starts_with_gpt2s_pad_token_keeps_it(bridges, prepend_bos):
+    """GPT-2's <|endoftext|> is its BOS and its pad: written at a prompt's start it is the one BOS
+    where a BOS is asked for, and one of the prompt's tokens where none is."""
+    from steering.activations import iter_hook_activations
+
+    model = bridges["gpt2"]
+    prompt = model.tokenizer.eos_token + "Le café était très chaud."
+    _check_rows(model, [prompt, PROMPTS[0]], prepend_bos)
+    acts, = iter_hook_activations(model, HOOK, [prompt, PROMPTS[0]], prepend_bos=prepend_bos)
+    n_text, n_code = (len(model.tokenizer(t, add_special_tokens=False)["input_ids"]) for t in (prompt, PROMPTS[0]))
+    assert acts.shape[0] == (n_text - 1 if prepend_bos is None else n_text) + n_code
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+def test_a_mean_activation_is_the_token_weighted_mean_of_its_prompts_alone(bridges, family):
+    """The diff-of-means baseline's mean: batching the prompts changes nothing."""
+    from steering.activations import mean_hook_activation
+
+    model = bridges[family]
+    mean, n = mean_hook_activation(model, HOOK, PROMPTS, batch_size=3)
+    alone = [_alone(model, p, None) for p in PROMPTS]
+    want = torch.cat(alone).double().mean(0).float()
+    assert n == sum(a.shape[0] for a in alone)
+    torch.testing.assert_close(mean, want, atol=TOL, rtol=0)
+
+
+def test_the_toy_hooked_transformer_gives_each_prompt_as_alone(tiny_model):
+    """The toy HookedTransformer (its pad is not its BOS) read the pads off the tokens rightly
+    before: given the mask now, it gives the same."""
+    prompts = ["the cat sat on the mat", "a dog", "the ship sailed into the harbour at dawn"]
+    for bos in (None, False):
+        _check_rows(tiny_model, prompts, bos, batch_size=2)
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama", "qwen2"])
+def test_the_fluency_of_a_padded_row_equals_its_row_alone(bridges, family):
+    from steering.fluency import fluency_of_generation
+    from steering.generation import Generation, generate
+
+    model = bridges[family]
+    res = generate(model, PROMPTS, max_new_tokens=6, do_sample=False)
+    assert len(set(res.prompt_lengths)) > 1
+    batched = fluency_of_generation(model, res)
+    for b, (prompt, n) in enumerate(zip(PROMPTS, res.prompt_lengths)):
+        row = res.tokens[b:b + 1, res.prompt_len - n:]  # the row without its pads
+        alone, = fluency_of_generation(model, Generation([prompt], [res.texts[b]], row, n))
+        assert batched[b].n_tokens == alone.n_tokens > 0
+        assert batched[b].nll_sum == pytest.approx(alone.nll_sum, abs=TOL)
