@@ -100,9 +100,9 @@ def test_the_dry_run_counts_the_commands_start_up(tmp_path, monkeypatch):
     assert not (tmp_path / "c").exists()
 
 
-def test_process_seconds_is_this_process_age():
-    from saesteer.commands.cache import process_seconds
+def test_process_age_is_the_wall_time_since_this_process_started():
+    from saesteer.commands.cache import process_age
 
-    first = process_seconds()
+    first = process_age()
     assert first is not None and first > 0
-    assert process_seconds() >= first
+    assert process_age() >= first
