@@ -248,7 +248,7 @@ class SearchHit:
 
     @property
     def parts(self) -> list[tuple[str, bool]]:
-        """The snippet as (text, is_match) pieces, in order (the text itself may hold any character)."""
+        """The snippet as (text, is_match) pieces, in order (the text may hold any character but the marks)."""
         out: list[tuple[str, bool]] = []
         for k, piece in enumerate(self.snippet.split(SNIPPET_OPEN)):
             text, sep, rest = piece.partition(SNIPPET_CLOSE)
