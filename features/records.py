@@ -19,8 +19,10 @@ def utc_now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat()
 
 
-# search snippets mark matches with two private-use characters, which dataset text does not hold
-SNIPPET_OPEN, SNIPPET_CLOSE = "\ue000", "\ue001"
+# search snippets mark matches with two of Unicode's noncharacters, which it keeps for a program's own use
+# and text interchanged does not hold (private-use characters would not do: Nerd-font and Powerline
+# icons in code and shell prompts are those, U+E000 among them)
+SNIPPET_OPEN, SNIPPET_CLOSE = "\ufdd0", "\ufdd1"
 
 
 @dataclass(frozen=True)
@@ -246,7 +248,7 @@ class SearchHit:
 
     @property
     def parts(self) -> list[tuple[str, bool]]:
-        """The snippet as (text, is_match) pieces, in order (the text itself may hold any character)."""
+        """The snippet as (text, is_match) pieces, in order (the text may hold any character but the marks)."""
         out: list[tuple[str, bool]] = []
         for k, piece in enumerate(self.snippet.split(SNIPPET_OPEN)):
             text, sep, rest = piece.partition(SNIPPET_CLOSE)

@@ -100,12 +100,12 @@ def test_the_dry_run_counts_the_commands_start_up(tmp_path, monkeypatch):
     assert not (tmp_path / "c").exists()
 
 
-def test_process_seconds_is_this_process_age():
-    from saesteer.commands.cache import process_seconds
+def test_process_age_is_the_wall_time_since_this_process_started():
+    from saesteer.commands.cache import process_age
 
-    first = process_seconds()
+    first = process_age()
     assert first is not None and first > 0
-    assert process_seconds() >= first
+    assert process_age() >= first
 
 
 def test_without_proc_the_start_up_is_left_out_not_guessed(tmp_path, monkeypatch):
@@ -123,12 +123,12 @@ def test_without_proc_the_start_up_is_left_out_not_guessed(tmp_path, monkeypatch
     with monkeypatch.context() as m:  # Windows: no sysconf, no clock_gettime (the /proc read is then moot)
         m.delattr(os, "sysconf")
         m.delattr(time, "clock_gettime")
-        assert cache_cmd.process_seconds() is None
+        assert cache_cmd.process_age() is None
     with monkeypatch.context() as m:  # a boot clock behind /proc's start time (an emulated /proc): no negative age
         m.setattr(time, "clock_gettime", lambda clock: 0.0)
-        assert cache_cmd.process_seconds() is None
+        assert cache_cmd.process_age() is None
     monkeypatch.setattr(cache_cmd, "open", no_proc, raising=False)  # macOS: no /proc/self/stat
-    assert cache_cmd.process_seconds() is None
+    assert cache_cmd.process_age() is None
     monkeypatch.setattr(estimate, "PROBE_SECONDS", 1e-9)  # the probe's length is not what is tested
     r = saesteer("cache", "--model", "toy", "--dataset", "toy", "--hooks", "blocks.0.hook_resid_post",
                  "--max-tokens", "4096", "--out", str(tmp_path / "c"), "--dry-run").ok()

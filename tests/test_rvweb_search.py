@@ -167,3 +167,30 @@ def test_a_search_with_more_hits_than_it_considers_says_so_on_its_last_page(stor
     assert (len(last.items), last.total, last.total_exact, last.next_offset) == (2, 6, False, None), last
     past = cat.text_search("テキスト", 5, 3)  # nothing past the cap is shown
     assert (past.items, past.total_exact, past.next_offset) == ([], False, None), past
+
+
+def test_private_use_characters_in_the_text_show_as_themselves(tmp_path):
+    """Nerd-font and Powerline icons are private-use characters (U+E000 a Pomicon, U+E0A0 the branch
+    sign), as shell prompts and code comments hold them: a snippet through the API and the search page
+    shows them as stored, with the match marked, whether the word index or the substring pass found it."""
+    from helpers.web_app import client
+    from saesteer.web import Limits, ServeConfig, StoreEntry, create_app
+    from saesteer.web.store_source import StoreCatalog
+
+    line = "\ue000 pomodoro \u2192 \ue0a0 branch"  # "\u2192" (→): no word, found by the substring pass
+    path, _ = build_trigger_store(tmp_path / "icons.db", n_latents=4, n_contexts=40, plant={0: [line]},
+                                  plant_rate=1.0)
+    with FeatureStore.open(path, readonly=False) as s:
+        s.write_label(1, "icons \ue000\ue001 tomato", provenance=PROV)
+    app = create_app([StoreEntry("icons", StoreCatalog(FeatureStore.open(path), name="icons"))],
+                     config=ServeConfig(port=8000), limits=Limits())
+    with client(app) as c:
+        for q, latent, shown in (("pomodoro", 0, "\ue000 pomodoro"), ("\ue0a0", 0, line), ("\u2192", 0, line),
+                                 ("tomato", 1, "icons \ue000\ue001 tomato")):
+            hit = next(h for h in c.get("/api/stores/icons/search", params={"q": q}).json()["items"]
+                       if h["latent"] == latent)
+            assert shown in hit["snippet"], (q, hit)  # the page's text: the snippet unmarked
+            assert "".join(p["text"] for p in hit["snippet_parts"]) == hit["snippet"], (q, hit)
+            assert [p["text"] for p in hit["snippet_parts"] if p["match"]][0] == q, (q, hit)
+        page = c.get("/s/icons/search", params={"q": "\u2192"}).text  # the page draws snippet_parts
+        assert "\ue000 pomodoro <mark>\u2192</mark> \ue0a0 branch" in page

@@ -7,9 +7,9 @@ caseless match, D146, in its composed form): NFKC of the full case folding, so t
   * "STRASSE" finds "straße" and "straße" finds "STRASSE" (full folding, not `lower()`: ß is "ss",
     ẞ too); a Greek final sigma is a sigma ("ΟΔΟΣ" finds "οδος");
   * full-width Latin and digits and half-width kana (what an input method leaves on) are the
-    characters they stand for, both ways: "ＡＢＣ" finds "ABC" and "ABC" finds "ＡＢＣ". A query
-    folded this way alone would no longer find the very text it was pasted from, and the hit's
-    snippet shows which form matched; ligatures and superscripts fold too ("ﬁ" is "fi", "x²" "x2");
+    characters they stand for, both ways: "ＡＢＣ" finds "ABC" and "ABC" finds "ＡＢＣ" (the stored
+    side is folded too: a query folded alone would miss the very text it was pasted from), and the
+    hit's snippet shows which form matched; ligatures and superscripts fold too ("ﬁ" is "fi", "x²" "x2");
   * "İ" (Turkish capital dotted I) is "i": its folding's combining dot above is dropped after an
     "i", as the word index drops it. Folding is Unicode's default, not Turkish: "I" is "i", never
     dotless "ı", which stays a letter of its own (the store does not know the language; search

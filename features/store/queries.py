@@ -11,8 +11,8 @@ from typing import Any
 
 from features.records import SNIPPET_CLOSE, SNIPPET_OPEN, ConceptMatch, FeatureFilter, FeatureSummary, SearchHit
 from features.store.base import StoreBase
-from features.store.schema import latest_label_sql
 from features.store.folding import fold
+from features.store.schema import latest_label_sql
 from features.store.substring import beyond_words, substring_search
 
 _SORTS = {

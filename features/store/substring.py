@@ -15,7 +15,7 @@ once per query whatever the number of parts: a part costs a `str.find` over text
 small share of the folding. A row that holds none of the characters its fold would need to hold a
 part (`_telling_characters`) is not folded at all, so a query found nowhere costs about what an
 exact search did (benchmarks/bench_substring_search.py). So the parts are bounded only against
-abuse (`MAX_PARTS`, more than a web query of `max_query_chars` holds).
+abuse (`MAX_PARTS`, more than a web query of the default `max_query_chars`, 200, holds).
 """
 
 from __future__ import annotations

@@ -131,7 +131,7 @@ def run(args) -> int:
                                 separator_given="separator" in vars(args) or "separator" in text_vals)
         if args.dry_run:
             est = estimate_cache(model, source.cfg, cfg, model_id=ident, model_revision=revision, source=source)
-            est.setup_seconds = process_seconds()  # a build run now pays this again before caching
+            est.setup_seconds = process_age()  # a build run now pays this again before caching
             print(est.describe())
             return 0
         build_cache(model, source.cfg, cfg, model_id=ident, model_revision=revision, progress=not args.no_progress,
@@ -141,7 +141,7 @@ def run(args) -> int:
     return 0
 
 
-def process_seconds() -> float | None:
+def process_age() -> float | None:
     """Wall seconds since this process started (Linux's /proc; None elsewhere): the command's start-up
     (imports, model load, checks, the rate probe) when called as it is about to cache."""
     try:

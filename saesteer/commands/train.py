@@ -62,7 +62,7 @@ examples:
       --total-tokens 1000000 --d-sae 1024                                            # no cache
   saesteer train --cache caches/x --out runs/x --eval-dataset data/held-out.jsonl    # CE on other text
   saesteer cache --model toy --dataset toy --split validation --max-tokens 100000 --out caches/toy-val
-  saesteer train --cache caches/toy-l2 --holdout-cache caches/toy-val --out runs/toy-l2  # held-out rows never trained on
+  saesteer train --cache caches/toy-l2 --holdout-cache caches/toy-val --out runs/toy-held  # held-out rows never trained on
 
 CE loss recovered runs on held-out text: --eval-split of the training data (default validation),
 or --eval-dataset. Eval text that is all training text is refused (--allow-eval-overlap true
