@@ -13,8 +13,8 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import torch
 from torch import Tensor
 
-from saes.bos import padded_rows, prompt_tokens
 from saes.hookpoints import check_hook, opt_in_hooks
+from steering.generation import positions_follow_mask, tokenize_prompts
 from steering.spec import SteeringError
 
 if TYPE_CHECKING:
@@ -29,23 +29,22 @@ class PaddedPrompts(NamedTuple):
 
 
 def padded_prompts(model: Model, prompts: Sequence[str], prepend_bos: bool | None = None) -> PaddedPrompts:
-    """The prompts as one left-padded batch, each tokenized alone: its length is its own, never read
-    back off the padded tokens (GPT-2's pad is its <|endoftext|>, which a prompt may start with).
-    The BOS prompt_tokens puts first (prepended, written out as the one BOS, or the start of an
+    """The prompts as one left-padded batch, each tokenized alone (`steering.generation.tokenize_prompts`,
+    cut to the model's context as `to_tokens` cuts): its length is its own, never read back off the
+    padded tokens (GPT-2's pad is its <|endoftext|>, which a prompt may start with).
+    The BOS `saes.bos.prompt_tokens` puts first (prepended, written out as the one BOS, or the start of an
     empty prompt) is not one of the prompt's tokens; an <|endoftext|> the text starts with where no
     BOS is asked for is."""
     bos_id = getattr(model.tokenizer, "bos_token_id", None)
     wanted = bool(model.cfg.default_prepend_bos) if prepend_bos is None else bool(prepend_bos)
-    alone = {p: prompt_tokens(model, [p], prepend_bos, padding_side="left")[0] for p in prompts}
-    rows = [alone[p] for p in prompts]
-    tokens_BS = padded_rows(rows, model.tokenizer, "left")
+    tokens_BS, lengths = tokenize_prompts(model, list(prompts), prepend_bos, truncate=True)
     S = tokens_BS.shape[1]
     mask_BS = torch.zeros(tokens_BS.shape, dtype=torch.long, device=tokens_BS.device)
     keep_BS = torch.zeros(tokens_BS.shape, dtype=torch.bool, device=tokens_BS.device)
-    for b, (p, row) in enumerate(zip(prompts, rows)):
-        mask_BS[b, S - len(row):] = 1
-        starts_bos = (wanted or p == "") and bos_id is not None and len(row) > 0 and int(row[0]) == bos_id
-        keep_BS[b, S - len(row) + int(starts_bos):] = True
+    for b, (p, n) in enumerate(zip(prompts, lengths)):
+        mask_BS[b, S - n:] = 1
+        starts_bos = (wanted or p == "") and bos_id is not None and n > 0 and int(tokens_BS[b, S - n]) == bos_id
+        keep_BS[b, S - n + int(starts_bos):] = True
     return PaddedPrompts(tokens_BS, mask_BS, keep_BS)
 
 
@@ -63,18 +62,28 @@ def iter_hook_activations(
         raise SteeringError(f"batch_size must be positive, got {batch_size}")
     layer = _layer_of(hook_name)
     n_layers = model.cfg.n_layers
+    stop = layer + 1 if layer is not None and layer + 1 < n_layers else None
+    # a model that would number a padded row's positions from its first pad runs each prompt alone
+    alone = not positions_follow_mask(model)
     for i in range(0, len(prompts), batch_size):
-        batch = padded_prompts(model, list(prompts[i : i + batch_size]), prepend_bos)
-        stop = layer + 1 if layer is not None and layer + 1 < n_layers else None
-        # tokens given, neither a HookedTransformer nor a TransformerBridge reads padding_side: a
-        # Bridge attended the pads and numbered a padded row's positions from its first pad
-        with opt_in_hooks(model, hook_name, "activation collection"):
-            _, cache = model.run_with_cache(
-                batch.tokens_BS, attention_mask=batch.mask_BS, names_filter=lambda n: n == hook_name, stop_at_layer=stop
-            )
-        acts = cache[hook_name]
-        acts_BSD = acts.reshape(acts.shape[0], acts.shape[1], -1)
-        yield acts_BSD[batch.keep_BS.to(acts_BSD.device)]
+        chunk = list(prompts[i : i + batch_size])
+        parts = [[p] for p in chunk] if alone else [chunk]
+        yield torch.cat([_real_token_activations(model, hook_name, part, prepend_bos, stop) for part in parts])
+
+
+def _real_token_activations(model: Model, hook_name: str, prompts: list[str], prepend_bos: bool | None,
+                            stop: int | None) -> Tensor:
+    """[n_real, D] activations at `hook_name` of the prompts' own tokens, run as one padded batch."""
+    batch = padded_prompts(model, prompts, prepend_bos)
+    # tokens given, neither a HookedTransformer nor a TransformerBridge reads padding_side: a
+    # Bridge attended the pads and numbered a padded row's positions from its first pad
+    with opt_in_hooks(model, hook_name, "activation collection"):
+        _, cache = model.run_with_cache(
+            batch.tokens_BS, attention_mask=batch.mask_BS, names_filter=lambda n: n == hook_name, stop_at_layer=stop
+        )
+    acts = cache[hook_name]
+    acts_BSD = acts.reshape(acts.shape[0], acts.shape[1], -1)
+    return acts_BSD[batch.keep_BS.to(acts_BSD.device)]
 
 
 def _layer_of(hook_name: str) -> int | None:

@@ -191,13 +191,18 @@ def fluency_of_generation(model: Model, generation: Generation) -> list[FluencyS
     P = int(generation.prompt_len)
     if tokens_BT.shape[1] <= P:
         raise SteeringError("the generation has no new tokens to score")
-    mask_BT = None
-    if generation.prompt_lengths is not None and min(generation.prompt_lengths) < P:
-        mask_BT = torch.ones(tokens_BT.shape, dtype=torch.long, device=tokens_BT.device)
-        for b, n in enumerate(generation.prompt_lengths):
-            mask_BT[b, : P - n] = 0
-    stats = _token_stats(model, tokens_BT, [P] * int(tokens_BT.shape[0]), mask_BT)
-    return _from_stats(generation.texts, stats)
+    lengths = generation.prompt_lengths
+    if lengths is None or min(lengths) == P:  # no row padded
+        return _from_stats(generation.texts, _token_stats(model, tokens_BT, [P] * int(tokens_BT.shape[0])))
+    from steering.generation import positions_follow_mask
+
+    if not positions_follow_mask(model):  # it would number a padded row's positions from its first pad: rows alone
+        stats = [s for b, n in enumerate(lengths) for s in _token_stats(model, tokens_BT[b:b + 1, P - n:], [n])]
+        return _from_stats(generation.texts, stats)
+    mask_BT = torch.ones(tokens_BT.shape, dtype=torch.long, device=tokens_BT.device)
+    for b, n in enumerate(lengths):
+        mask_BT[b, : P - n] = 0
+    return _from_stats(generation.texts, _token_stats(model, tokens_BT, [P] * int(tokens_BT.shape[0]), mask_BT))
 
 
 def fluency_of_texts(model: Model, prompts: Sequence[str], texts: Sequence[str],

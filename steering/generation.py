@@ -82,12 +82,12 @@ def as_prompts(prompts: str | Sequence[str]) -> list[str]:
     return out
 
 
-def _tokenize(model: Model, prompts: list[str], prepend_bos: bool | None) -> Tensor:
-    """Left-padded tokens of the prompts, never truncated (an overlong prompt is refused with its
-    real length by the caller, not silently cut to the context)."""
+def _tokenize(model: Model, prompts: list[str], prepend_bos: bool | None, truncate: bool = False) -> Tensor:
+    """Left-padded tokens of the prompts, by default never truncated (an overlong prompt is refused
+    with its real length by the caller, not silently cut to the context)."""
     if getattr(model, "tokenizer", None) is None:
         raise SteeringError("the model has no tokenizer; pass a model loaded with one (saesteer.models.load_model)")
-    return prompt_tokens(model, prompts, prepend_bos, padding_side="left", truncate=False)  # one BOS (saes.bos)
+    return prompt_tokens(model, prompts, prepend_bos, padding_side="left", truncate=truncate)  # one BOS (saes.bos)
 
 
 class PromptTokens(NamedTuple):
@@ -95,16 +95,32 @@ class PromptTokens(NamedTuple):
     lengths: list[int]  # each prompt's own length in tokens (BOS included when prepended), without padding
 
 
-def tokenize_prompts(model: Model, prompts: list[str], prepend_bos: bool | None) -> PromptTokens:
+def tokenize_prompts(model: Model, prompts: list[str], prepend_bos: bool | None, *,
+                     truncate: bool = False) -> PromptTokens:
     """Each distinct prompt tokenized once, alone (its own length: a pad can share its id with a
     real token, GPT-2's <|endoftext|>, so it is not read back off a padded batch), then left-padded
-    into the batch `_tokenize` gives for all of them at once."""
+    into the batch `_tokenize` gives for all of them at once. `truncate`: cut each to the model's
+    context as `to_tokens` does (activations over a prompt set), else never."""
     rows: dict[str, Tensor] = {}
     for p in prompts:
         if p not in rows:
-            rows[p] = _tokenize(model, [p], prepend_bos)[0]
+            rows[p] = _tokenize(model, [p], prepend_bos, truncate)[0]
     ordered = [rows[p] for p in prompts]
     return PromptTokens(padded_rows(ordered, model.tokenizer, "left"), [len(r) for r in ordered])
+
+
+def positions_follow_mask(model: Model) -> bool:
+    """Whether a forward given an attention mask also numbers each row's positions from it, so a
+    left-padded row gives what its prompt gives alone. A HookedTransformer does (its positional
+    embeddings read the mask); a TransformerBridge only where it hands the wrapped HF model
+    mask-derived `position_ids` (its private `_accepts_derived_position_ids`: not a remote-code
+    forward without them, nor an mRoPE or OPT model that derives its own). Unknown: assume not."""
+    from transformer_lens.model_bridge import TransformerBridge
+
+    if not isinstance(model, TransformerBridge):
+        return True
+    accepts = getattr(model, "_accepts_derived_position_ids", None)
+    return bool(accepts()) if callable(accepts) else False
 
 
 def prompt_lengths(model: Model, prompts: list[str], prepend_bos: bool | None) -> list[int]:
@@ -249,7 +265,9 @@ def generate_tokenized(model: Model, prompts: list[str], tokenized: PromptTokens
     # TransformerLens's frequency penalty counts every token of a row, its pads too: a padded row's pad
     # (GPT-2's, Llama-3's end-of-text) was penalised once per pad, so that row ended less often than alone.
     # Rows of one length are sampled together, unpadded, each length after the other from the one stream.
-    groups = _by_length(lengths) if config.do_sample and config.freq_penalty > 0 else [list(range(len(prompts)))]
+    # So do they where the model would number a padded row's positions from its first pad.
+    by_length = (config.do_sample and config.freq_penalty > 0) or not positions_follow_mask(model)
+    groups = _by_length(lengths) if by_length else [list(range(len(prompts)))]
     devices = [tokens_BP.device] if tokens_BP.device.type == "cuda" else []
     parts = []
     with torch.random.fork_rng(devices=devices, enabled=config.seed is not None):

@@ -29,16 +29,21 @@ PROMPTS = ["def parse(text):\n    return [w.strip() for w in text.split(',')]",
 
 
 @pytest.fixture(scope="module")
-def bridges(tmp_path_factory, real_corpus):
+def checkpoints(tmp_path_factory, real_corpus):
     """Untrained tiny GPT-2 (absolute positions), Llama (rotary, GQA) and Qwen2 checkpoints."""
     from helpers.real_models import save_real_model
 
+    root = tmp_path_factory.mktemp("padacts")
+    return {fam: save_real_model(root / fam, fam, real_corpus, train_steps=0, vocab_size=512)
+            for fam in ("gpt2", "llama", "qwen2")}
+
+
+@pytest.fixture(scope="module")
+def bridges(checkpoints):
+    """The checkpoints as users load them (`saesteer.models.load_model`: a TransformerBridge)."""
     from saesteer.models import load_model
 
-    root = tmp_path_factory.mktemp("padacts")
-    return {fam: load_model(str(save_real_model(root / fam, fam, real_corpus, train_steps=0, vocab_size=512)),
-                            device="cpu")
-            for fam in ("gpt2", "llama", "qwen2")}
+    return {fam: load_model(str(path), device="cpu") for fam, path in checkpoints.items()}
 
 
 def _alone(model, prompt: str, prepend_bos: bool | None) -> torch.Tensor:
@@ -104,12 +109,52 @@ def test_the_toy_hooked_transformer_gives_each_prompt_as_alone(tiny_model):
         _check_rows(tiny_model, prompts, bos, batch_size=2)
 
 
+def test_a_gpt2_hooked_transformer_whose_pad_is_its_bos_gives_each_prompt_as_alone(checkpoints):
+    """A HookedTransformer (a user's `HookedTransformer.from_pretrained("gpt2")`: learned positions,
+    pad = BOS = <|endoftext|>) numbers a padded row's positions from the mask it is given."""
+    from helpers.real_models import hooked_sae_transformer
+
+    from steering.activations import positions_follow_mask
+
+    model = hooked_sae_transformer(checkpoints["gpt2"])
+    assert model.tokenizer.pad_token_id == model.tokenizer.bos_token_id and positions_follow_mask(model)
+    for bos in (None, False):
+        _check_rows(model, PROMPTS + [model.tokenizer.eos_token + "Le café."], bos)
+    _check_fluency(model)
+
+
+def test_a_bridge_that_cannot_take_position_ids_runs_each_prompt_alone(bridges, monkeypatch):
+    """A Bridge whose wrapped model takes no `position_ids` (a remote-code forward) attends a
+    mask but numbers a padded row's positions from its first pad (GPT-2's absolute positions:
+    off by far more than TOL): such a model runs each prompt alone, in the same batches, and
+    generates each length of prompt unpadded."""
+    from steering.activations import iter_hook_activations, positions_follow_mask
+
+    model = bridges["gpt2"]
+    assert positions_follow_mask(model)
+    monkeypatch.setattr(model, "_accepts_derived_position_ids", lambda: False)
+    assert not positions_follow_mask(model)
+    _check_rows(model, PROMPTS, batch_size=3)
+    _check_fluency(model)
+    from steering.generation import generate
+
+    batched = generate(model, PROMPTS, max_new_tokens=8, do_sample=False)
+    alone = [generate(model, [p], max_new_tokens=8, do_sample=False) for p in PROMPTS]
+    assert batched.texts == [a.texts[0] for a in alone]
+    assert batched.prompt_lengths == [a.prompt_len for a in alone]
+    # one yield per batch still: mean_latent_activation moves its progress bar on by batch
+    assert len(list(iter_hook_activations(model, HOOK, PROMPTS, batch_size=3))) == 2
+
+
 @pytest.mark.parametrize("family", ["gpt2", "llama", "qwen2"])
 def test_the_fluency_of_a_padded_row_equals_its_row_alone(bridges, family):
+    _check_fluency(bridges[family])
+
+
+def _check_fluency(model):
     from steering.fluency import fluency_of_generation
     from steering.generation import Generation, generate
 
-    model = bridges[family]
     res = generate(model, PROMPTS, max_new_tokens=6, do_sample=False)
     assert len(set(res.prompt_lengths)) > 1
     batched = fluency_of_generation(model, res)
