@@ -9,14 +9,15 @@ counted as one token per UTF-8 byte (no tokenizer makes more tokens than bytes) 
 framing (learnt from the server's reports: the largest excess it ever reported over the bytes)
 plus the full `max_tokens` of output. When the answer arrives the reservation is replaced by the
 usage the server reports (by a server that reports none, by the bound: `Judge._bound_usage`;
-prompt tokens its prompt cache served at the cached-input price), and the cost by the one the provider
+prompt tokens its prompt cache served at the cached-input price, prompt tokens Anthropic wrote to its cache at
+1.25 or 2 times the input price), and the cost by the one the provider
 reported where its reply carries one (OpenRouter's `usage.cost`: what it billed), else by the prices; a
-provider that billed more than the prices make of the same tokens scales every later USD bound by the
-largest such ratio (the prices given were too low). A request whose bound could overrun the budget is not
+request that cost more than its tokens at the plain input and output prices (a provider billing over the prices
+given, Anthropic's cache writes) scales every later USD bound by the largest such ratio. A request whose bound could overrun the budget is not
 sent: it waits for the requests in flight to settle, and if it still does not fit `BudgetExceeded` is raised,
 the runner abandons that latent (nothing written) and stops starting new ones. So the spending
-never crosses the budget as long as the server honours `max_tokens` (and, where the provider reports its cost,
-the requests sent before its first report cost no more than the prices' bound). Cached answers cost nothing
+never crosses the budget as long as the server honours `max_tokens` (and the requests sent before the first
+that cost more than the prices' bound cost no more than it). Cached answers cost nothing
 and are never refused. (`estimate_message_tokens`, chars / 3.5, is the typical count that dry-run
 estimates use; it is not a bound.)
 """
@@ -56,6 +57,13 @@ KNOWN_PRICES: dict[str, tuple[float, float, float]] = {
 }
 
 
+# Anthropic bills prompt tokens it writes to its prompt cache above the input price: a write kept 5 minutes
+# (the default TTL) at 1.25 times it, one kept 1 hour at 2 times (usage.cache_creation.ephemeral_5m_input_tokens /
+# ephemeral_1h_input_tokens; of a bare cache_creation_input_tokens, the 5-minute rate)
+CACHE_WRITE_5M_PER_INPUT = 1.25
+CACHE_WRITE_1H_PER_INPUT = 2.0
+
+
 class BudgetExceeded(RuntimeError):
     """Sending the next request could overrun the budget; nothing was sent."""
 
@@ -88,7 +96,8 @@ def prompt_token_bound(messages: list[dict], extra_framing: int = 0) -> int:
 @dataclass(frozen=True)
 class Prices:
     """USD per million input / output tokens for one model; None = unknown. Prompt tokens a provider's
-    prompt cache served cost `cached_input_per_mtok` (None: the input price, an upper bound)."""
+    prompt cache served cost `cached_input_per_mtok` (None: the input price, an upper bound); those it wrote
+    to the cache, the input price times CACHE_WRITE_5M_PER_INPUT or CACHE_WRITE_1H_PER_INPUT."""
 
     model: str
     input_per_mtok: float | None
@@ -129,14 +138,26 @@ class Prices:
         return (f"${self.input_per_mtok:g} input, ${cached:g} cached input, ${self.output_per_mtok:g} output per 1M "
                 "tokens" if self.known else "no price known")
 
-    def cost(self, prompt_tokens: int, completion_tokens: int, cached_prompt_tokens: int = 0) -> float | None:
-        """USD of one request; `cached_prompt_tokens` of `prompt_tokens` were served by the prompt cache."""
+    def cost(self, prompt_tokens: int, completion_tokens: int, cached_prompt_tokens: int = 0,
+             cache_write_5m_tokens: int = 0, cache_write_1h_tokens: int = 0) -> float | None:
+        """USD of one request; of `prompt_tokens`, `cached_prompt_tokens` were served by the prompt cache and
+        `cache_write_5m_tokens` / `cache_write_1h_tokens` written to it (kept 5 minutes / 1 hour)."""
         if not self.known:
             return None
-        cached = min(max(0, int(cached_prompt_tokens)), int(prompt_tokens))
+        left = int(prompt_tokens)
+        cached, left = _part(cached_prompt_tokens, left)
+        written_1h, left = _part(cache_write_1h_tokens, left)
+        written_5m, left = _part(cache_write_5m_tokens, left)
         cached_price = self.input_per_mtok if self.cached_input_per_mtok is None else self.cached_input_per_mtok
-        return ((prompt_tokens - cached) * self.input_per_mtok + cached * cached_price
+        written = written_5m * CACHE_WRITE_5M_PER_INPUT + written_1h * CACHE_WRITE_1H_PER_INPUT
+        return ((left + written) * self.input_per_mtok + cached * cached_price
                 + completion_tokens * self.output_per_mtok) / 1e6
+
+
+def _part(tokens: int, of: int) -> tuple[int, int]:
+    """`tokens` (at least 0, at most `of`) and what is left of `of` without them."""
+    part = min(max(0, int(tokens)), max(0, of))
+    return part, of - part
 
 
 _BUDGET_RE = re.compile(
@@ -206,8 +227,9 @@ class Ledger:
     totals: _Counters = field(default_factory=_Counters)
     _reserved_tokens: int = 0
     _reserved_usd: float = 0.0
-    # how much more than `prices` the provider bills: the largest ratio of a reported cost (OpenRouter's) to
-    # the prices' cost of the same tokens; a USD bound is priced times this, so it holds with prices too low
+    # how much more than the plain prices a request costs: the largest ratio of a cost (OpenRouter's reported one,
+    # one with Anthropic's cache writes) to the same tokens at the input and output prices; a USD bound is priced
+    # times this, so it holds with prices too low and with cache writes
     _billed_over_priced: float = 1.0
     exhausted: bool = False
 
@@ -322,14 +344,19 @@ class Ledger:
                 self._reserved_usd -= r.usd
 
     def settle(self, r: Reservation, prompt_tokens: int, completion_tokens: int,
-               cached_prompt_tokens: int = 0, reported_cost: float | None = None) -> float | None:
+               cached_prompt_tokens: int = 0, reported_cost: float | None = None,
+               cache_write_5m_tokens: int = 0, cache_write_1h_tokens: int = 0) -> float | None:
         """Turn a reservation into real usage; returns the cost: the one the provider reported (what it
         billed), else priced by `prices` (None if the price is unknown)."""
-        priced = self.prices.cost(prompt_tokens, completion_tokens, cached_prompt_tokens)
+        priced = self.prices.cost(prompt_tokens, completion_tokens, cached_prompt_tokens,
+                                  cache_write_5m_tokens, cache_write_1h_tokens)
         cost = priced if reported_cost is None else reported_cost
+        # a bound prices every prompt token at the input price: a request that cost more (cache writes, a
+        # provider billing over the prices) scales later bounds by as much
+        bounded = self.prices.cost(prompt_tokens, completion_tokens)
         with self._lock:
-            if reported_cost is not None and priced:
-                self._billed_over_priced = max(self._billed_over_priced, reported_cost / priced)
+            if cost is not None and bounded:
+                self._billed_over_priced = max(self._billed_over_priced, cost / bounded)
             if r.open:
                 r.open = False
                 self._reserved_tokens -= r.tokens

@@ -233,6 +233,9 @@ def message_response(msg: Any) -> ChatResponse:
 
     # every input token is billed: the prompt cache's writes and reads are counted apart from input_tokens
     prompt = sum(count(usage, n) for n in ("input_tokens", "cache_creation_input_tokens", "cache_read_input_tokens"))
+    # the writes split by how long they are kept (usage.cache_creation); a bare total is the default, 5 minutes
+    written = count(usage, "cache_creation_input_tokens")
+    written_1h = min(written, count(getattr(usage, "cache_creation", None), "ephemeral_1h_input_tokens"))
     stop = getattr(msg, "stop_reason", None)
     refusal = None
     if stop == "refusal":
@@ -243,4 +246,5 @@ def message_response(msg: Any) -> ChatResponse:
         reasoning_tokens=count(getattr(usage, "output_tokens_details", None), "thinking_tokens"),
         reasoned=thought,
         cached_prompt_tokens=count(usage, "cache_read_input_tokens"),
+        cache_write_5m_tokens=written - written_1h, cache_write_1h_tokens=written_1h,
     )

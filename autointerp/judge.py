@@ -359,7 +359,8 @@ class Judge:
                  "as an upper bound (one per byte of prompt and answer), so the run's token and cost figures and a "
                  "budget are over, never under")
         if resp.usage_reported:
-            return replace(resp, prompt_tokens=prompt, cached_prompt_tokens=0)
+            return replace(resp, prompt_tokens=prompt, cached_prompt_tokens=0, cache_write_5m_tokens=0,
+                           cache_write_1h_tokens=0)
         out = request.max_tokens if resp.finish_reason == "length" else min(resp.completion_tokens, request.max_tokens)
         return replace(resp, prompt_tokens=prompt, completion_tokens=out)
 
@@ -445,7 +446,8 @@ class Judge:
             if not resp.usage_reported or resp.prompt_tokens <= 0:
                 resp = self._bound_usage(request, resp)
             cost = self.ledger.settle(reservation, resp.prompt_tokens, resp.completion_tokens, resp.cached_prompt_tokens,
-                                      reported_cost=resp.cost_usd)
+                                      reported_cost=resp.cost_usd, cache_write_5m_tokens=resp.cache_write_5m_tokens,
+                                      cache_write_1h_tokens=resp.cache_write_1h_tokens)
             self._learn_usage(request, resp)
         finally:
             self.ledger.release(reservation)

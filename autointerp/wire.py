@@ -47,6 +47,9 @@ class ChatResponse:
     # the answer's (and sent reasoning's) UTF-8 bytes, a bound, and the judge bounds the prompt alike
     usage_reported: bool = True
     cached_prompt_tokens: int = 0  # of prompt_tokens, served by the provider's prompt cache (billed less)
+    # of prompt_tokens, written to Anthropic's prompt cache to keep 5 minutes / 1 hour (billed more)
+    cache_write_5m_tokens: int = 0
+    cache_write_1h_tokens: int = 0
     cost_usd: float | None = None  # what the provider says it billed (OpenRouter's usage.cost); None: not said
 
 

@@ -101,6 +101,8 @@ def judge_server():
 def srv(judge_server):
     """`judge_server` for one test: no reply scripted by an earlier test, none of its exchanges."""
     judge_server.reply = None
+    judge_server.messages_cache_usage = None
     judge_server.exchanges.clear()
     yield judge_server
     judge_server.reply = None
+    judge_server.messages_cache_usage = None

@@ -145,13 +145,20 @@ def test_dictionary_learning_loads_the_converted_sae_as_its_own_class_with_our_o
 
 
 def test_sparsify_loads_a_converted_topk_sae_with_our_outputs(real_acts, tmp_path):
+    """On GPT-2 the hookpoint is `h.1`, the module sparsify's trainer hooks in GPT2Model (its `get_layer_list`
+    finds `h`; `layers.1` is no module of GPT-2's, and a sparsify user's hook on it fails)."""
+    from sparsify.utils import get_layer_list
+    from transformers import AutoModel
+
     model, x = real_acts
     sae, src = source_folder("topk", model, x, tmp_path)
     r = convert(src, "sparsify", tmp_path / "sp").ok()
-    assert "hookpoint 'layers.1'" in r.out, r.text
+    assert "hookpoint 'h.1'" in r.out and "note:" not in r.text, r.text
     coders = SparseCoder.load_many(tmp_path / "sp", local=True)
-    assert set(coders) == {"layers.1"}
-    coder = SparseCoder.load_from_disk(tmp_path / "sp" / "layers.1")
+    assert set(coders) == {"h.1"}
+    gpt2 = AutoModel.from_pretrained(model)
+    assert get_layer_list(gpt2)[0] == "h" and gpt2.base_model.get_submodule("h.1") is gpt2.h[1]
+    coder = SparseCoder.load_from_disk(tmp_path / "sp" / "h.1")
 
     def encode(x_ND):
         enc = coder.encode(x_ND)
@@ -162,9 +169,17 @@ def test_sparsify_loads_a_converted_topk_sae_with_our_outputs(real_acts, tmp_pat
         return coder.decode(vals, idx)
 
     check_same(sae, encode, decode, lambda x_ND: coder(x_ND).sae_out, x)
-    r = convert(src, "sparsify", tmp_path / "gpt2", "--hookpoint", "h.1").ok()  # GPT-2's own module name
-    assert set(SparseCoder.load_many(tmp_path / "gpt2", local=True)) == {"h.1"}
-    assert resolve_sae(tmp_path / "gpt2" / "h.1").sae.cfg.metadata["hook_name"] == HOOK
+    r = convert(src, "sparsify", tmp_path / "given", "--hookpoint", "transformer.h.1").ok()  # the name given is kept
+    assert set(SparseCoder.load_many(tmp_path / "given", local=True)) == {"transformer.h.1"}
+    assert resolve_sae(tmp_path / "given" / "transformer.h.1").sae.cfg.metadata["hook_name"] == HOOK
+
+
+@pytest.mark.parametrize("model, hookpoint", [("gpt2", "h.1"), ("openai-community/gpt2-medium", "h.1"),
+                                               ("EleutherAI/pythia-70m", "layers.1"), ("tiiuae/falcon-7b", "h.1")])
+def test_sparsify_hookpoint_of_a_known_family_whose_config_is_not_here(tmp_path, model, hookpoint):
+    sae = saes.create_sae("topk", 16, 32, k=4, metadata={"hook_name": HOOK, "model_name": model})
+    r = convert(saes.save_sae(sae, tmp_path / "src"), "sparsify", tmp_path / "sp").ok()
+    assert f"hookpoint {hookpoint!r}" in r.out and "note:" not in r.text, r.text
 
 
 def test_an_sae_dictionary_learning_made_goes_to_saelens_with_its_outputs(real_acts, tmp_path):
@@ -289,8 +304,8 @@ def test_overwrite_never_deletes_what_sits_beside_the_sae(real_acts, tmp_path):
     convert(saes.save_sae(layer0, tmp_path / "layer0"), "sparsify", run).ok()
     convert(src, "sparsify", run).ok()
     r = convert(src, "saelens", run, "--overwrite").no_traceback()
-    assert r.rc == 2 and "layers.0, layers.1, which is no part of one SAE" in r.err, r.text
-    assert hookpoint_folders(run) == ["layers.0", "layers.1"]
+    assert r.rc == 2 and "h.0, h.1, which is no part of one SAE" in r.err, r.text
+    assert hookpoint_folders(run) == ["h.0", "h.1"]
     no_leftovers(tmp_path)
 
 
@@ -381,10 +396,10 @@ def test_a_topk_transcoder_goes_to_sparsify_and_is_refused_for_dictionary_learni
     assert not (tmp_path / "dl").exists()
 
     convert(src, "sparsify", tmp_path / "sp").ok()
-    coder = SparseCoder.load_from_disk(tmp_path / "sp" / "layers.1")
+    coder = SparseCoder.load_from_disk(tmp_path / "sp" / "h.1")
     assert coder.cfg.transcode
     torch.testing.assert_close(coder(x).sae_out, tc(x).recon, **TOL)
-    back = resolve_sae(tmp_path / "sp" / "layers.1").sae
+    back = resolve_sae(tmp_path / "sp" / "h.1").sae
     assert back.cfg.metadata["hook_name"] == "blocks.1.hook_resid_pre" and back.cfg.metadata["hook_name_out"] == HOOK
 
 
@@ -460,7 +475,7 @@ KILLED_AT_THE_RENAME_IN = """
 import os, sys
 rename = os.rename
 def killed_before_the_new_hookpoint_is_in(src, dst):  # SIGKILL's effect: no except, no finally
-    if ".convert-" in str(src) and os.path.basename(str(dst)) == "layers.1":
+    if ".convert-" in str(src) and os.path.basename(str(dst)) == "h.1":
         os._exit(9)
     rename(src, dst)
 os.rename = killed_before_the_new_hookpoint_is_in
@@ -483,19 +498,19 @@ def test_a_hookpoint_a_killed_convert_moved_aside_goes_back_to_its_own_run_only(
     _, src0 = layer0_source(model, x, tmp_path)
     share = tmp_path / "share"
     convert(src1, "sparsify", share / "run_a").ok()
-    before = {p.name: p.read_bytes() for p in (share / "run_a" / "layers.1").iterdir()}
+    before = {p.name: p.read_bytes() for p in (share / "run_a" / "h.1").iterdir()}
     convert(src0, "sparsify", share / "run_b").ok()
     root = str(Path(__file__).resolve().parents[1])
     killed = subprocess.run([sys.executable, "-c", KILLED_AT_THE_RENAME_IN, "convert", str(src1), "--to", "sparsify",
                              "--out", str(share / "run_a"), "--overwrite"], capture_output=True, text=True,
                             env={**os.environ, "PYTHONPATH": root + os.pathsep + os.environ.get("PYTHONPATH", "")})
-    assert killed.returncode == 9 and not (share / "run_a" / "layers.1").exists(), killed.stderr[-2000:]
+    assert killed.returncode == 9 and not (share / "run_a" / "h.1").exists(), killed.stderr[-2000:]
 
-    convert(src1, "sparsify", share / "run_b").ok()  # another run's layers.1: run_a's earlier one stays aside
-    assert sorted(p.name for p in (share / "run_b").iterdir()) == ["config.json", "layers.0", "layers.1"]
-    convert(src0, "sparsify", share / "run_a").ok()  # the next convert into run_a puts its layers.1 back
-    assert {p.name: p.read_bytes() for p in (share / "run_a" / "layers.1").iterdir()} == before
-    assert set(SparseCoder.load_many(share / "run_a", local=True)) == {"layers.0", "layers.1"}
+    convert(src1, "sparsify", share / "run_b").ok()  # another run's h.1: run_a's earlier one stays aside
+    assert sorted(p.name for p in (share / "run_b").iterdir()) == ["config.json", "h.0", "h.1"]
+    convert(src0, "sparsify", share / "run_a").ok()  # the next convert into run_a puts its h.1 back
+    assert {p.name: p.read_bytes() for p in (share / "run_a" / "h.1").iterdir()} == before
+    assert set(SparseCoder.load_many(share / "run_a", local=True)) == {"h.0", "h.1"}
     no_leftovers(share)
 
 def test_a_foreign_sae_converted_to_saesteer_steers_with_its_local_model(real_acts, tmp_path):
@@ -524,21 +539,21 @@ def test_a_sparsify_run_takes_the_sae_of_another_layer_beside_its_own(real_acts,
     convert(src1, "sparsify", run).ok()
     convert(src0, "sparsify", run).ok()
     coders = SparseCoder.load_many(run, local=True)
-    assert set(coders) == {"layers.0", "layers.1"}
-    assert json.loads((run / "config.json").read_text())["hookpoints"] == ["layers.0", "layers.1"]
-    torch.testing.assert_close(coders["layers.0"](x).sae_out, sae0(x).recon, **TOL)
-    torch.testing.assert_close(coders["layers.1"](x).sae_out, sae1(x).recon, **TOL)
+    assert set(coders) == {"h.0", "h.1"}
+    assert json.loads((run / "config.json").read_text())["hookpoints"] == ["h.0", "h.1"]
+    torch.testing.assert_close(coders["h.0"](x).sae_out, sae0(x).recon, **TOL)
+    torch.testing.assert_close(coders["h.1"](x).sae_out, sae1(x).recon, **TOL)
 
     r = convert(src0, "sparsify", run)
-    assert r.rc == 2 and "already holds hookpoint layers.0" in r.err, r.text
-    convert(src1, "sparsify", run, "--hookpoint", "layers.0")  # refused: not the SAE's hook
+    assert r.rc == 2 and "already holds hookpoint h.0" in r.err, r.text
+    convert(src1, "sparsify", run, "--hookpoint", "h.0")  # refused: not the SAE's hook
     convert(src0, "sparsify", run, "--overwrite").ok()
     other = saes.create_sae("topk", x.shape[1], 128, k=8, metadata={"hook_name": "blocks.2.hook_resid_post",
                                                                     "model_name": "org/another"})
     r = convert(saes.save_sae(other, tmp_path / "other"), "sparsify", run)
     assert r.rc == 2 and "org/another" in r.err, r.text
-    assert sorted(p.name for p in run.iterdir()) == ["config.json", "layers.0", "layers.1"]
-    assert set(SparseCoder.load_many(run, local=True)) == {"layers.0", "layers.1"}
+    assert sorted(p.name for p in run.iterdir()) == ["config.json", "h.0", "h.1"]
+    assert set(SparseCoder.load_many(run, local=True)) == {"h.0", "h.1"}
     no_leftovers(tmp_path)
 
 
@@ -580,4 +595,7 @@ def test_sparsify_default_hookpoint_is_found_without_notes_about_hookpoints_it_o
     sae = saes.create_sae("topk", x.shape[1], 128, k=8, metadata={"hook_name": "blocks.1.hook_resid_pre",
                                                                  "model_name": "nobody/not-on-this-machine"})
     r = convert(saes.save_sae(sae, tmp_path / "src"), "sparsify", tmp_path / "sp").ok()
-    assert "hookpoint 'layers.0'" in r.out and "note:" not in r.text and "hook_mlp_out" not in r.text, r.text
+    assert "hookpoint 'layers.0'" in r.out and "hook_mlp_out" not in r.text, r.text
+    # the one note says the model's module names are not known here, and how to name GPT-2's
+    assert r.text.count("note:") == 1 and "config is not on this machine" in r.text and "--hookpoint" in r.text, r.text
+    assert "h.0 on GPT-2" in r.text, r.text

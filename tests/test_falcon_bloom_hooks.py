@@ -57,18 +57,8 @@ def _hf_module_output(model_dir, hookpoint: str, tokens: torch.Tensor) -> torch.
 
 @pytest.mark.parametrize("arch,hookpoint,want", CASES, ids=[f"{a}-{h}" for a, h, _ in CASES])
 def test_a_sparsify_sae_on_a_falcon_or_bloom_module_reads_its_output(models, arch, hookpoint, want, tmp_path):
-    from transformers import AutoTokenizer
-
-    from saes.formats import resolve_sae
-    from saesteer.models import load_model
-
     model_dir = models(arch)
-    tokens = torch.tensor([AutoTokenizer.from_pretrained(model_dir)(TEXT)["input_ids"]])
-    bridge = load_model(str(model_dir), device="cpu")
-    d = bridge.cfg.d_model
-    state, cfg = fs.random_sparsify(d, 2 * d, k=4)
-    folder = fs.write_sparsify(tmp_path / "run" / hookpoint, state, cfg, run_config={"model": str(model_dir)})
-    hook = resolve_sae(folder).sae.cfg.metadata["hook_name"]
+    bridge, tokens, hook = fs.random_sparsify_on_bridge(model_dir, hookpoint, tmp_path / "run", TEXT)
     assert hook == want
     torch.testing.assert_close(read_at_hook(bridge, hook, tokens), _hf_module_output(model_dir, hookpoint, tokens),
                                rtol=1e-4, atol=1e-5)

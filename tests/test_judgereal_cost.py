@@ -3,6 +3,9 @@
 - prompt tokens a provider's prompt cache served are billed at its cached-input price, which the user gives
   (--judge-price-cached-input) for a model outside the built-in table: DeepSeek's `prompt_cache_hit_tokens`,
   OpenAI's `prompt_tokens_details.cached_tokens`, Anthropic's `cache_read_input_tokens`;
+- prompt tokens Anthropic writes to its prompt cache are billed above the input price: 1.25 times it for a
+  write kept 5 minutes (the default; a bare `cache_creation_input_tokens`), 2 times for one kept an hour
+  (`usage.cache_creation.ephemeral_1h_input_tokens`);
 - OpenRouter sends what it billed with every reply (`usage.cost`, USD; `usage: {include: true}` is no longer
   needed): that is the cost, not our estimate from prices, and the report says which it is.
 Through the real `openai` and `anthropic` clients against served replies, and `saesteer label`.
@@ -56,6 +59,44 @@ def test_the_cached_input_price_given_prices_claudes_cache_reads(srv):
               price_cached_input=0.10, price_output=5.0)
     done = j.complete_sync(ASK, schema=LABEL)
     assert done.cost_usd == pytest.approx((100 * 1.0 + 4_000 * 0.10 + 10 * 5.0) / 1e6)
+
+
+CLAUDE_WRITES = {"cache_creation_input_tokens": 3_000, "cache_read_input_tokens": 500,
+                 "cache_creation": {"ephemeral_5m_input_tokens": 1_000, "ephemeral_1h_input_tokens": 2_000}}
+
+
+@pytest.mark.parametrize("usage, written_cost", [
+    (CLAUDE_WRITES, 1_000 * 1.25 + 2_000 * 2.0),
+    # no split by TTL (an older API version, a proxy): the default TTL's rate
+    ({"cache_creation_input_tokens": 3_000, "cache_read_input_tokens": 500}, 3_000 * 1.25),
+], ids=["5m-and-1h", "no-split"])
+def test_claudes_cache_writes_cost_more_than_input(srv, usage, written_cost):
+    msg = {"id": "msg_1", "type": "message", "role": "assistant", "model": "claude-haiku-4-5",
+           "content": [{"type": "text", "text": '{"label": "sea"}'}], "stop_reason": "end_turn", "stop_sequence": None,
+           "usage": {"input_tokens": 100, "output_tokens": 10, **usage}}
+    srv.reply = lambda ex: (200, {}, json.dumps(msg).encode())
+    j = judge(srv, backend="anthropic", model="claude-haiku-4-5", base_url=srv.root, price_input=1.0,
+              price_cached_input=0.10, price_output=5.0)
+    done = j.complete_sync(ASK, schema=LABEL)
+    assert done.cost_usd == pytest.approx((100 * 1.0 + written_cost * 1.0 + 500 * 0.10 + 10 * 5.0) / 1e6)
+    assert j.ledger.summary()["prompt_tokens"] == 100 + 3_000 + 500
+
+
+def test_saesteer_label_prices_claudes_cache_writes(srv, tmp_path):
+    from helpers.label_store import build_trigger_store
+
+    path, _ = build_trigger_store(tmp_path / "toy.db", n_latents=3)
+    srv.messages_cache_usage = CLAUDE_WRITES
+    r = saesteer("label", "--store", path, "--judge-backend", "anthropic", "--judge-model", "claude-haiku-4-5",
+                 "--judge-base-url", srv.root, "--judge-api-key", "k", "--scorers", "detection", "--embed-backend",
+                 "none", "--no-progress", "--judge-price-input", 1.0, "--judge-price-cached-input", 0.10,
+                 "--judge-price-output", 5.0)
+    assert r.rc == 0, r.text
+    paid = int(re.search(r"requests: (\d+) paid", r.out)[1])
+    prompt, out = (int(n.replace(",", "")) for n in re.search(r"tokens: ([\d,]+) in .*? \+ ([\d,]+) out", r.out).groups())
+    plain = prompt - paid * 3_500  # the prompt tokens neither written to the cache nor read from it
+    cost = (plain * 1.0 + paid * (1_000 * 1.25 + 2_000 * 2.0 + 500 * 0.10) + out * 5.0) / 1e6
+    assert paid > 0 and f"cost ${cost:.4f} (" in r.out, r.out
 
 
 def test_openrouters_reported_cost_is_the_cost_not_our_estimate(srv):

@@ -100,18 +100,8 @@ def other_models(real_corpus, tmp_path_factory):
 
 @pytest.mark.parametrize("arch", list(OTHER_ATTENTION))
 def test_sparsify_s_attention_sae_reads_what_its_forward_hook_read_on_other_blocks(other_models, arch, tmp_path):
-    from transformers import AutoTokenizer
-
-    from saes.formats import resolve_sae
-    from saesteer.models import load_model
-
     model_dir, hookpoint = other_models(arch), OTHER_ATTENTION[arch]
-    tokens = torch.tensor([AutoTokenizer.from_pretrained(model_dir)(TEXT)["input_ids"]])
-    bridge = load_model(str(model_dir), device="cpu")
-    d = bridge.cfg.d_model
-    state, cfg = fs.random_sparsify(d, 2 * d, k=4)
-    folder = fs.write_sparsify(tmp_path / "run" / hookpoint, state, cfg, run_config={"model": str(model_dir)})
-    hook = resolve_sae(folder).sae.cfg.metadata["hook_name"]
+    bridge, tokens, hook = fs.random_sparsify_on_bridge(model_dir, hookpoint, tmp_path / "run", TEXT)
     assert hook.startswith(f"blocks.{hookpoint.split('.')[1]}.")
     torch.testing.assert_close(read_at_hook(bridge, hook, tokens), _hf_attention_output(model_dir, hookpoint, tokens),
                                rtol=1e-4, atol=1e-5)

@@ -286,6 +286,42 @@ def _bridge_block_aliases(model_name: str, source: tuple[Any, ...]) -> dict[str,
         return None
 
 
+class DecoderLayers(NamedTuple):
+    """Where a model's decoder layers are among its base model's modules (the model's transformer without the
+    LM head: what sparsify hooks, `model.base_model`)."""
+
+    path: str  # the list of layers: "layers" (Llama, GPT-NeoX, ...), "h" (GPT-2, Falcon, Bloom), "decoder.layers"
+    modules: frozenset[str]  # every module path of the base model
+
+
+def hf_decoder_layers(model_name: str | None) -> DecoderLayers | None:
+    """`model_name`'s decoder layers as sparsify's `get_layer_list` finds them (the one ModuleList of
+    num_hidden_layers modules in the base model), from its HF config (a local folder, or the HF cache; nothing
+    downloaded) with the model built on the meta device (no weights); None when no config is at hand."""
+    if not model_name or model_name == "toy":
+        return None
+    return _hf_decoder_layers(model_name, _tokenizer_source(model_name))
+
+
+@functools.lru_cache(maxsize=16)
+def _hf_decoder_layers(model_name: str, source: tuple[Any, ...]) -> DecoderLayers | None:
+    try:
+        from transformers import AutoConfig, AutoModel
+
+        name, revision = _name_and_revision(model_name)
+        config = AutoConfig.from_pretrained(name, revision=revision, local_files_only=True)
+        with torch.device("meta"):
+            base = AutoModel.from_config(config).base_model
+        n = config.num_hidden_layers
+    except Exception:  # noqa: BLE001 - no config here, or one transformers cannot build: not known
+        return None
+    lists = [path for path, module in base.named_modules()
+             if isinstance(module, torch.nn.ModuleList) and len(module) == n]
+    if len(lists) != 1:  # sparsify's get_layer_list refuses such a model too
+        return None
+    return DecoderLayers(lists[0], frozenset(path for path, _ in base.named_modules()))
+
+
 # a SAELens config's `hf_hook_name` (the HF module its SAE was trained on, as Gemma Scope 2 records it) that
 # names the MLP's real input: Gemma's pre-MLP norm's output, its weight applied (Gemma's post_attention_layernorm
 # is the attention output's norm, not the MLP's input)

@@ -42,7 +42,7 @@ from typing import Any
 
 import torch
 
-from saes.errors import SaesteerWarning
+from saes.errors import SaesteerWarning, note
 from saes.fileio import atomic_save_safetensors, atomic_write_json, read_json
 from saes.formats.base import (
     SHARE_FOLDER_HINT,
@@ -50,6 +50,7 @@ from saes.formats.base import (
     LoadedSAE,
     encoder_bias_for,
     files_record,
+    hf_decoder_layers,
     hf_model_identity,
     module_output_hook,
     read_safetensors,
@@ -244,17 +245,39 @@ def _check_hookpoint(sae: Any, hookpoint: str, meta: dict[str, Any]) -> None:
                                  f"(e.g. {example})")
 
 
+# sparsify's hookpoints are module paths in the model's base model: its decoder layers' list ("layers" on most
+# models) and each block's attention module, by model family where the model's config is not at hand
+_FAMILY_LAYERS = [
+    (re.compile(r"(?:^|/)(?:distil)?gpt2(?:$|-)", re.IGNORECASE), "h", "attn"),
+    (re.compile(r"(?:^|/)gpt-(?:j|neo)-", re.IGNORECASE), "h", "attn"),  # GPT-J, GPT-Neo (not NeoX)
+    (re.compile(r"(?:^|/)(?:falcon|bloom)", re.IGNORECASE), "h", "self_attention"),
+    (re.compile(r"(?:^|/)(?:pythia|gpt-neox)", re.IGNORECASE), "layers", "attention"),
+    (re.compile(r"(?:^|/)opt-\d", re.IGNORECASE), "decoder.layers", "self_attn"),
+]
+_ATTENTION_NAMES = ("self_attn", "attn", "attention", "self_attention")
+
+
 def default_hookpoint(sae: Any) -> str | None:
-    """The hookpoint `save` puts an SAE at when none is given: sparsify's own name for a decoder layer
-    (`layers.N`, as `get_layer_list` finds it on most models; GPT-2 calls it `h.N`), its MLP (`layers.N.mlp`)
-    or attention (`layers.N.self_attn`), or the previous layer (`layers.N-1`, whose output a resid_pre reads): the
-    first whose hook(s) are the SAE's; None when none is."""
+    """The hookpoint `save` puts an SAE at when none is given: sparsify's own name for a decoder layer of
+    the SAE's model (`layers.N`, `h.N` on GPT-2, Falcon, Bloom: `hf_decoder_layers`, else by model family;
+    `layers.N`, with a note, when neither knows the model), its MLP (`.mlp`) or attention, or the previous
+    layer (whose output a resid_pre reads): the first whose hook(s) are the SAE's; None when none is."""
     meta = sae.cfg.metadata
     m = re.match(r"^blocks\.(\d+)\.", str(meta.get("hook_name") or ""))
     if m is None:
         return None
     n = int(m.group(1))
-    candidates = [f"layers.{n}", f"layers.{n}.mlp", f"layers.{n}.self_attn"] + ([f"layers.{n - 1}"] if n else [])
+    model = meta.get("model_name")
+    found = hf_decoder_layers(model)
+    family = next((f for f in _FAMILY_LAYERS if isinstance(model, str) and f[0].search(model)), None)
+    if found is not None:
+        layers = found.path
+        attention = next((a for a in _ATTENTION_NAMES if f"{layers}.{n}.{a}" in found.modules), "self_attn")
+    else:
+        layers, attention = family[1:] if family else ("layers", "self_attn")
+    candidates = [f"{layers}.{n}", f"{layers}.{n}.mlp", f"{layers}.{n}.{attention}"] + ([f"{layers}.{n - 1}"] if n else [])
+    if found is not None:  # only the model's own modules
+        candidates = [c for c in candidates if c in found.modules]
     for hookpoint in candidates:
         try:
             with warnings.catch_warnings():  # a guess's notes (a model config not at hand for layers.N.mlp) are
@@ -262,5 +285,10 @@ def default_hookpoint(sae: Any) -> str | None:
                 _check_hookpoint(sae, hookpoint, meta)
         except SAEFormatError:
             continue
+        if found is None and family is None and model != "toy":
+            unknown = f"{model}'s config is not on this machine" if model else "the SAE records no model"
+            note(f"hookpoint {hookpoint!r} is sparsify's name on most models, but {unknown}, so its module names "
+                 f"are not known; if sparsify's model names them otherwise ({hookpoint.replace('layers.', 'h.', 1)} on GPT-2, Falcon, Bloom), give "
+                 f"--hookpoint with that name")
         return hookpoint
     return None

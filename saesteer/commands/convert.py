@@ -48,8 +48,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--model", default=None, help="model of an SAE whose files do not record one")
     parser.add_argument("--hookpoint", default=None, metavar="MODULE",
                         help="sparsify: the HF module the SAE reads the output of, its name in the run (default: "
-                             "layers.N for blocks.N.hook_resid_post, layers.N.mlp for hook_mlp_out; GPT-2 calls "
-                             "them h.N, h.N.mlp)")
+                             "the SAE's model's own name, from its config or family: layers.N for "
+                             "blocks.N.hook_resid_post and layers.N.mlp for hook_mlp_out on most models, h.N and "
+                             "h.N.mlp on GPT-2, Falcon, Bloom)")
 
 
 def _target(text: str) -> str:

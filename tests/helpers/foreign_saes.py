@@ -58,6 +58,22 @@ def write_sparsify(folder: Path, state: dict[str, torch.Tensor], cfg: dict[str, 
     return folder
 
 
+def random_sparsify_on_bridge(model_dir: Path, hookpoint: str, run: Path, text: str):
+    """(the model's TransformerBridge, `text`'s tokens [1, T], the hook saesteer resolves to) for a random
+    sparsify SAE of `model_dir`'s HF module `hookpoint`, written as a sparsify run in `run`."""
+    from transformers import AutoTokenizer
+
+    from saes.formats import resolve_sae
+    from saesteer.models import load_model
+
+    tokens = torch.tensor([AutoTokenizer.from_pretrained(model_dir)(text)["input_ids"]])
+    bridge = load_model(str(model_dir), device="cpu")
+    d = bridge.cfg.d_model
+    state, cfg = random_sparsify(d, 2 * d, k=4)
+    folder = write_sparsify(run / hookpoint, state, cfg, run_config={"model": str(model_dir)})
+    return bridge, tokens, resolve_sae(folder).sae.cfg.metadata["hook_name"]
+
+
 def sparsify_reference(state: dict[str, torch.Tensor], cfg: dict[str, Any], x_BD: torch.Tensor):
     """Dense activations and output as sparsify computes them: SparseCoder.encode (x - b_dec, not
     for a transcoder, then fused_encoder: relu(F.linear) and top-k), SparseCoder.decode

@@ -32,7 +32,8 @@ it) checked against `api_key` when one is set (else a 401 `authentication_error`
 `anthropic-version` header and `max_tokens` required, the system prompt top-level (a `system`
 message is a 400), `temperature` refused (API version 2026-10-21), the answer in a `text` content
 block after a `thinking` block when `thinking_text` is set, `stop_reason`, `usage.input_tokens` /
-`output_tokens`, and errors as `{"type": "error", "error": {"type", "message"}}`. The fake LLM reads
+`output_tokens` (and the prompt cache's counts `messages_cache_usage` gives, e.g. `cache_creation_input_tokens`
+and `cache_creation: {ephemeral_5m_input_tokens, ephemeral_1h_input_tokens}`), and errors as `{"type": "error", "error": {"type", "message"}}`. The fake LLM reads
 the request as the chat one it stands for (the system prompt first). Faults there: "429"
 (`rate_limit_error`), "529" (`overloaded_error`), both with retry-after; "500", "503", "400" as above;
 "max_tokens" (the answer cut in half, stop_reason max_tokens); the content faults as for chat (a
@@ -144,9 +145,11 @@ class JudgeServer:
         reply: Callable[[Exchange], tuple[int, dict[str, str], bytes] | None] | None = None,
         api_key: str | None = None,
         thinking_text: str | None = None,
+        messages_cache_usage: dict | None = None,
     ) -> None:
         self.api_key = api_key  # the key the Messages route wants (None: any)
         self.thinking_text = thinking_text  # a thinking block before every Messages answer
+        self.messages_cache_usage = messages_cache_usage  # prompt-cache counts every Messages answer reports
         self.responder = responder
         self.reply = reply
         self.exchanges: list[Exchange] = []
@@ -376,7 +379,8 @@ class _Handler(BaseHTTPRequestHandler):
         prompt_chars = sum(len(m["content"]) for m in chat["messages"])
         out_chars = len(text) + len(srv.thinking_text or "")
         usage = {"input_tokens": prompt_chars // 4 + 1, "cache_creation_input_tokens": 0, "cache_read_input_tokens": 0,
-                 "output_tokens": body["max_tokens"] if stop == "max_tokens" else out_chars // 4 + 1}
+                 "output_tokens": body["max_tokens"] if stop == "max_tokens" else out_chars // 4 + 1,
+                 **(srv.messages_cache_usage or {})}
         rec.status, rec.answered, rec.usage = 200, time.monotonic(), usage
         self._send_json(200, {"id": f"msg_{rec.index:024d}", "type": "message", "role": "assistant",
                               "model": body["model"], "content": content, "stop_reason": stop, "stop_sequence": None,
