@@ -15,7 +15,7 @@ from torch import Tensor
 
 from saes.hookpoints import check_hook, opt_in_hooks
 from steering.generation import positions_follow_mask, tokenize_prompts
-from steering.spec import SteeringError
+from steering.spec import SteeringError, SteeringWarning
 
 if TYPE_CHECKING:
     from saes.base import SAE
@@ -65,16 +65,21 @@ def iter_hook_activations(
     stop = layer + 1 if layer is not None and layer + 1 < n_layers else None
     # a model that would number a padded row's positions from its first pad runs each prompt alone
     alone = not positions_follow_mask(model)
+    cut: list[int] = []  # the full length of each prompt cut to the context
     for i in range(0, len(prompts), batch_size):
         chunk = list(prompts[i : i + batch_size])
         parts = [[p] for p in chunk] if alone else [chunk]
-        yield torch.cat([_real_token_activations(model, hook_name, part, prepend_bos, stop) for part in parts])
+        yield torch.cat([_real_token_activations(model, hook_name, part, prepend_bos, stop, cut) for part in parts])
+    if cut:
+        _warn_cut(model, len(prompts), cut)
 
 
 def _real_token_activations(model: Model, hook_name: str, prompts: list[str], prepend_bos: bool | None,
-                            stop: int | None) -> Tensor:
-    """[n_real, D] activations at `hook_name` of the prompts' own tokens, run as one padded batch."""
+                            stop: int | None, cut: list[int]) -> Tensor:
+    """[n_real, D] activations at `hook_name` of the prompts' own tokens, run as one padded batch;
+    the full length of each prompt cut to the model's context is added to `cut`."""
     batch = padded_prompts(model, prompts, prepend_bos)
+    cut += _cut_lengths(model, prompts, batch.mask_BS.sum(1).tolist(), prepend_bos)
     # tokens given, neither a HookedTransformer nor a TransformerBridge reads padding_side: a
     # Bridge attended the pads and numbered a padded row's positions from its first pad
     with opt_in_hooks(model, hook_name, "activation collection"):
@@ -84,6 +89,31 @@ def _real_token_activations(model: Model, hook_name: str, prompts: list[str], pr
     acts = cache[hook_name]
     acts_BSD = acts.reshape(acts.shape[0], acts.shape[1], -1)
     return acts_BSD[batch.keep_BS.to(acts_BSD.device)]
+
+
+def _cut_lengths(model: Model, prompts: list[str], lengths: list[int], prepend_bos: bool | None) -> list[int]:
+    """The full lengths of the prompts `padded_prompts` cut to the context: only a prompt it left
+    exactly n_ctx long can have been cut, so only those are tokenized again, uncut."""
+    n_ctx = getattr(model.cfg, "n_ctx", None)
+    at_limit = [p for p, n in zip(prompts, lengths) if n_ctx is not None and n >= n_ctx]
+    if not at_limit:
+        return []
+    full = tokenize_prompts(model, at_limit, prepend_bos).lengths
+    return [n for n in full if n > n_ctx]
+
+
+def _warn_cut(model: Model, n_prompts: int, cut: list[int]) -> None:
+    """One warning for all the prompts cut to the context (generate refuses such a prompt; a mean
+    over the tokens kept still means something, but not what its user may think)."""
+    import warnings
+
+    n_ctx = model.cfg.n_ctx
+    some = "1 prompt" if len(cut) == 1 else f"{len(cut)} prompts"
+    verb = "exceeds" if len(cut) == 1 else "exceed"
+    warnings.warn(SteeringWarning(
+        f"{some} of {n_prompts} {verb} the model's context of {n_ctx} tokens (the longest: {max(cut)} tokens): "
+        f"their activations are read over their first {n_ctx} tokens only; shorten them to use their ends"
+    ), stacklevel=2)
 
 
 def _layer_of(hook_name: str) -> int | None:

@@ -163,3 +163,33 @@ def _check_fluency(model):
         alone, = fluency_of_generation(model, Generation([prompt], [res.texts[b]], row, n))
         assert batched[b].n_tokens == alone.n_tokens > 0
         assert batched[b].nll_sum == pytest.approx(alone.nll_sum, abs=TOL)
+
+
+def test_prompts_cut_to_the_context_are_named_in_one_note(tiny_model, capsys):
+    """`generate` refuses a prompt longer than the context; a diff-of-means vector or a mean latent
+    activation reads only its first n_ctx tokens, so the user is told once how many were cut, and
+    the CLI (`saesteer.boundary.warnings_as_notes`) shows that in one line."""
+    import warnings
+
+    from saesteer.boundary import warnings_as_notes
+    from steering.activations import mean_hook_activation
+    from steering.spec import SteeringWarning
+
+    long = " ".join(["the cat sat on the mat"] * 10)  # 60 words, context 32
+    prompts = [long, "a dog", long + " and the dog", "the ship sailed"]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        _, n = mean_hook_activation(tiny_model, HOOK, prompts, batch_size=2)
+    notes = [w for w in caught if issubclass(w.category, SteeringWarning)]
+    assert len(notes) == 1, [str(w.message) for w in caught]
+    text = str(notes[0].message)
+    assert "2 prompts of 4 exceed the model's context of 32 tokens" in text and "first 32 tokens" in text, text
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        mean_hook_activation(tiny_model, HOOK, prompts[1:2] + prompts[3:])
+    assert not [w for w in caught if issubclass(w.category, SteeringWarning)]
+    with warnings_as_notes():
+        warnings.simplefilter("always")
+        mean_hook_activation(tiny_model, HOOK, [long])
+    err = capsys.readouterr().err
+    assert err.startswith("note: 1 prompt of 1 exceeds") and err.count("\n") == 1, err

@@ -254,3 +254,19 @@ def test_a_word_the_query_repeats_is_looked_for_once(store):
     assert _fts_query("Straße STRASSE strasse", "OR").count(") OR (") == 0
     assert {h.latent for h in store.search("STRASSE Straße " * 20, limit=48)} == \
         {h.latent for h in store.search("STRASSE", limit=48)} != set()
+
+
+def test_a_raw_query_fts5_rejects_says_how_to_write_one_and_the_cli_reads_operators_as_words(store):
+    """`search(raw=True)` hands the text to FTS5: a query it rejects ("self AND", an unbalanced
+    quote) is refused in one line naming the syntax and how to fix it. The CLI never searches raw:
+    the same text is words there, found without an error."""
+    from helpers.real_cli import saesteer
+
+    for bad in ("self AND", 'parse "self', "NEAR(self"):
+        with pytest.raises(ValueError) as e:
+            store.search(bad, raw=True)
+        msg = str(e.value)
+        assert msg.startswith(f"bad search query {bad!r}") and "\n" not in msg, msg
+        assert "quote a word that is an operator" in msg and "without raw=True" in msg, msg
+    r = saesteer("features", "search", store.path, "self AND").ok()
+    assert "no latent matches" not in r.out and "bad search query" not in r.out + r.err, r.out + r.err

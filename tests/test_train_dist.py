@@ -207,6 +207,15 @@ def test_two_ranks_draw_the_held_out_rows_of_a_holdout_cache_as_one_process(cach
         assert m["activation_scale"] == pytest.approx(json.loads((one / "metrics.json").read_text())["activation_scale"])
 
 
+def test_a_holdout_cache_smaller_than_holdout_tokens_is_noted_once_not_once_per_rank(caches: dict[str, Path],
+                                                                                   tmp_path: Path) -> None:
+    """The note that --holdout-cache holds fewer rows than --holdout-tokens is rank 0's alone."""
+    held = make_fake_cache(tmp_path / "held", shard_rows=[100], d_in=16, seed=9, dataset="fake-heldout").path
+    p = run(torchrun(train_args("saes", caches["saes"], tmp_path / "out", "--holdout-cache", str(held),
+                                "--architecture", "topk", "--total-tokens", str(4 * BATCH))))
+    assert (p.stdout + p.stderr).count("fewer than --holdout-tokens 128") == 1, p.stdout + p.stderr
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("case", RUN_CASES)
 def test_two_ranks_by_shards_equal_one_process_on_the_same_global_batches(case: str, caches: dict[str, Path],

@@ -241,7 +241,9 @@ class StoreQueries(StoreBase):
                         f"WHERE feature_fts MATCH ? AND t.rowid IN ({','.join('?' * len(ids))})", (q, *ids),
                     )}
                 except sqlite3.OperationalError as e:
-                    raise ValueError(f"bad search query {text!r}: {e}") from None
+                    raise ValueError(f"bad search query {text!r} ({e}): FTS5 syntax is words, \"quoted phrases\", "
+                                     "AND / OR / NOT between terms, prefix* and NEAR(a b); quote a word that is an "
+                                     "operator or holds punctuation, or search without raw=True") from None
                 return [SearchHit(i, -r, details[i][1], details[i][0], details[i][2]) for i, r in ranked]
         return []
 

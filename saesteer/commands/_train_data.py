@@ -82,7 +82,7 @@ def _holdout_reader(data_cfg, t, rank: int, world: int, reader):
     held = read_manifest(data_cfg.holdout_cache)
     hooks = [reader.hook] + ([reader.target_hook] if reader.target_hook else [])
     check_holdout_cache(reader.manifest, data_cfg.cache, held, data_cfg.holdout_cache, hooks)
-    if held.total_rows < t.holdout_tokens:
+    if held.total_rows < t.holdout_tokens and rank == 0:  # one note for the run, not one per rank
         print(f"note: --holdout-cache {data_cfg.holdout_cache} holds {held.total_rows:,} rows, fewer than --holdout-tokens "
               f"{t.holdout_tokens:,}: the held-out set is those {held.total_rows:,} rows")
     # rows: every rank its slice of the one stream (a small held-out cache may have fewer shards than ranks)
