@@ -83,6 +83,20 @@ def test_claudes_cache_writes_cost_more_than_input(srv, usage, written_cost):
     assert j.ledger.summary()["prompt_tokens"] == 100 + 3_000 + 500
 
 
+def test_after_a_cache_write_a_usd_bound_holds_for_a_prompt_written_whole(srv):
+    """CLAUDE_WRITES's request cost 1.49 times its tokens at plain prices (its reads and plain tokens dilute its
+    1-hour writes): the next bound must still cover a prompt Anthropic writes whole for an hour."""
+    msg = {"id": "msg_1", "type": "message", "role": "assistant", "model": "claude-haiku-4-5",
+           "content": [{"type": "text", "text": '{"label": "sea"}'}], "stop_reason": "end_turn", "stop_sequence": None,
+           "usage": {"input_tokens": 100, "output_tokens": 10, **CLAUDE_WRITES}}
+    srv.reply = lambda ex: (200, {}, json.dumps(msg).encode())
+    j = judge(srv, backend="anthropic", model="claude-haiku-4-5", base_url=srv.root, price_input=1.0,
+              price_cached_input=0.10, price_output=5.0)
+    j.complete_sync(ASK, schema=LABEL)
+    bound = j.ledger.try_reserve(5_000, 100)
+    assert bound.usd >= j.ledger.prices.cost(5_000, 100, cache_write_1h_tokens=5_000)
+
+
 def test_saesteer_label_prices_claudes_cache_writes(srv, tmp_path):
     from helpers.label_store import build_trigger_store
 
