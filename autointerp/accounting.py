@@ -13,7 +13,8 @@ prompt tokens its prompt cache served at the cached-input price, prompt tokens A
 1.25 or 2 times the input price), and the cost by the one the provider
 reported where its reply carries one (OpenRouter's `usage.cost`: what it billed), else by the prices; a
 request that cost more than its tokens at the plain input and output prices (a provider billing over the prices
-given, Anthropic's cache writes) scales every later USD bound by the largest such ratio. A request whose bound could overrun the budget is not
+given, Anthropic's cache writes) scales every later USD bound by the largest such ratio, and by at least the
+rate of the cache writes seen (`_over_plain_prices`). A request whose bound could overrun the budget is not
 sent: it waits for the requests in flight to settle, and if it still does not fit `BudgetExceeded` is raised,
 the runner abandons that latent (nothing written) and stops starting new ones. So the spending
 never crosses the budget as long as the server honours `max_tokens` (and the requests sent before the first
@@ -154,6 +155,20 @@ class Prices:
                 + completion_tokens * self.output_per_mtok) / 1e6
 
 
+def _over_plain_prices(cost: float | None, plain: float | None, cache_write_5m_tokens: int,
+                       cache_write_1h_tokens: int) -> float:
+    """How many times its tokens at the plain input and output prices (`plain`) a request cost, as the one rule
+    that scales later USD bounds (a bound prices every prompt token at the input price): the whole request's
+    ratio (a provider billing over the prices given), and at least the rate of a cache write it made, since a
+    later prompt may be all written (a request's cheap cache reads and plain tokens dilute its ratio)."""
+    ratio = cost / plain if cost is not None and plain else 1.0
+    if cache_write_1h_tokens > 0:
+        ratio = max(ratio, CACHE_WRITE_1H_PER_INPUT)
+    elif cache_write_5m_tokens > 0:
+        ratio = max(ratio, CACHE_WRITE_5M_PER_INPUT)
+    return ratio
+
+
 def _part(tokens: int, of: int) -> tuple[int, int]:
     """`tokens` (at least 0, at most `of`) and what is left of `of` without them."""
     part = min(max(0, int(tokens)), max(0, of))
@@ -227,9 +242,8 @@ class Ledger:
     totals: _Counters = field(default_factory=_Counters)
     _reserved_tokens: int = 0
     _reserved_usd: float = 0.0
-    # how much more than the plain prices a request costs: the largest ratio of a cost (OpenRouter's reported one,
-    # one with Anthropic's cache writes) to the same tokens at the input and output prices; a USD bound is priced
-    # times this, so it holds with prices too low and with cache writes
+    # how much more than the plain prices a request may cost: the largest `_over_plain_prices` of a settled
+    # request; a USD bound is priced times this, so it holds with prices too low and with cache writes
     _billed_over_priced: float = 1.0
     exhausted: bool = False
 
@@ -351,12 +365,10 @@ class Ledger:
         priced = self.prices.cost(prompt_tokens, completion_tokens, cached_prompt_tokens,
                                   cache_write_5m_tokens, cache_write_1h_tokens)
         cost = priced if reported_cost is None else reported_cost
-        # a bound prices every prompt token at the input price: a request that cost more (cache writes, a
-        # provider billing over the prices) scales later bounds by as much
-        bounded = self.prices.cost(prompt_tokens, completion_tokens)
+        over = _over_plain_prices(cost, self.prices.cost(prompt_tokens, completion_tokens),
+                                  cache_write_5m_tokens, cache_write_1h_tokens)
         with self._lock:
-            if cost is not None and bounded:
-                self._billed_over_priced = max(self._billed_over_priced, cost / bounded)
+            self._billed_over_priced = max(self._billed_over_priced, over)
             if r.open:
                 r.open = False
                 self._reserved_tokens -= r.tokens

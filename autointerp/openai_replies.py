@@ -155,6 +155,7 @@ def chat_response(data: Any) -> ChatResponse:
         reasoned=bool(reasoning) or thought_parts,
         usage_reported=reported,
         cached_prompt_tokens=_cached_prompt_tokens(usage),
+        cache_write_5m_tokens=_cache_write_tokens(usage),
         cost_usd=_reported_cost(usage),
     )
 
@@ -186,6 +187,16 @@ def _cached_prompt_tokens(usage: dict) -> int:
     details = usage.get("prompt_tokens_details")
     cached = _token_count(details.get("cached_tokens")) if isinstance(details, dict) else 0
     return cached or _token_count(usage.get("prompt_cache_hit_tokens"))
+
+
+def _cache_write_tokens(usage: dict) -> int:
+    """Prompt tokens the provider wrote to its prompt cache, which Claude bills above the input price, as an
+    endpoint that fronts Claude reports them: OpenRouter's `prompt_tokens_details.cache_write_tokens`,
+    LiteLLM's `cache_creation_input_tokens` (Anthropic's own name). Neither says how long they are kept: priced
+    at the default TTL's rate, 5 minutes (OpenRouter reports the cost it billed besides, which is the cost)."""
+    details = usage.get("prompt_tokens_details")
+    written = _token_count(details.get("cache_write_tokens")) if isinstance(details, dict) else 0
+    return written or _token_count(usage.get("cache_creation_input_tokens"))
 
 
 def _token_count(x: Any) -> int:

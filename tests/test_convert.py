@@ -175,11 +175,35 @@ def test_sparsify_loads_a_converted_topk_sae_with_our_outputs(real_acts, tmp_pat
 
 
 @pytest.mark.parametrize("model, hookpoint", [("gpt2", "h.1"), ("openai-community/gpt2-medium", "h.1"),
-                                               ("EleutherAI/pythia-70m", "layers.1"), ("tiiuae/falcon-7b", "h.1")])
+                                               ("EleutherAI/pythia-70m", "layers.1"), ("tiiuae/falcon-7b", "h.1"),
+                                               # a folder on the machine that trained it: no hub name, no config
+                                               ("/home/someone/models/gpt2", "h.1")])
 def test_sparsify_hookpoint_of_a_known_family_whose_config_is_not_here(tmp_path, model, hookpoint):
     sae = saes.create_sae("topk", 16, 32, k=4, metadata={"hook_name": HOOK, "model_name": model})
     r = convert(saes.save_sae(sae, tmp_path / "src"), "sparsify", tmp_path / "sp").ok()
     assert f"hookpoint {hookpoint!r}" in r.out and "note:" not in r.text, r.text
+
+
+def test_a_config_with_its_own_code_is_never_run_to_find_the_hookpoint(tmp_path, monkeypatch):
+    """A model folder whose config transformers does not know, with the code to build it: that code is not run
+    (not even when the user would answer y to transformers' question), and the hookpoint falls back to
+    sparsify's usual name with a note."""
+    ran = tmp_path / "remote code ran"
+    folder = tmp_path / "weird-model"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({
+        "architectures": ["WeirdForCausalLM"], "model_type": "weirdo", "num_hidden_layers": 4, "hidden_size": 16,
+        "auto_map": {"AutoConfig": "configuration_weird.WeirdConfig", "AutoModel": "modeling_weird.WeirdModel"}}))
+    (folder / "configuration_weird.py").write_text(f"open({str(ran)!r}, 'w').close()\n")
+    monkeypatch.setattr("builtins.input", lambda *a: "y")
+    from saes.formats.base import hf_decoder_layers
+    from saes.formats.sparsify import default_hookpoint
+
+    sae = saes.create_sae("topk", 16, 32, k=4, metadata={"hook_name": HOOK, "model_name": str(folder)})
+    assert hf_decoder_layers(str(folder)) is None
+    with pytest.warns(Warning, match="give --hookpoint"):
+        assert default_hookpoint(sae) == "layers.1"
+    assert not ran.exists()
 
 
 def test_an_sae_dictionary_learning_made_goes_to_saelens_with_its_outputs(real_acts, tmp_path):

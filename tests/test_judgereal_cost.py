@@ -5,7 +5,8 @@
   OpenAI's `prompt_tokens_details.cached_tokens`, Anthropic's `cache_read_input_tokens`;
 - prompt tokens Anthropic writes to its prompt cache are billed above the input price: 1.25 times it for a
   write kept 5 minutes (the default; a bare `cache_creation_input_tokens`), 2 times for one kept an hour
-  (`usage.cache_creation.ephemeral_1h_input_tokens`);
+  (`usage.cache_creation.ephemeral_1h_input_tokens`), and behind an OpenAI-compatible endpoint (OpenRouter's
+  `prompt_tokens_details.cache_write_tokens`, LiteLLM's `cache_creation_input_tokens`) at the 5-minute rate;
 - OpenRouter sends what it billed with every reply (`usage.cost`, USD; `usage: {include: true}` is no longer
   needed): that is the cost, not our estimate from prices, and the report says which it is.
 Through the real `openai` and `anthropic` clients against served replies, and `saesteer label`.
@@ -82,6 +83,20 @@ def test_claudes_cache_writes_cost_more_than_input(srv, usage, written_cost):
     assert j.ledger.summary()["prompt_tokens"] == 100 + 3_000 + 500
 
 
+def test_after_a_cache_write_a_usd_bound_holds_for_a_prompt_written_whole(srv):
+    """CLAUDE_WRITES's request cost 1.49 times its tokens at plain prices (its reads and plain tokens dilute its
+    1-hour writes): the next bound must still cover a prompt Anthropic writes whole for an hour."""
+    msg = {"id": "msg_1", "type": "message", "role": "assistant", "model": "claude-haiku-4-5",
+           "content": [{"type": "text", "text": '{"label": "sea"}'}], "stop_reason": "end_turn", "stop_sequence": None,
+           "usage": {"input_tokens": 100, "output_tokens": 10, **CLAUDE_WRITES}}
+    srv.reply = lambda ex: (200, {}, json.dumps(msg).encode())
+    j = judge(srv, backend="anthropic", model="claude-haiku-4-5", base_url=srv.root, price_input=1.0,
+              price_cached_input=0.10, price_output=5.0)
+    j.complete_sync(ASK, schema=LABEL)
+    bound = j.ledger.try_reserve(5_000, 100)
+    assert bound.usd >= j.ledger.prices.cost(5_000, 100, cache_write_1h_tokens=5_000)
+
+
 def test_saesteer_label_prices_claudes_cache_writes(srv, tmp_path):
     from helpers.label_store import build_trigger_store
 
@@ -97,6 +112,22 @@ def test_saesteer_label_prices_claudes_cache_writes(srv, tmp_path):
     plain = prompt - paid * 3_500  # the prompt tokens neither written to the cache nor read from it
     cost = (plain * 1.0 + paid * (1_000 * 1.25 + 2_000 * 2.0 + 500 * 0.10) + out * 5.0) / 1e6
     assert paid > 0 and f"cost ${cost:.4f} (" in r.out, r.out
+
+
+@pytest.mark.parametrize("usage", [
+    # OpenRouter's count (with no `cost`: a proxy that drops it), LiteLLM's (Anthropic's name, beside the read)
+    {"prompt_tokens": 3_600, "completion_tokens": 10,
+     "prompt_tokens_details": {"cached_tokens": 500, "cache_write_tokens": 3_000}},
+    {"prompt_tokens": 3_600, "completion_tokens": 10, "prompt_tokens_details": {"cached_tokens": 500},
+     "cache_creation_input_tokens": 3_000, "cache_read_input_tokens": 500},
+], ids=["openrouter", "litellm"])
+def test_claudes_cache_writes_behind_an_openai_compatible_endpoint_cost_more_than_input(srv, usage):
+    """Counted once (prompt_tokens holds them), at the 5-minute rate: the endpoint does not say the TTL."""
+    srv.reply = lambda ex: chat_completion('{"label": "sea"}', usage=usage)
+    j = judge(srv, model="anthropic/claude-haiku-4.5", price_input=1.0, price_cached_input=0.10, price_output=5.0)
+    done = j.complete_sync(ASK, schema=LABEL)
+    assert done.cost_usd == pytest.approx((100 * 1.0 + 3_000 * 1.25 + 500 * 0.10 + 10 * 5.0) / 1e6)
+    assert j.ledger.summary()["prompt_tokens"] == 3_600
 
 
 def test_openrouters_reported_cost_is_the_cost_not_our_estimate(srv):

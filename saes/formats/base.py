@@ -309,9 +309,11 @@ def _hf_decoder_layers(model_name: str, source: tuple[Any, ...]) -> DecoderLayer
         from transformers import AutoConfig, AutoModel
 
         name, revision = _name_and_revision(model_name)
-        config = AutoConfig.from_pretrained(name, revision=revision, local_files_only=True)
+        # trust_remote_code=False, not left unset: unset, transformers asks on the terminal whether to run a
+        # config's own code, and a user answering y would run it for a module list
+        config = AutoConfig.from_pretrained(name, revision=revision, local_files_only=True, trust_remote_code=False)
         with torch.device("meta"):
-            base = AutoModel.from_config(config).base_model
+            base = AutoModel.from_config(config, trust_remote_code=False).base_model
         n = config.num_hidden_layers
     except Exception:  # noqa: BLE001 - no config here, or one transformers cannot build: not known
         return None
@@ -467,7 +469,10 @@ def _tokenizer_source(model_name: str) -> tuple[Any, ...]:
     from huggingface_hub.file_download import repo_folder_name
 
     name, revision = _name_and_revision(model_name)
-    repo = Path(constants.HF_HUB_CACHE) / repo_folder_name(repo_id=name, repo_type="model")
+    try:
+        repo = Path(constants.HF_HUB_CACHE) / repo_folder_name(repo_id=name, repo_type="model")
+    except ValueError:  # no hub name either: a folder of another machine ("/home/x/llama"), never cached here
+        return ("missing", model_name, None)
     try:
         commit = (revision if revision and re.fullmatch(r"[0-9a-f]{40}", revision)
                   else (repo / "refs" / (revision or "main")).read_text(encoding="utf-8").strip())
