@@ -66,19 +66,25 @@ CLAUDE_WRITES = {"cache_creation_input_tokens": 3_000, "cache_read_input_tokens"
                  "cache_creation": {"ephemeral_5m_input_tokens": 1_000, "ephemeral_1h_input_tokens": 2_000}}
 
 
-@pytest.mark.parametrize("usage, written_cost", [
-    (CLAUDE_WRITES, 1_000 * 1.25 + 2_000 * 2.0),
-    # no split by TTL (an older API version, a proxy): the default TTL's rate
-    ({"cache_creation_input_tokens": 3_000, "cache_read_input_tokens": 500}, 3_000 * 1.25),
-], ids=["5m-and-1h", "no-split"])
-def test_claudes_cache_writes_cost_more_than_input(srv, usage, written_cost):
+def _claude_labels_once(srv, usage):
+    """A Claude judge (input $1, cache reads $0.10, output $5 per 1M tokens) after one label whose reply
+    reports 100 input + 10 output tokens and `usage`'s cache counts: the judge and that request's result."""
     msg = {"id": "msg_1", "type": "message", "role": "assistant", "model": "claude-haiku-4-5",
            "content": [{"type": "text", "text": '{"label": "sea"}'}], "stop_reason": "end_turn", "stop_sequence": None,
            "usage": {"input_tokens": 100, "output_tokens": 10, **usage}}
     srv.reply = lambda ex: (200, {}, json.dumps(msg).encode())
     j = judge(srv, backend="anthropic", model="claude-haiku-4-5", base_url=srv.root, price_input=1.0,
               price_cached_input=0.10, price_output=5.0)
-    done = j.complete_sync(ASK, schema=LABEL)
+    return j, j.complete_sync(ASK, schema=LABEL)
+
+
+@pytest.mark.parametrize("usage, written_cost", [
+    (CLAUDE_WRITES, 1_000 * 1.25 + 2_000 * 2.0),
+    # no split by TTL (an older API version, a proxy): the default TTL's rate
+    ({"cache_creation_input_tokens": 3_000, "cache_read_input_tokens": 500}, 3_000 * 1.25),
+], ids=["5m-and-1h", "no-split"])
+def test_claudes_cache_writes_cost_more_than_input(srv, usage, written_cost):
+    j, done = _claude_labels_once(srv, usage)
     assert done.cost_usd == pytest.approx((100 * 1.0 + written_cost * 1.0 + 500 * 0.10 + 10 * 5.0) / 1e6)
     assert j.ledger.summary()["prompt_tokens"] == 100 + 3_000 + 500
 
@@ -86,13 +92,7 @@ def test_claudes_cache_writes_cost_more_than_input(srv, usage, written_cost):
 def test_after_a_cache_write_a_usd_bound_holds_for_a_prompt_written_whole(srv):
     """CLAUDE_WRITES's request cost 1.49 times its tokens at plain prices (its reads and plain tokens dilute its
     1-hour writes): the next bound must still cover a prompt Anthropic writes whole for an hour."""
-    msg = {"id": "msg_1", "type": "message", "role": "assistant", "model": "claude-haiku-4-5",
-           "content": [{"type": "text", "text": '{"label": "sea"}'}], "stop_reason": "end_turn", "stop_sequence": None,
-           "usage": {"input_tokens": 100, "output_tokens": 10, **CLAUDE_WRITES}}
-    srv.reply = lambda ex: (200, {}, json.dumps(msg).encode())
-    j = judge(srv, backend="anthropic", model="claude-haiku-4-5", base_url=srv.root, price_input=1.0,
-              price_cached_input=0.10, price_output=5.0)
-    j.complete_sync(ASK, schema=LABEL)
+    j, _ = _claude_labels_once(srv, CLAUDE_WRITES)
     bound = j.ledger.try_reserve(5_000, 100)
     assert bound.usd >= j.ledger.prices.cost(5_000, 100, cache_write_1h_tokens=5_000)
 
