@@ -34,8 +34,8 @@ def _first_prompt_token(model, monkeypatch, sae):
     seen = []
     real = steering.generation._tokenize
 
-    def spy(model, prompts, prepend_bos):
-        tokens = real(model, prompts, prepend_bos)
+    def spy(model, prompts, prepend_bos, *rest):
+        tokens = real(model, prompts, prepend_bos, *rest)
         seen.append(int(tokens[0, 0]))
         return tokens
 
@@ -81,7 +81,7 @@ def test_a_doc_policy_saes_prompt_written_with_its_bos_gets_no_second(model, fol
     seen = []
     real = steering.generation._tokenize
     monkeypatch.setattr(steering.generation, "_tokenize",
-                        lambda m, p, b: seen.append(real(m, p, b)[0].tolist()) or real(m, p, b))
+                        lambda m, p, b, *rest: seen.append(real(m, p, b, *rest)[0].tolist()) or real(m, p, b, *rest))
     steering.compare(model, saes.load_sae(folders / "doc"), ["3:add=4"], [model.tokenizer.bos_token + "the sea"],
                      max_new_tokens=1, do_sample=False)
     assert seen and all(row[0] == bos and row[1] != bos for row in seen)
@@ -113,9 +113,9 @@ def test_compare_methods_generates_every_method_with_the_saes_bos(model, folders
     seen = set()
     real = steering.generation._tokenize
 
-    def spy(model, prompts, prepend_bos):
-        seen.add(int(real(model, prompts, prepend_bos)[0, 0]) == model.tokenizer.bos_token_id)
-        return real(model, prompts, prepend_bos)
+    def spy(model, prompts, prepend_bos, *rest):
+        seen.add(int(real(model, prompts, prepend_bos, *rest)[0, 0]) == model.tokenizer.bos_token_id)
+        return real(model, prompts, prepend_bos, *rest)
 
     monkeypatch.setattr(steering.generation, "_tokenize", spy)
     card = compare_methods(model, saes.load_sae(folders / "none"), lambda ps, cs: [SampleScores(0.5) for _ in cs],
