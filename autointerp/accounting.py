@@ -376,7 +376,7 @@ class Ledger:
             t = self.totals
             t.paid_calls += 1
             t.prompt_tokens += int(prompt_tokens)
-            t.cached_prompt_tokens += min(max(0, int(cached_prompt_tokens)), int(prompt_tokens))
+            t.cached_prompt_tokens += _part(cached_prompt_tokens, int(prompt_tokens))[0]  # as `Prices.cost` counts them
             t.completion_tokens += int(completion_tokens)
             t.reported_cost_calls += reported_cost is not None
             if cost is None:

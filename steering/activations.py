@@ -26,6 +26,7 @@ class PaddedPrompts(NamedTuple):
     tokens_BS: Tensor  # each prompt's own tokens (one BOS: saes.bos), left-padded
     mask_BS: Tensor  # 1 at each row's own tokens, 0 at its pads
     keep_BS: Tensor  # True at the tokens whose activations count: the row's own, less the BOS put first
+    lengths: list[int]  # each row's own length (mask_BS's row sums, kept on the host)
 
 
 def padded_prompts(model: Model, prompts: Sequence[str], prepend_bos: bool | None = None) -> PaddedPrompts:
@@ -45,7 +46,7 @@ def padded_prompts(model: Model, prompts: Sequence[str], prepend_bos: bool | Non
         mask_BS[b, S - n:] = 1
         starts_bos = (wanted or p == "") and bos_id is not None and n > 0 and int(tokens_BS[b, S - n]) == bos_id
         keep_BS[b, S - n + int(starts_bos):] = True
-    return PaddedPrompts(tokens_BS, mask_BS, keep_BS)
+    return PaddedPrompts(tokens_BS, mask_BS, keep_BS, lengths)
 
 
 @torch.no_grad()
@@ -79,7 +80,7 @@ def _real_token_activations(model: Model, hook_name: str, prompts: list[str], pr
     """[n_real, D] activations at `hook_name` of the prompts' own tokens, run as one padded batch;
     the full length of each prompt cut to the model's context is added to `cut`."""
     batch = padded_prompts(model, prompts, prepend_bos)
-    cut += _cut_lengths(model, prompts, batch.mask_BS.sum(1).tolist(), prepend_bos)
+    cut += _cut_lengths(model, prompts, batch.lengths, prepend_bos)
     # tokens given, neither a HookedTransformer nor a TransformerBridge reads padding_side: a
     # Bridge attended the pads and numbered a padded row's positions from its first pad
     with opt_in_hooks(model, hook_name, "activation collection"):
