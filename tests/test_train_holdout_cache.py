@@ -82,6 +82,20 @@ def test_a_holdout_cache_of_another_kind_or_of_the_training_text_is_refused(cach
     assert not (tmp_path / "run/saes/sae").exists()
 
 
+def test_a_holdout_cache_of_the_same_local_model_copied_to_another_folder_is_accepted(tmp_path):
+    import shutil
+
+    from helpers.tiny_hf import save_tiny_gpt2
+
+    model = save_tiny_gpt2(tmp_path / "gpt2")
+    copy = shutil.copytree(model, tmp_path / "gpt2-copy")  # another folder name: the same weights' SHA-256
+    for out, path, split, tokens in (("train", model, "train", 2048), ("val", copy, "validation", 512)):
+        saesteer("cache", "--model", path, "--dataset", "toy", "--split", split, "--max-tokens", tokens,
+                 "--hooks", HOOK, "--out", tmp_path / out, "--no-progress", "--context-length", 32).ok()
+    r = _train(tmp_path / "train", tmp_path / "val", tmp_path / "run").no_traceback()
+    assert r.rc == 0 and "differs from the training cache" not in r.err, r.text[-2000:]
+
+
 def test_a_holdout_cache_needs_a_training_cache(caches, tmp_path):
     r = saesteer("train", "--model", "toy", "--dataset", "toy", "--holdout-cache", caches / "val", "--out",
                  tmp_path / "run", "--total-tokens", 1024, "--no-progress").no_traceback()

@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from saes.identity import same_model
 from training.manifest import CacheMismatchError, Manifest
 
 
@@ -46,7 +47,8 @@ def _differences(train: Manifest, held: Manifest, hooks: list[str]) -> list[tupl
     a, b = train.recorded_model(), held.recorded_model()
     a_id = a.id if a is not None else (train.settings.get("model") or {}).get("id")
     b_id = b.id if b is not None else (held.settings.get("model") or {}).get("id")
-    if a_id != b_id or (a is not None and b is not None and a.weights != b.weights):
+    # the project's comparison where both are recorded (a local model's copy in a folder of another name is the same)
+    if not (same_model(a, b) if a is not None and b is not None else a_id == b_id):
         out.append(("model", _model(a, a_id), _model(b, b_id)))
     for hook in hooks:
         if hook not in held.hooks:
